@@ -1,0 +1,157 @@
+//! `GET /api/health` and `GET /api/stats/dashboard`: answered from the count table and
+//! in-memory state, never from a scan.
+//!
+//! Health follows Healarr's shape (`status`, `version`, `uptime` as "1d 2h 3m",
+//! `database` {status: connected | error, size_bytes, wal_bytes},
+//! `pending_corruptions`). `status` is `healthy`, `degraded` (writes failing on
+//! storage) or `failing` (the writer is gone); `failing` answers 503 so container
+//! health checks notice, the others 200.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::db::{self, queries, CheckpointMode};
+
+fn uptime_text(d: Duration) -> String {
+    let minutes = d.as_secs() / 60;
+    let (days, hours, minutes) = (minutes / 1440, (minutes / 60) % 24, minutes % 60);
+    if days > 0 {
+        format!("{days}d {hours}h {minutes}m")
+    } else if hours > 0 {
+        format!("{hours}h {minutes}m")
+    } else {
+        format!("{minutes}m")
+    }
+}
+
+struct DbFacts {
+    pending: i64,
+    wal_bytes: i64,
+}
+
+pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let facts = state
+        .readers
+        .run(|conn| {
+            let pending = queries::pending_count(conn)?;
+            // Un-checkpointed WAL content, not the file's high-water size.
+            let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            let wal = db::wal_checkpoint(conn, CheckpointMode::Noop)?;
+            let wal_bytes = if wal.log_frames > 0 {
+                32 + wal.log_frames.saturating_sub(wal.checkpointed_frames) * (page_size + 24)
+            } else {
+                0
+            };
+            Ok(DbFacts { pending, wal_bytes })
+        })
+        .await;
+    let size_bytes = std::fs::metadata(&state.settings.database.path)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let writer_alive = state.writer.is_alive();
+    let storage_failing = state.writer.stats().storage_failing.load(Ordering::Relaxed);
+    let mut database = json!({ "status": "connected", "size_bytes": size_bytes });
+    let mut status = "healthy";
+    let mut reasons: Vec<String> = Vec::new();
+    let pending = match facts {
+        Ok(f) => {
+            database["wal_bytes"] = json!(f.wal_bytes);
+            f.pending
+        }
+        Err(e) => {
+            database["status"] = json!("error");
+            database["error"] = json!(e.to_string());
+            status = "degraded";
+            reasons.push(format!("database read failed: {e}"));
+            0
+        }
+    };
+    if storage_failing {
+        status = "degraded";
+        let last = state
+            .writer
+            .stats()
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|l| l.clone())
+            .unwrap_or_default();
+        reasons.push(format!("writes are failing: {last}"));
+    }
+    if !writer_alive {
+        status = "failing";
+        database["status"] = json!("error");
+        reasons.push("the database writer has stopped".into());
+    }
+    let body = json!({
+        "status": status,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime": uptime_text(state.started.elapsed()),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "database": database,
+        "pending_corruptions": pending,
+        "reasons": reasons,
+    });
+    if status == "failing" {
+        HttpResponse::ServiceUnavailable().json(body)
+    } else {
+        HttpResponse::Ok().json(body)
+    }
+}
+
+/// Counts per bucket, `total` (every corruption except ignored ones, as Healarr
+/// counts), `corruptions_today` (first seen today, UTC, not ignored) and
+/// `success_rate` (Healarr's: resolved × 100 / (resolved + orphaned), 100 when nothing
+/// finished and nothing is in progress, else 0).
+pub async fn dashboard(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let today = crate::time::today_prefix();
+    let (buckets, today_count) = state
+        .readers
+        .run(move |conn| {
+            Ok((
+                queries::bucket_counts(conn)?,
+                queries::corruptions_detected_since(conn, &today)?,
+            ))
+        })
+        .await?;
+    let get = |b: &str| buckets.get(b).copied().unwrap_or(0);
+    let total: i64 = buckets
+        .iter()
+        .filter(|(b, _)| b.as_str() != "ignored")
+        .map(|(_, n)| n)
+        .sum();
+    let (resolved, orphaned) = (get("resolved"), get("orphaned"));
+    let success_rate = if resolved + orphaned > 0 {
+        resolved * 100 / (resolved + orphaned)
+    } else if get("in_progress") > 0 {
+        0
+    } else {
+        100
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "buckets": buckets,
+        "total": total,
+        "corruptions_today": today_count,
+        "success_rate": success_rate,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uptime_reads_like_healarr() {
+        assert_eq!(uptime_text(Duration::from_secs(59)), "0m");
+        assert_eq!(uptime_text(Duration::from_secs(3 * 3600 + 120)), "3h 2m");
+        assert_eq!(
+            uptime_text(Duration::from_secs(2 * 86400 + 3600)),
+            "2d 1h 0m"
+        );
+    }
+}

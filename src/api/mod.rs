@@ -1,0 +1,96 @@
+//! The HTTP API (actix-web). Handlers read through the reader pool and write only
+//! through the DbWriter; none of them blocks an async thread on SQLite.
+
+mod auth;
+mod corruptions;
+pub mod error;
+mod events;
+mod health;
+
+use std::net::TcpListener;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::middleware::{from_fn, ErrorHandlers};
+use actix_web::{dev::Server, web, App, HttpRequest, HttpResponse, HttpServer};
+
+use crate::config::Settings;
+use crate::db::readers::ReaderPool;
+use crate::writer::WriterHandle;
+use error::ApiError;
+
+/// What every handler can reach.
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub writer: WriterHandle,
+    pub readers: Arc<ReaderPool>,
+    pub started: Instant,
+    /// Cleared when shutdown begins: new writes get 503 while requests in flight finish.
+    pub accepting: Arc<AtomicBool>,
+}
+
+fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/api/events")
+            .route(web::post().to(events::append))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/health")
+            .route(web::get().to(health::health))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/stats/dashboard")
+            .route(web::get().to(health::dashboard))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/corruptions")
+            .route(web::get().to(corruptions::list))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/corruptions/{id}")
+            .route(web::get().to(corruptions::get))
+            .route(web::delete().to(corruptions::delete))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/corruptions/{id}/history")
+            .route(web::get().to(corruptions::history))
+            .default_service(web::to(method_not_allowed)),
+    );
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!("route {}", req.path())))
+}
+
+/// Binds the HTTP server on `listener`; the caller drives the returned future and
+/// stops it through its handle.
+pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Server> {
+    let workers = state.settings.api.workers;
+    let grace = state.settings.api.shutdown_grace_secs;
+    let state = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(from_fn(auth::require_token))
+            .wrap(ErrorHandlers::new().default_handler(error::json_error_fallback))
+            .configure(routes)
+            .default_service(web::to(not_found))
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(grace)
+    .client_request_timeout(Duration::from_secs(30))
+    .listen(listener)?
+    .run();
+    Ok(server)
+}

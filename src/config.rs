@@ -1,0 +1,379 @@
+//! Settings: embedded defaults → TOML file → `DBWARDEN__SECTION__KEY` environment.
+//!
+//! The repo's `config.toml` is compiled in as the defaults layer, so the documented
+//! defaults and the real ones cannot drift apart. Every key a user gives is checked
+//! against the known set before deserialising, so a typo is an error that names the
+//! key and the layer it came from, not a silently ignored setting.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use config::{Config, Environment, File, FileFormat, Value, ValueKind};
+use serde::{Deserialize, Serialize};
+
+/// The documented defaults, embedded at build time.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config.toml");
+/// Environment prefix: `DBWARDEN__DATABASE__PATH` sets `database.path`.
+pub const ENV_PREFIX: &str = "DBWARDEN";
+/// Config file read when `--config` is not given; skipped when it does not exist.
+pub const DEFAULT_CONFIG_PATH: &str = "./config.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("unknown setting `{key}` (from {origin})")]
+    UnknownKey { key: String, origin: String },
+    #[error("setting `{key}` (from {origin}): {reason}")]
+    Invalid {
+        key: String,
+        origin: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    Load(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub writer: WriterSettings,
+    pub api: ApiSettings,
+    pub logging: LoggingSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub path: PathBuf,
+    pub busy_timeout_ms: u64,
+    pub journal_size_limit_bytes: i64,
+    pub readers: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriterSettings {
+    pub mailbox_capacity: usize,
+    pub max_batch_requests: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    pub listen: String,
+    #[serde(default)]
+    pub token: Option<String>,
+    pub max_body_bytes: usize,
+    pub max_batch_events: usize,
+    pub max_page_size: u32,
+    pub workers: usize,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingSettings {
+    pub level: String,
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    pub keep_files: usize,
+}
+
+/// Where the settings file comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// `./config.toml` if it exists, else the embedded defaults alone.
+    Default,
+    /// A file the user named: it must exist.
+    Explicit(PathBuf),
+}
+
+impl Settings {
+    /// Loads defaults → file → environment (the real process environment).
+    pub fn load(source: &ConfigSource) -> Result<Settings, ConfigError> {
+        Self::load_with_env(source, std::env::vars())
+    }
+
+    /// Like [`Settings::load`] with an explicit environment, so tests need not touch
+    /// the process's own.
+    pub fn load_with_env(
+        source: &ConfigSource,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .collect();
+        let file = match source {
+            ConfigSource::Default => {
+                let p = Path::new(DEFAULT_CONFIG_PATH);
+                p.exists().then(|| p.to_path_buf())
+            }
+            ConfigSource::Explicit(p) => {
+                if !p.is_file() {
+                    return Err(ConfigError::File {
+                        path: p.display().to_string(),
+                        reason: "no such file".into(),
+                    });
+                }
+                Some(p.clone())
+            }
+        };
+        let defaults = Config::builder()
+            .add_source(File::from_str(DEFAULT_CONFIG_TOML, FileFormat::Toml))
+            .build()
+            .map_err(|e| ConfigError::Load(format!("embedded defaults: {e}")))?;
+        let known = flatten_keys(&defaults);
+
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULT_CONFIG_TOML, FileFormat::Toml));
+        if let Some(path) = &file {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            // Parsed on its own first so its unknown keys can be blamed on it.
+            let user = Config::builder()
+                .add_source(File::from_str(&text, FileFormat::Toml))
+                .build()
+                .map_err(|e| ConfigError::File {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            check_known(&user, &known, &path.display().to_string())?;
+            builder = builder.add_source(File::from(path.as_path()).format(FileFormat::Toml));
+        }
+        let environment = Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(Some(env));
+        let env_only = Config::builder()
+            .add_source(environment.clone())
+            .build()
+            .map_err(|e| ConfigError::Load(format!("environment: {e}")))?;
+        check_known(&env_only, &known, "environment")?;
+        builder = builder.add_source(environment);
+
+        let merged = builder
+            .build()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        let settings: Settings = merged
+            .clone()
+            .try_deserialize()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        settings.validate(&|key| origin_of(&merged, key))?;
+        Ok(settings)
+    }
+
+    fn validate(&self, origin: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            key: key.to_string(),
+            origin: origin(key),
+            reason,
+        };
+        let range = |key: &str, v: u64, lo: u64, hi: u64| {
+            if v < lo || v > hi {
+                Err(invalid(key, format!("{v} is out of range {lo}..={hi}")))
+            } else {
+                Ok(())
+            }
+        };
+        if self.database.path.as_os_str().is_empty() {
+            return Err(invalid("database.path", "must not be empty".into()));
+        }
+        if self.database.path.is_dir() {
+            return Err(invalid(
+                "database.path",
+                format!("{} is a directory", self.database.path.display()),
+            ));
+        }
+        range(
+            "database.busy_timeout_ms",
+            self.database.busy_timeout_ms,
+            1,
+            600_000,
+        )?;
+        if !(0..=1 << 30).contains(&self.database.journal_size_limit_bytes) {
+            return Err(invalid(
+                "database.journal_size_limit_bytes",
+                format!(
+                    "{} is out of range 0..={}",
+                    self.database.journal_size_limit_bytes,
+                    1u64 << 30
+                ),
+            ));
+        }
+        range("database.readers", self.database.readers as u64, 1, 64)?;
+        range(
+            "writer.mailbox_capacity",
+            self.writer.mailbox_capacity as u64,
+            1,
+            100_000,
+        )?;
+        range(
+            "writer.max_batch_requests",
+            self.writer.max_batch_requests as u64,
+            1,
+            100_000,
+        )?;
+        if self.api.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "api.listen",
+                format!(
+                    "`{}` is not an address like 127.0.0.1:8484",
+                    self.api.listen
+                ),
+            ));
+        }
+        if let Some(token) = &self.api.token {
+            if token.trim().is_empty() {
+                return Err(invalid("api.token", "must not be empty when set".into()));
+            }
+        }
+        range(
+            "api.max_body_bytes",
+            self.api.max_body_bytes as u64,
+            1024,
+            64 << 20,
+        )?;
+        range(
+            "api.max_batch_events",
+            self.api.max_batch_events as u64,
+            1,
+            100_000,
+        )?;
+        range(
+            "api.max_page_size",
+            u64::from(self.api.max_page_size),
+            1,
+            10_000,
+        )?;
+        range("api.workers", self.api.workers as u64, 1, 64)?;
+        range(
+            "api.shutdown_grace_secs",
+            self.api.shutdown_grace_secs,
+            1,
+            300,
+        )?;
+        if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
+            return Err(invalid(
+                "logging.level",
+                format!("`{}` is not a level or tracing filter", self.logging.level),
+            ));
+        }
+        range(
+            "logging.keep_files",
+            self.logging.keep_files as u64,
+            1,
+            3650,
+        )?;
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        // Checked in `validate`; a parse failure here would be a bug, so fall back loudly.
+        self.api
+            .listen
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8484)))
+    }
+
+    /// The effective settings as TOML, with secrets masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut shown = self.clone();
+        if shown.api.token.is_some() {
+            shown.api.token = Some("********".into());
+        }
+        toml_render(&shown)
+    }
+}
+
+fn toml_render(settings: &Settings) -> String {
+    // serde_json → simple TOML renderer: sections of scalar keys are all we have.
+    let value = serde_json::to_value(settings).unwrap_or_default();
+    let mut out = String::new();
+    if let serde_json::Value::Object(sections) = value {
+        for (section, body) in sections {
+            out.push_str(&format!("[{section}]\n"));
+            if let serde_json::Value::Object(keys) = body {
+                for (key, v) in keys {
+                    match v {
+                        serde_json::Value::Null => out.push_str(&format!("# {key} = (unset)\n")),
+                        other => out.push_str(&format!("{key} = {other}\n")),
+                    }
+                }
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn flatten_keys(config: &Config) -> BTreeMap<String, ()> {
+    let mut keys = BTreeMap::new();
+    if let Ok(table) = config.cache.clone().into_table() {
+        for (section, value) in table {
+            if let ValueKind::Table(inner) = value.kind {
+                for key in inner.keys() {
+                    keys.insert(format!("{section}.{key}"), ());
+                }
+            }
+        }
+    }
+    keys
+}
+
+/// Every key in `layer` must be a known `section.key`. Optional keys that are only
+/// commented out in the defaults are added here by name.
+fn check_known(
+    layer: &Config,
+    known: &BTreeMap<String, ()>,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    const OPTIONAL: &[&str] = &["api.token", "logging.dir"];
+    let table = match layer.cache.clone().into_table() {
+        Ok(t) => t,
+        Err(_) => return Ok(()),
+    };
+    for (section, value) in table {
+        let inner = match value.kind {
+            ValueKind::Table(inner) => inner,
+            _ => {
+                return Err(ConfigError::UnknownKey {
+                    key: section,
+                    origin: origin.to_string(),
+                })
+            }
+        };
+        for (key, v) in inner {
+            let full = format!("{section}.{key}");
+            if !known.contains_key(&full) && !OPTIONAL.contains(&full.as_str()) {
+                return Err(ConfigError::UnknownKey {
+                    key: full,
+                    origin: v
+                        .origin()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| origin.to_string()),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn origin_of(config: &Config, key: &str) -> String {
+    match config.get::<Value>(key) {
+        Ok(v) => match v.origin() {
+            Some(o) if o.starts_with(ENV_PREFIX) || o == "the environment" => {
+                "environment".to_string()
+            }
+            Some(o) => o.to_string(),
+            None => "defaults".to_string(),
+        },
+        Err(_) => "defaults".to_string(),
+    }
+}

@@ -1,0 +1,255 @@
+//! Everything that touches SQLite: opening connections with one set of settings,
+//! migrations, adopting a Healarr database, verified copies, the reader pool and the
+//! queries the service runs.
+//!
+//! Every connection, read-write or read-only, gets the same pragmas (WAL,
+//! `synchronous=FULL`, foreign keys, busy timeout, in-memory temp store, bounded
+//! journal size) so that no code path quietly runs with weaker durability.
+
+pub mod adopt;
+pub mod migrations;
+pub mod queries;
+pub mod readers;
+pub mod snapshot;
+
+use std::fs::{DirBuilder, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::config::DatabaseSettings;
+
+/// SQLite releases before 3.51.3 can corrupt a WAL database when two connections
+/// write or checkpoint at the same moment (the WAL-reset bug).
+pub const MIN_SQLITE_VERSION: i32 = 3_051_003;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error(
+        "SQLite {found} is too old: dbwarden needs 3.51.3 or newer (WAL-reset corruption bug)"
+    )]
+    SqliteTooOld { found: String },
+    #[error("database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot create {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database setting {pragma} did not take effect: wanted {wanted}, got {got}")]
+    Pragma {
+        pragma: &'static str,
+        wanted: String,
+        got: String,
+    },
+    #[error("migration {name} was changed after it was applied (checksum {applied} in the database, {embedded} in this build)")]
+    MigrationChanged {
+        name: String,
+        applied: String,
+        embedded: String,
+    },
+    #[error("the database was migrated by a newer dbwarden (it has migration {name}, unknown to this build); refusing to start")]
+    NewerDatabase { name: String },
+    #[error("migration {name} failed: {source}")]
+    Migration {
+        name: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("verified copy {path} failed: {reason}")]
+    Copy { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("reader pool task failed: {0}")]
+    Task(String),
+}
+
+/// Refuses to run on a bundled SQLite older than [`MIN_SQLITE_VERSION`].
+pub fn check_sqlite_version() -> Result<(), DbError> {
+    check_version_number(rusqlite::version_number(), rusqlite::version())
+}
+
+fn check_version_number(number: i32, text: &str) -> Result<(), DbError> {
+    if number < MIN_SQLITE_VERSION {
+        return Err(DbError::SqliteTooOld {
+            found: text.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Creates the database's directory (0700) and an empty file (0600) when missing, so
+/// SQLite's files are never readable by other users whatever the umask.
+pub fn prepare_path(path: &Path) -> Result<(), DbError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| DbError::Io {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+        }
+    }
+    if !path.exists() {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| DbError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// Opens the one read-write connection (the DbWriter's, or a CLI command's when the
+/// service is not running).
+pub fn open_writer(settings: &DatabaseSettings) -> Result<Connection, DbError> {
+    check_sqlite_version()?;
+    prepare_path(&settings.path)?;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn =
+        Connection::open_with_flags(&settings.path, flags).map_err(|source| DbError::Open {
+            path: settings.path.clone(),
+            source,
+        })?;
+    apply_settings(&conn, settings, false)?;
+    Ok(conn)
+}
+
+/// Opens a read-only connection with the same settings as the writer.
+pub fn open_reader(settings: &DatabaseSettings) -> Result<Connection, DbError> {
+    check_sqlite_version()?;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn =
+        Connection::open_with_flags(&settings.path, flags).map_err(|source| DbError::Open {
+            path: settings.path.clone(),
+            source,
+        })?;
+    apply_settings(&conn, settings, true)?;
+    Ok(conn)
+}
+
+fn apply_settings(
+    conn: &Connection,
+    settings: &DatabaseSettings,
+    read_only: bool,
+) -> Result<(), DbError> {
+    conn.busy_timeout(Duration::from_millis(settings.busy_timeout_ms))?;
+    let mode: String = if read_only {
+        conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?
+    } else {
+        conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?
+    };
+    // A read-only connection cannot switch modes; a database never opened by the
+    // writer may still be in rollback mode, which readers accept as it is.
+    if !read_only && !mode.eq_ignore_ascii_case("wal") {
+        return Err(DbError::Pragma {
+            pragma: "journal_mode",
+            wanted: "wal".into(),
+            got: mode,
+        });
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    let _: i64 = conn.query_row(
+        &format!(
+            "PRAGMA journal_size_limit={}",
+            settings.journal_size_limit_bytes
+        ),
+        [],
+        |r| r.get(0),
+    )?;
+    let synchronous: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+    if synchronous != 2 {
+        return Err(DbError::Pragma {
+            pragma: "synchronous",
+            wanted: "2 (FULL)".into(),
+            got: synchronous.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Runs `PRAGMA wal_checkpoint(MODE)` and reads its row: a checkpoint that could not
+/// finish is reported as `busy = 1`, not as an error.
+pub fn wal_checkpoint(
+    conn: &Connection,
+    mode: CheckpointMode,
+) -> Result<CheckpointResult, DbError> {
+    let sql = match mode {
+        CheckpointMode::Noop => "PRAGMA wal_checkpoint(NOOP)",
+        CheckpointMode::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
+        CheckpointMode::Restart => "PRAGMA wal_checkpoint(RESTART)",
+        CheckpointMode::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
+    };
+    Ok(conn.query_row(sql, [], |r| {
+        Ok(CheckpointResult {
+            busy: r.get::<_, i64>(0)? != 0,
+            log_frames: r.get(1)?,
+            checkpointed_frames: r.get(2)?,
+        })
+    })?)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointMode {
+    Noop,
+    Passive,
+    Restart,
+    Truncate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct CheckpointResult {
+    pub busy: bool,
+    /// Frames in the WAL (-1 when the database is not in WAL mode).
+    pub log_frames: i64,
+    /// Frames already copied back into the database.
+    pub checkpointed_frames: i64,
+}
+
+/// Opens the writer connection and brings the schema up to date, adopting a Healarr
+/// database first when one is found. Used by `run` and `migrate`.
+pub fn open_and_migrate(
+    settings: &DatabaseSettings,
+) -> Result<(Connection, migrations::MigrationReport), DbError> {
+    let mut conn = open_writer(settings)?;
+    if let Some(copy) = adopt::protect_before_adoption(&conn, &settings.path)? {
+        tracing::warn!(copy = %copy.display(), "adopting a Healarr database; a verified copy of it was written first");
+    }
+    let report = migrations::migrate(&mut conn)?;
+    Ok((conn, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_sqlite_older_than_3_51_3() {
+        assert!(check_version_number(3_051_002, "3.51.2").is_err());
+        assert!(check_version_number(3_045_000, "3.45.0").is_err());
+        assert!(check_version_number(3_051_003, "3.51.3").is_ok());
+        assert!(
+            check_sqlite_version().is_ok(),
+            "bundled SQLite {}",
+            rusqlite::version()
+        );
+    }
+}

@@ -1,0 +1,345 @@
+//! Every SQL statement the running service issues, in one place. Statements are
+//! constants or built from constant fragments; user input is only ever bound.
+
+use std::collections::BTreeMap;
+
+use rusqlite::types::ValueRef;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::DbError;
+use crate::events::NewEvent;
+
+/// Buckets that are finished; every other state counts as active.
+pub const FINISHED_BUCKETS: &[&str] = &["resolved", "orphaned", "ignored"];
+/// Every bucket name of the reference classification.
+pub const BUCKETS: &[&str] = &[
+    "pending",
+    "in_progress",
+    "failed",
+    "manual_intervention",
+    "resolved",
+    "orphaned",
+    "ignored",
+];
+
+// ---------------------------------------------------------------- writes
+
+/// Appends one event; with a client key already seen, returns the original row id and
+/// writes nothing.
+pub fn insert_event(conn: &Connection, event: &NewEvent) -> Result<i64, rusqlite::Error> {
+    if let Some(key) = &event.key {
+        let existing: Option<i64> = conn
+            .prepare_cached("SELECT event_id FROM dbwarden_event_keys WHERE event_key = ?1")?
+            .query_row([key.to_string()], |r| r.get(0))
+            .optional()?;
+        if let Some(id) = existing {
+            return Ok(id);
+        }
+    }
+    conn.prepare_cached(
+        "INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, event_version, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        event.aggregate_type,
+        event.aggregate_id,
+        event.event_type,
+        event.event_data,
+        event.event_version,
+        event.created_at
+    ])?;
+    let id = conn.last_insert_rowid();
+    if let Some(key) = &event.key {
+        conn.prepare_cached(
+            "INSERT INTO dbwarden_event_keys (event_key, event_id) VALUES (?1, ?2)",
+        )?
+        .execute(params![key.to_string(), id])?;
+    }
+    Ok(id)
+}
+
+/// Deletes every event of a corruption aggregate; the triggers drop its summary row.
+pub fn delete_corruption(conn: &Connection, corruption_id: &str) -> Result<usize, rusqlite::Error> {
+    conn.prepare_cached(
+        "DELETE FROM events WHERE aggregate_type = 'corruption' AND aggregate_id = ?1",
+    )?
+    .execute([corruption_id])
+}
+
+// ---------------------------------------------------------------- counts
+
+pub fn state_count(conn: &Connection, state: &str) -> Result<i64, DbError> {
+    Ok(conn
+        .prepare_cached("SELECT count FROM corruption_state_counts WHERE state = ?1")?
+        .query_row([state], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// Corruptions waiting for remediation (state CorruptionDetected): one key lookup.
+pub fn pending_count(conn: &Connection) -> Result<i64, DbError> {
+    state_count(conn, "CorruptionDetected")
+}
+
+/// Count per bucket; states in no bucket are counted under `other`. Reads only the
+/// small count table, whatever the number of corruptions.
+pub fn bucket_counts(conn: &Connection) -> Result<BTreeMap<String, i64>, DbError> {
+    let mut counts: BTreeMap<String, i64> = BUCKETS.iter().map(|b| (b.to_string(), 0)).collect();
+    counts.insert("other".into(), 0);
+    let mut stmt = conn.prepare_cached(
+        "SELECT coalesce(b.bucket, 'other'), sum(c.count)
+           FROM corruption_state_counts c
+           LEFT JOIN corruption_state_buckets b ON b.state = c.state
+          GROUP BY 1",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (bucket, n) = row?;
+        counts.insert(bucket, n);
+    }
+    Ok(counts)
+}
+
+/// Corruptions first seen today (UTC date prefix) that are not ignored.
+pub fn corruptions_detected_since(conn: &Connection, day_prefix: &str) -> Result<i64, DbError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT count(*) FROM corruption_summary
+              WHERE detected_at >= ?1 AND current_state <> 'CorruptionIgnored'",
+        )?
+        .query_row([day_prefix], |r| r.get(0))?)
+}
+
+// ---------------------------------------------------------------- summary rows
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CorruptionSummary {
+    pub corruption_id: String,
+    pub current_state: String,
+    pub bucket: Option<String>,
+    pub retry_count: i64,
+    pub file_path: Option<String>,
+    pub path_id: Value,
+    pub last_error: Option<String>,
+    pub corruption_type: Option<String>,
+    pub detected_at: Option<String>,
+    pub last_updated_at: Option<String>,
+}
+
+/// Which corruptions a list asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusFilter {
+    All,
+    /// Every state outside the resolved, orphaned and ignored buckets.
+    Active,
+    Bucket(String),
+    /// States in no bucket.
+    Other,
+    State(String),
+}
+
+const SUMMARY_COLUMNS: &str =
+    "s.corruption_id, s.current_state, b.bucket, s.retry_count, s.file_path,
+       s.path_id, s.last_error, s.corruption_type, s.detected_at, s.last_updated_at";
+
+fn text_of(v: ValueRef<'_>) -> Option<String> {
+    match v {
+        ValueRef::Null => None,
+        ValueRef::Integer(i) => Some(i.to_string()),
+        ValueRef::Real(f) => Some(f.to_string()),
+        ValueRef::Text(t) | ValueRef::Blob(t) => Some(String::from_utf8_lossy(t).into_owned()),
+    }
+}
+
+fn json_of(v: ValueRef<'_>) -> Value {
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::from(i),
+        ValueRef::Real(f) => Value::from(f),
+        ValueRef::Text(t) | ValueRef::Blob(t) => {
+            Value::from(String::from_utf8_lossy(t).into_owned())
+        }
+    }
+}
+
+fn summary_from_row(r: &Row<'_>) -> Result<CorruptionSummary, rusqlite::Error> {
+    Ok(CorruptionSummary {
+        corruption_id: r.get(0)?,
+        current_state: r.get(1)?,
+        bucket: r.get(2)?,
+        retry_count: r.get(3)?,
+        file_path: text_of(r.get_ref(4)?),
+        path_id: json_of(r.get_ref(5)?),
+        last_error: text_of(r.get_ref(6)?),
+        corruption_type: text_of(r.get_ref(7)?),
+        detected_at: text_of(r.get_ref(8)?),
+        last_updated_at: text_of(r.get_ref(9)?),
+    })
+}
+
+pub fn get_corruption(conn: &Connection, id: &str) -> Result<Option<CorruptionSummary>, DbError> {
+    let sql = format!(
+        "SELECT {SUMMARY_COLUMNS} FROM corruption_summary s
+           LEFT JOIN corruption_state_buckets b ON b.state = s.current_state
+          WHERE s.corruption_id = ?1"
+    );
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row([id], summary_from_row)
+        .optional()?)
+}
+
+/// One page of summary rows in corruption_id order, after `after` (keyset pagination:
+/// stable while rows come and go).
+pub fn list_corruptions(
+    conn: &Connection,
+    status: &StatusFilter,
+    path_id: Option<i64>,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<CorruptionSummary>, DbError> {
+    // Only constant fragments are joined; every value is bound (?1 status, ?2 path, ?3 after).
+    let status_clause = match status {
+        StatusFilter::All => "1",
+        StatusFilter::State(_) => "s.current_state = ?1",
+        StatusFilter::Bucket(_) => {
+            "s.current_state IN (SELECT state FROM corruption_state_buckets WHERE bucket = ?1)"
+        }
+        StatusFilter::Active => {
+            "s.current_state NOT IN (SELECT state FROM corruption_state_buckets
+                                      WHERE bucket IN ('resolved', 'orphaned', 'ignored'))"
+        }
+        StatusFilter::Other => {
+            "s.current_state NOT IN (SELECT state FROM corruption_state_buckets)"
+        }
+    };
+    let path_clause = if path_id.is_some() {
+        "s.path_id = ?2"
+    } else {
+        "?2 IS NULL"
+    };
+    let sql = format!(
+        "SELECT {SUMMARY_COLUMNS} FROM corruption_summary s
+           LEFT JOIN corruption_state_buckets b ON b.state = s.current_state
+          WHERE {status_clause} AND {path_clause} AND s.corruption_id > ?3
+          ORDER BY s.corruption_id LIMIT ?4"
+    );
+    let status_value = match status {
+        StatusFilter::State(s) | StatusFilter::Bucket(s) => Some(s.as_str()),
+        _ => None,
+    };
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(
+        params![status_value, path_id, after.unwrap_or(""), limit],
+        summary_from_row,
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+// ---------------------------------------------------------------- events
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub event_type: String,
+    pub event_data: Value,
+    pub event_version: i64,
+    pub created_at: Option<String>,
+    pub user_id: Option<String>,
+}
+
+/// Reads `event_data` however it was stored: JSON text, a BLOB of JSON text, or (for
+/// rows no JSON parser accepts) the raw text as a string.
+pub fn event_data_json(v: ValueRef<'_>) -> Value {
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::from(i),
+        ValueRef::Real(f) => Value::from(f),
+        ValueRef::Text(t) | ValueRef::Blob(t) => serde_json::from_slice(t)
+            .unwrap_or_else(|_| Value::from(String::from_utf8_lossy(t).into_owned())),
+    }
+}
+
+/// Events of a corruption aggregate in id order, notifications included.
+pub fn corruption_history(
+    conn: &Connection,
+    id: &str,
+    after_event_id: i64,
+    limit: u32,
+) -> Result<Vec<StoredEvent>, DbError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, aggregate_type, aggregate_id, event_type, event_data, event_version, created_at, user_id
+           FROM events
+          WHERE aggregate_type = 'corruption' AND aggregate_id = ?1 AND id > ?2
+          ORDER BY id LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![id, after_event_id, limit], |r| {
+        Ok(StoredEvent {
+            id: r.get(0)?,
+            aggregate_type: r.get(1)?,
+            aggregate_id: r.get(2)?,
+            event_type: r.get(3)?,
+            event_data: event_data_json(r.get_ref(4)?),
+            event_version: r.get(5)?,
+            created_at: text_of(r.get_ref(6)?),
+            user_id: text_of(r.get_ref(7)?),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn max_event_id(conn: &Connection) -> Result<i64, DbError> {
+    Ok(conn.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?)
+}
+
+// ---------------------------------------------------------------- consistency
+
+/// Differences between the materialized summary (and counts) and a recomputation
+/// from the events. Empty means exact. Reads every row: for `check --summary`.
+pub fn summary_differences(conn: &Connection) -> Result<Vec<String>, DbError> {
+    let mut out = Vec::new();
+    let mut stmt = conn.prepare(
+        "SELECT 'stored', corruption_id, current_state, retry_count FROM (
+             SELECT * FROM corruption_summary EXCEPT SELECT * FROM dbwarden_corruption_summary_recomputed)
+         UNION ALL
+         SELECT 'expected', corruption_id, current_state, retry_count FROM (
+             SELECT * FROM dbwarden_corruption_summary_recomputed EXCEPT SELECT * FROM corruption_summary)
+         ORDER BY 2, 1 LIMIT 1000",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(format!(
+            "summary row {} {}: state {}, retries {}",
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            text_of(r.get_ref(2)?).unwrap_or_default(),
+            r.get::<_, i64>(3)?
+        ))
+    })?;
+    for row in rows {
+        out.push(row?);
+    }
+    let mut stmt = conn.prepare(
+        "SELECT coalesce(c.state, s.state), coalesce(c.count, 0), coalesce(s.n, 0)
+           FROM corruption_state_counts c
+           FULL OUTER JOIN (SELECT current_state AS state, count(*) AS n
+                              FROM corruption_summary GROUP BY current_state) s
+             ON s.state = c.state
+          WHERE coalesce(c.count, 0) <> coalesce(s.n, 0)",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(format!(
+            "count of state {}: stored {}, expected {}",
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?
+        ))
+    })?;
+    for row in rows {
+        out.push(row?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,121 @@
+//! Verified copies of a live database: `VACUUM INTO` a temporary name in the target
+//! directory, `integrity_check` of the copy, fsync, rename, fsync the directory.
+//!
+//! `VACUUM INTO` is not atomic (a crash can leave a partial file), so nothing ever
+//! appears under a final name before it passed the integrity check and reached disk.
+
+use std::fs::{self, File, Permissions};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::DbError;
+
+/// Suffix of copies being written; a file with it was never verified.
+pub const TEMP_SUFFIX: &str = ".dbwarden-tmp";
+
+/// Which integrity pragma to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckKind {
+    /// `PRAGMA quick_check`: O(N), skips index/table cross-checks.
+    Quick,
+    /// `PRAGMA integrity_check`: O(N log N), the full check.
+    Full,
+}
+
+/// Runs the check and returns the problems it reported (empty means "ok").
+pub fn integrity_problems(conn: &Connection, kind: CheckKind) -> Result<Vec<String>, DbError> {
+    let sql = match kind {
+        CheckKind::Quick => "PRAGMA quick_check",
+        CheckKind::Full => "PRAGMA integrity_check",
+    };
+    let mut stmt = conn.prepare(sql)?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    let mut problems = Vec::new();
+    for row in rows {
+        let line = row?;
+        if line != "ok" {
+            problems.push(line);
+        }
+    }
+    Ok(problems)
+}
+
+/// Opens `path` read-only and runs the full integrity check on it.
+pub fn verify_file(path: &Path) -> Result<(), DbError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| DbError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let problems = integrity_problems(&conn, CheckKind::Full).map_err(|e| DbError::Copy {
+        path: path.to_path_buf(),
+        reason: format!("integrity_check could not run: {e}"),
+    })?;
+    drop(conn);
+    if !problems.is_empty() {
+        return Err(DbError::Copy {
+            path: path.to_path_buf(),
+            reason: format!("integrity_check failed: {}", problems.join("; ")),
+        });
+    }
+    Ok(())
+}
+
+/// Writes a verified copy of `conn`'s main database as `dir/final_name` and returns
+/// its path. On any failure the temporary file is removed and nothing else changes.
+pub fn write_verified_copy(
+    conn: &Connection,
+    dir: &Path,
+    final_name: &str,
+) -> Result<PathBuf, DbError> {
+    let final_path = dir.join(final_name);
+    let temp_path = dir.join(format!("{final_name}{TEMP_SUFFIX}"));
+    if final_path.exists() {
+        return Err(DbError::Copy {
+            path: final_path,
+            reason: "a file with that name already exists".into(),
+        });
+    }
+    let result = copy_verify_rename(conn, dir, &temp_path, &final_path);
+    if result.is_err() {
+        let _ = fs::remove_file(&temp_path);
+    }
+    result.map(|()| final_path)
+}
+
+fn copy_verify_rename(
+    conn: &Connection,
+    dir: &Path,
+    temp_path: &Path,
+    final_path: &Path,
+) -> Result<(), DbError> {
+    let copy_err = |reason: String| DbError::Copy {
+        path: final_path.to_path_buf(),
+        reason,
+    };
+    if temp_path.exists() {
+        fs::remove_file(temp_path).map_err(|e| copy_err(format!("stale temporary file: {e}")))?;
+    }
+    let temp_text = temp_path
+        .to_str()
+        .ok_or_else(|| copy_err("path is not valid UTF-8".into()))?;
+    // The path is a bound parameter: never formatted into SQL text.
+    conn.execute("VACUUM INTO ?1", [temp_text])
+        .map_err(|e| copy_err(format!("VACUUM INTO failed: {e}")))?;
+    fs::set_permissions(temp_path, Permissions::from_mode(0o600))
+        .map_err(|e| copy_err(format!("chmod: {e}")))?;
+    verify_file(temp_path)?;
+    File::open(temp_path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| copy_err(format!("fsync: {e}")))?;
+    fs::rename(temp_path, final_path).map_err(|e| copy_err(format!("rename: {e}")))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| copy_err(format!("fsync of directory: {e}")))?;
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! Events as clients send them: parsing and validation of `POST /api/events` bodies.
+//!
+//! Parsing is done by hand over `serde_json::Value` instead of a derived struct so each
+//! error names the exact field (`events[3].aggregate_id`) and the reason.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// Longest accepted aggregate_type / aggregate_id / event_type, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// A validated event, ready for the writer. `event_data` is already serialized JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub event_type: String,
+    pub event_data: String,
+    pub event_version: i64,
+    /// Stored text (UTC), see [`crate::time`].
+    pub created_at: String,
+    /// Client-supplied id: appending the same id again writes nothing.
+    pub key: Option<Uuid>,
+}
+
+impl NewEvent {
+    /// Builds an event stamped now; convenient for library callers and tests.
+    pub fn new(
+        aggregate_type: &str,
+        aggregate_id: &str,
+        event_type: &str,
+        data: Value,
+    ) -> NewEvent {
+        NewEvent {
+            aggregate_type: aggregate_type.into(),
+            aggregate_id: aggregate_id.into(),
+            event_type: event_type.into(),
+            event_data: data.to_string(),
+            event_version: 1,
+            created_at: crate::time::now_text(),
+            key: None,
+        }
+    }
+
+    /// The checks the writer repeats for callers that bypass HTTP parsing.
+    pub fn check(&self) -> Result<(), FieldError> {
+        for (field, value) in [
+            ("aggregate_type", &self.aggregate_type),
+            ("aggregate_id", &self.aggregate_id),
+            ("event_type", &self.event_type),
+        ] {
+            check_name(field, value)?;
+        }
+        if self.event_version < 1 {
+            return Err(FieldError::new("event_version", "must be 1 or more"));
+        }
+        if serde_json::from_str::<serde::de::IgnoredAny>(&self.event_data).is_err() {
+            return Err(FieldError::new("event_data", "is not valid JSON"));
+        }
+        Ok(())
+    }
+}
+
+/// A client mistake in one field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn within(mut self, prefix: &str) -> FieldError {
+        self.field = format!("{prefix}.{}", self.field);
+        self
+    }
+}
+
+fn check_name(field: &str, value: &str) -> Result<(), FieldError> {
+    if value.trim().is_empty() {
+        return Err(FieldError::new(field, "must not be empty"));
+    }
+    if value.len() > MAX_NAME_BYTES {
+        return Err(FieldError::new(
+            field,
+            format!("is longer than {MAX_NAME_BYTES} bytes"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a body holding one event object or an array of them.
+pub fn parse_body(body: &[u8], max_events: usize) -> Result<Vec<NewEvent>, FieldError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| FieldError::new("body", format!("is not valid UTF-8 ({e})")))?;
+    if text.trim().is_empty() {
+        return Err(FieldError::new(
+            "body",
+            "is empty; send an event object or an array",
+        ));
+    }
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| FieldError::new("body", format!("is not valid JSON ({e})")))?;
+    let now = Utc::now();
+    match value {
+        Value::Object(obj) => Ok(vec![parse_event(obj, now)?]),
+        Value::Array(items) => {
+            if items.is_empty() {
+                return Err(FieldError::new("body", "the array holds no events"));
+            }
+            if items.len() > max_events {
+                return Err(FieldError::new(
+                    "body",
+                    format!(
+                        "{} events in one request; the limit is {max_events}",
+                        items.len()
+                    ),
+                ));
+            }
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    Value::Object(obj) => {
+                        parse_event(obj, now).map_err(|e| e.within(&format!("events[{i}]")))
+                    }
+                    other => Err(FieldError::new(
+                        format!("events[{i}]"),
+                        format!("must be an object, got {}", type_name(&other)),
+                    )),
+                })
+                .collect()
+        }
+        other => Err(FieldError::new(
+            "body",
+            format!(
+                "must be an event object or an array, got {}",
+                type_name(&other)
+            ),
+        )),
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+const FIELDS: &[&str] = &[
+    "aggregate_type",
+    "aggregate_id",
+    "event_type",
+    "event_data",
+    "event_version",
+    "id",
+    "created_at",
+];
+
+fn parse_event(mut obj: Map<String, Value>, now: DateTime<Utc>) -> Result<NewEvent, FieldError> {
+    if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(FieldError::new(
+            unknown.clone(),
+            format!("is not a known field (known: {})", FIELDS.join(", ")),
+        ));
+    }
+    let mut name = |field: &str| -> Result<String, FieldError> {
+        match obj.remove(field) {
+            None => Err(FieldError::new(field, "is required")),
+            Some(Value::String(s)) => {
+                check_name(field, &s)?;
+                Ok(s)
+            }
+            Some(other) => Err(FieldError::new(
+                field,
+                format!("must be a string, got {}", type_name(&other)),
+            )),
+        }
+    };
+    let aggregate_type = name("aggregate_type")?;
+    let aggregate_id = name("aggregate_id")?;
+    let event_type = name("event_type")?;
+    let event_data = obj
+        .remove("event_data")
+        .ok_or_else(|| {
+            FieldError::new("event_data", "is required (any JSON value, null included)")
+        })?
+        .to_string();
+    let event_version = match obj.remove("event_version") {
+        None => 1,
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(v) if (1..=i64::from(i32::MAX)).contains(&v) => v,
+            _ => {
+                return Err(FieldError::new(
+                    "event_version",
+                    "must be a whole number from 1",
+                ))
+            }
+        },
+        Some(other) => {
+            return Err(FieldError::new(
+                "event_version",
+                format!("must be a number, got {}", type_name(&other)),
+            ))
+        }
+    };
+    let key = match obj.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(Uuid::parse_str(&s).map_err(|_| {
+            FieldError::new(
+                "id",
+                "must be a UUID like 67e55044-10b1-426f-9247-bb680e5fe0c8",
+            )
+        })?),
+        Some(other) => {
+            return Err(FieldError::new(
+                "id",
+                format!("must be a UUID string, got {}", type_name(&other)),
+            ))
+        }
+    };
+    let created_at = match obj.remove("created_at") {
+        None | Some(Value::Null) => now,
+        Some(Value::String(s)) => DateTime::parse_from_rfc3339(&s)
+            .map_err(|e| FieldError::new("created_at", format!("must be an RFC 3339 time ({e})")))?
+            .with_timezone(&Utc),
+        Some(other) => {
+            return Err(FieldError::new(
+                "created_at",
+                format!("must be an RFC 3339 string, got {}", type_name(&other)),
+            ))
+        }
+    };
+    Ok(NewEvent {
+        aggregate_type,
+        aggregate_id,
+        event_type,
+        event_data,
+        event_version,
+        created_at: crate::time::to_store_text(created_at),
+        key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(body: &str) -> FieldError {
+        parse_body(body.as_bytes(), 10).expect_err(body)
+    }
+
+    #[test]
+    fn one_object_or_an_array() {
+        let one = r#"{"aggregate_type":"corruption","aggregate_id":"a","event_type":"CorruptionDetected","event_data":{"file_path":"/m"}}"#;
+        assert_eq!(parse_body(one.as_bytes(), 10).unwrap().len(), 1);
+        let two = format!("[{one},{one}]");
+        let events = parse_body(two.as_bytes(), 10).unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].event_data, r#"{"file_path":"/m"}"#);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(err("{").field, "body");
+        assert_eq!(err("[]").field, "body");
+        assert_eq!(err("42").field, "body");
+        assert_eq!(
+            err(r#"{"aggregate_id":"a","event_type":"t","event_data":1}"#).field,
+            "aggregate_type"
+        );
+        assert_eq!(
+            err(r#"{"aggregate_type":"","aggregate_id":"a","event_type":"t","event_data":1}"#)
+                .field,
+            "aggregate_type"
+        );
+        assert_eq!(
+            err(r#"{"aggregate_type":"c","aggregate_id":5,"event_type":"t","event_data":1}"#).field,
+            "aggregate_id"
+        );
+        assert_eq!(
+            err(r#"{"aggregate_type":"c","aggregate_id":"a","event_type":"t"}"#).field,
+            "event_data"
+        );
+        assert_eq!(
+            err(
+                r#"{"aggregate_type":"c","aggregate_id":"a","event_type":"t","event_data":1,"x":1}"#
+            )
+            .field,
+            "x"
+        );
+        assert_eq!(err(r#"{"aggregate_type":"c","aggregate_id":"a","event_type":"t","event_data":1,"id":"nope"}"#).field, "id");
+        assert_eq!(err(r#"{"aggregate_type":"c","aggregate_id":"a","event_type":"t","event_data":1,"created_at":"yesterday"}"#).field, "created_at");
+        assert_eq!(
+            err(
+                r#"[{"aggregate_type":"c","aggregate_id":"a","event_type":"t","event_data":1}, 3]"#
+            )
+            .field,
+            "events[1]"
+        );
+        assert_eq!(err(r#"[{"aggregate_type":"c","aggregate_id":"a","event_type":"t","event_data":1}, {"aggregate_type":"c","event_type":"t","event_data":1}]"#).field, "events[1].aggregate_id");
+        assert_eq!(parse_body(b"\xff\xfe", 10).unwrap_err().field, "body");
+        let many = format!(
+            "[{}]",
+            [r#"{"aggregate_type":"c","aggregate_id":"a","event_type":"t","event_data":1}"#; 11]
+                .join(",")
+        );
+        assert_eq!(err(&many).field, "body");
+    }
+
+    #[test]
+    fn created_at_is_stored_in_utc() {
+        let body = r#"{"aggregate_type":"c","aggregate_id":"a","event_type":"t","event_data":null,"created_at":"2026-01-06T02:18:00.5+01:00"}"#;
+        let e = &parse_body(body.as_bytes(), 1).unwrap()[0];
+        assert_eq!(e.created_at, "2026-01-06 01:18:00.500000");
+        assert_eq!(e.event_data, "null");
+    }
+}

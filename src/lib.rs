@@ -1,0 +1,15 @@
+//! dbwarden keeps a SQLite event store (Healarr's layout) alive and correct: every
+//! acknowledged write durable, a materialized corruption summary that is exact at all
+//! times, and an HTTP API that answers from it.
+//!
+//! The binary is thin; everything lives here so tests and benchmarks drive the same
+//! code. Start with [`supervisor`] for how the parts fit together.
+
+pub mod api;
+pub mod config;
+pub mod db;
+pub mod events;
+pub mod logging;
+pub mod supervisor;
+pub mod time;
+pub mod writer;

@@ -1,0 +1,72 @@
+//! Logging: human-readable lines on stderr and, when `logging.dir` is set, a daily
+//! rolled file there with at most `logging.keep_files` files. `RUST_LOG` overrides
+//! `logging.level`. The returned guard flushes the file writer when dropped: keep it
+//! alive until the end of `main`.
+
+use std::fs::DirBuilder;
+use std::os::unix::fs::DirBuilderExt;
+
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_appender::rolling::{RollingFileAppender, Rotation};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, EnvFilter, Layer};
+
+use crate::config::LoggingSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoggingError {
+    #[error("logging.dir {dir}: {reason}")]
+    Dir { dir: String, reason: String },
+    #[error("logging: {0}")]
+    Init(String),
+}
+
+pub fn init(settings: &LoggingSettings) -> Result<Option<WorkerGuard>, LoggingError> {
+    let filter = || {
+        std::env::var("RUST_LOG")
+            .ok()
+            .and_then(|v| EnvFilter::try_new(v).ok())
+            .unwrap_or_else(|| EnvFilter::new(&settings.level))
+    };
+    let stderr = fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(filter());
+    let (file, guard) = match &settings.dir {
+        None => (None, None),
+        Some(dir) => {
+            let shown = dir.display().to_string();
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| LoggingError::Dir {
+                    dir: shown.clone(),
+                    reason: e.to_string(),
+                })?;
+            let appender = RollingFileAppender::builder()
+                .rotation(Rotation::DAILY)
+                .filename_prefix("dbwarden")
+                .filename_suffix("log")
+                .max_log_files(settings.keep_files)
+                .build(dir)
+                .map_err(|e| LoggingError::Dir {
+                    dir: shown,
+                    reason: e.to_string(),
+                })?;
+            // lossy(false): under pressure logging slows down rather than drops lines.
+            let (writer, guard) = NonBlockingBuilder::default().lossy(false).finish(appender);
+            let layer = fmt::layer()
+                .with_ansi(false)
+                .with_writer(writer)
+                .with_filter(filter());
+            (Some(layer), Some(guard))
+        }
+    };
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(file)
+        .try_init()
+        .map_err(|e| LoggingError::Init(e.to_string()))?;
+    Ok(guard)
+}

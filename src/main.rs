@@ -1,0 +1,147 @@
+//! The `dbwarden` command: argument parsing and error reporting only.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+use dbwarden::config::{ConfigSource, Settings};
+use dbwarden::db::{self, queries, snapshot};
+
+#[derive(Parser)]
+#[command(
+    name = "dbwarden",
+    version,
+    about = "Keeps a SQLite event store alive and correct"
+)]
+struct Cli {
+    /// Settings file (default ./config.toml; the built-in defaults when it is missing).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Run,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Check the database: quick_check and the summary against a recomputation.
+    Check {
+        /// Only compare the summary and counts with a recomputation from the events.
+        #[arg(long)]
+        summary: bool,
+    },
+    /// Settings commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the settings and print the effective values (secrets masked).
+    Check,
+}
+
+fn load(cli_config: &Option<PathBuf>) -> anyhow::Result<Settings> {
+    let source = match cli_config {
+        Some(p) => ConfigSource::Explicit(p.clone()),
+        None => ConfigSource::Default,
+    };
+    Settings::load(&source).context("invalid settings")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("dbwarden: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    let settings = load(&cli.config)?;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let _guard = dbwarden::logging::init(&settings.logging)?;
+            let code = actix_rt::System::new()
+                .block_on(dbwarden::supervisor::run(settings))
+                .context("dbwarden could not start")?;
+            Ok(u8::try_from(code).unwrap_or(1))
+        }
+        Command::Migrate => {
+            let _guard = dbwarden::logging::init(&settings.logging)?;
+            let (_conn, report) = db::open_and_migrate(&settings.database)
+                .with_context(|| format!("migrating {}", settings.database.path.display()))?;
+            println!(
+                "{}: {} migration(s) applied ({}), {} already applied",
+                settings.database.path.display(),
+                report.applied.len(),
+                report.applied.join(", "),
+                report.already_applied
+            );
+            Ok(0)
+        }
+        Command::Check { summary } => check(&settings, summary),
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            print!("{}", settings.to_masked_toml());
+            eprintln!("settings are valid");
+            Ok(0)
+        }
+    }
+}
+
+fn check(settings: &Settings, summary_only: bool) -> anyhow::Result<u8> {
+    let path = &settings.database.path;
+    if !path.exists() {
+        bail!("database {} does not exist", path.display());
+    }
+    let conn = db::open_reader(&settings.database)
+        .with_context(|| format!("opening {}", path.display()))?;
+    if !db::migrations::is_current(&conn)? {
+        bail!(
+            "{} is not migrated to this version; run `dbwarden migrate` first",
+            path.display()
+        );
+    }
+    let mut failed = false;
+    if !summary_only {
+        let problems = snapshot::integrity_problems(&conn, snapshot::CheckKind::Quick)?;
+        if problems.is_empty() {
+            println!("quick_check: ok");
+        } else {
+            failed = true;
+            println!("quick_check: {} problem(s)", problems.len());
+            for p in problems.iter().take(50) {
+                println!("  {p}");
+            }
+        }
+    }
+    let diffs = queries::summary_differences(&conn)?;
+    if diffs.is_empty() {
+        println!(
+            "summary: exact ({} corruptions)",
+            queries::bucket_counts(&conn)?.values().sum::<i64>()
+        );
+    } else {
+        failed = true;
+        println!(
+            "summary: {} difference(s) from a recomputation",
+            diffs.len()
+        );
+        for d in &diffs {
+            println!("  {d}");
+        }
+    }
+    Ok(u8::from(failed))
+}

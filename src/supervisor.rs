@@ -1,0 +1,180 @@
+//! Starts the service's parts in order and stops them in reverse, explicitly.
+//!
+//! Start: database (open, adopt, migrate) → reader pool → DbWriter → HTTP.
+//! Stop: refuse new writes (503) → let HTTP requests in flight finish (bounded by
+//! `api.shutdown_grace_secs`) → the writer commits everything it accepted, runs a
+//! final TRUNCATE checkpoint and closes the connection → its thread is joined.
+//!
+//! actix does not restart an actor that panicked, and `System::stop` neither drains
+//! mailboxes nor joins threads, so nothing here relies on either: a panic anywhere
+//! triggers the same ordered shutdown and a non-zero exit, so systemd restarts us.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use actix::Arbiter;
+use actix_web::dev::ServerHandle;
+use tokio::sync::Notify;
+
+use crate::api::{self, AppState};
+use crate::config::Settings;
+use crate::db::{self, readers::ReaderPool, CheckpointResult, DbError};
+use crate::writer::{DbWriter, WriterHandle};
+
+/// Exit code after a panic (EX_SOFTWARE).
+pub const EXIT_PANIC: i32 = 70;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running service.
+pub struct Service {
+    pub addr: SocketAddr,
+    pub writer: WriterHandle,
+    server: ServerHandle,
+    writer_arbiter: Arbiter,
+    accepting: Arc<AtomicBool>,
+}
+
+#[derive(Debug)]
+pub struct ShutdownReport {
+    pub final_checkpoint: Result<CheckpointResult, String>,
+}
+
+impl Service {
+    /// Starts everything; must run inside an actix `System`.
+    pub async fn start(settings: Settings) -> Result<Service, StartError> {
+        let settings = Arc::new(settings);
+        let (conn, report) = db::open_and_migrate(&settings.database)?;
+        if !report.applied.is_empty() {
+            tracing::info!(applied = ?report.applied, "database migrated");
+        }
+        let readers = ReaderPool::open(&settings.database)?;
+        let (writer, writer_arbiter) = DbWriter::start(
+            conn,
+            settings.writer.mailbox_capacity,
+            settings.writer.max_batch_requests,
+        );
+        let wanted = settings.listen_addr();
+        let listener = TcpListener::bind(wanted).map_err(|source| StartError::Listen {
+            addr: wanted,
+            source,
+        })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: wanted,
+            source,
+        })?;
+        if !addr.ip().is_loopback() && settings.api.token.is_none() {
+            tracing::warn!(%addr, "listening beyond loopback without api.token: anyone who can reach this port can write events");
+        }
+        let accepting = Arc::new(AtomicBool::new(true));
+        let state = AppState {
+            settings: settings.clone(),
+            writer: writer.clone(),
+            readers,
+            started: Instant::now(),
+            accepting: accepting.clone(),
+        };
+        let server =
+            api::serve(listener, state).map_err(|source| StartError::Listen { addr, source })?;
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        tracing::info!(%addr, database = %settings.database.path.display(), sqlite = rusqlite::version(), "dbwarden started");
+        Ok(Service {
+            addr,
+            writer,
+            server: handle,
+            writer_arbiter,
+            accepting,
+        })
+    }
+
+    /// Ordered shutdown. With `graceful = false` (a second signal) requests in flight
+    /// are cut, but the writer still commits everything it accepted.
+    pub async fn shutdown(self, graceful: bool) -> ShutdownReport {
+        self.accepting.store(false, Ordering::Release);
+        self.server.stop(graceful).await;
+        let final_checkpoint = self.writer.shutdown().await.map_err(|e| e.to_string());
+        self.writer_arbiter.stop();
+        let arbiter = self.writer_arbiter;
+        let _ = tokio::task::spawn_blocking(move || arbiter.join()).await;
+        tracing::info!(?final_checkpoint, "dbwarden stopped");
+        ShutdownReport { final_checkpoint }
+    }
+
+    /// Stops the HTTP server at once; used when a second signal arrives.
+    pub fn server_handle(&self) -> ServerHandle {
+        self.server.clone()
+    }
+}
+
+fn panic_notify() -> &'static (Notify, AtomicBool) {
+    static PANICKED: OnceLock<(Notify, AtomicBool)> = OnceLock::new();
+    PANICKED.get_or_init(|| (Notify::new(), AtomicBool::new(false)))
+}
+
+/// Installs a panic hook that logs the panic and asks the supervisor for an ordered
+/// shutdown with a non-zero exit, instead of leaving a silently dead actor.
+pub fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!(panic = %info, "a part of dbwarden panicked; shutting down in order");
+        let (notify, flag) = panic_notify();
+        flag.store(true, Ordering::SeqCst);
+        notify.notify_one();
+        default(info);
+    }));
+}
+
+/// Runs until SIGTERM, SIGINT or a panic, then shuts down in order. Returns the
+/// process exit code.
+pub async fn run(settings: Settings) -> Result<i32, StartError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    install_panic_hook();
+    let mut term = signal(SignalKind::terminate()).map_err(|source| StartError::Listen {
+        addr: settings.listen_addr(),
+        source,
+    })?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|source| StartError::Listen {
+        addr: settings.listen_addr(),
+        source,
+    })?;
+    let service = Service::start(settings).await?;
+    let (notify, panicked) = panic_notify();
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        _ = notify.notified() => tracing::error!("panic: shutting down"),
+    }
+    // A second signal cuts requests in flight short; the writer still drains.
+    let server = service.server_handle();
+    let hurry = actix_rt::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        tracing::warn!("second signal: not waiting for requests in flight");
+        server.stop(false).await;
+    });
+    let report = service.shutdown(true).await;
+    hurry.abort();
+    let code = if panicked.load(Ordering::SeqCst) {
+        EXIT_PANIC
+    } else if report.final_checkpoint.is_err() {
+        1
+    } else {
+        0
+    };
+    Ok(code)
+}

@@ -1,0 +1,375 @@
+//! The DbWriter: the one actor that owns the read-write connection.
+//!
+//! It runs on its own arbiter (its own thread), so it may block on SQLite. Callers
+//! hand it a [`Write`] with a oneshot for the answer through a bounded mailbox
+//! (`try_send`: a full mailbox is backpressure, never an unbounded queue).
+//!
+//! **Group commit.** A handler only queues the write and schedules a flush. actix
+//! drains every message waiting in the mailbox before it runs the flush, so all the
+//! writes that arrived while the previous COMMIT was syncing are committed together
+//! in one transaction (at most `max_batch_requests` of them). Each write runs inside
+//! its own SAVEPOINT, so one bad write fails alone. Nobody is answered before COMMIT
+//! returned with `synchronous=FULL`: an acknowledgement means the data is on disk.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use rusqlite::{Connection, ErrorCode, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use crate::db::{self, queries, CheckpointMode, CheckpointResult};
+use crate::events::NewEvent;
+
+/// A write the service asks for.
+#[derive(Debug)]
+pub enum WriteRequest {
+    Append(Vec<NewEvent>),
+    DeleteCorruption(String),
+}
+
+/// What a successful write returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteReply {
+    /// Row ids of the appended events, in request order.
+    Appended(Vec<i64>),
+    /// Number of events deleted.
+    Deleted(usize),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// The request itself is wrong (a constraint failed, a field is invalid).
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// The mailbox is full: try again shortly.
+    #[error("the writer is busy; retry shortly")]
+    Busy,
+    /// The disk is full: nothing of the batch was committed.
+    #[error("the disk is full: {0}")]
+    DiskFull(String),
+    /// Any other storage failure: nothing of the batch was committed.
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// The writer is stopping or has stopped.
+    #[error("the writer is not running")]
+    Unavailable,
+}
+
+/// A write plus where to send its answer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Write {
+    pub request: WriteRequest,
+    pub reply: oneshot::Sender<Result<WriteReply, WriteError>>,
+}
+
+/// Runs a checkpoint on the writer's connection (the Checkpointer's path).
+#[derive(Message)]
+#[rtype(result = "Result<CheckpointResult, WriteError>")]
+pub struct Checkpoint(pub CheckpointMode);
+
+/// Commits everything queued, runs a final TRUNCATE checkpoint, closes the
+/// connection and stops the actor. Messages sent after it are refused.
+#[derive(Message)]
+#[rtype(result = "Result<CheckpointResult, WriteError>")]
+pub struct Shutdown;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Flush;
+
+/// Counters the health endpoint reads without asking the actor.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub batches: AtomicU64,
+    pub requests: AtomicU64,
+    pub events: AtomicU64,
+    pub failed_batches: AtomicU64,
+    /// Set while the last batch failed on storage (disk full, I/O error).
+    pub storage_failing: AtomicBool,
+    pub last_error: std::sync::Mutex<Option<String>>,
+}
+
+struct Pending {
+    request: WriteRequest,
+    reply: oneshot::Sender<Result<WriteReply, WriteError>>,
+}
+
+pub struct DbWriter {
+    conn: Option<Connection>,
+    pending: Vec<Pending>,
+    flush_scheduled: bool,
+    max_batch: usize,
+    mailbox_capacity: usize,
+    stats: Arc<WriterStats>,
+}
+
+impl Actor for DbWriter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.mailbox_capacity);
+    }
+}
+
+impl DbWriter {
+    /// Starts the writer on its own arbiter; `conn` must be migrated already.
+    pub fn start(
+        conn: Connection,
+        mailbox_capacity: usize,
+        max_batch: usize,
+    ) -> (WriterHandle, Arbiter) {
+        let stats = Arc::new(WriterStats::default());
+        let arbiter = Arbiter::new();
+        let actor_stats = stats.clone();
+        let addr = DbWriter::start_in_arbiter(&arbiter.handle(), move |_| DbWriter {
+            conn: Some(conn),
+            pending: Vec::new(),
+            flush_scheduled: false,
+            max_batch,
+            mailbox_capacity,
+            stats: actor_stats,
+        });
+        (WriterHandle { addr, stats }, arbiter)
+    }
+
+    fn flush(&mut self) {
+        self.flush_scheduled = false;
+        if self.pending.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.pending);
+        let Some(conn) = self.conn.as_mut() else {
+            for p in batch {
+                let _ = p.reply.send(Err(WriteError::Unavailable));
+            }
+            return;
+        };
+        let started = Instant::now();
+        let n = batch.len();
+        match commit_batch(conn, &batch) {
+            Ok(results) => {
+                let events: usize = results
+                    .iter()
+                    .map(|r| match r {
+                        Ok(WriteReply::Appended(ids)) => ids.len(),
+                        _ => 0,
+                    })
+                    .sum();
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                self.stats.requests.fetch_add(n as u64, Ordering::Relaxed);
+                self.stats
+                    .events
+                    .fetch_add(events as u64, Ordering::Relaxed);
+                self.stats.storage_failing.store(false, Ordering::Relaxed);
+                for (p, result) in batch.into_iter().zip(results) {
+                    let _ = p.reply.send(result);
+                }
+                tracing::trace!(
+                    requests = n,
+                    events,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "batch committed"
+                );
+            }
+            Err(err) => {
+                tracing::error!(requests = n, error = %err, "write batch failed; nothing of it was committed");
+                self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+                self.stats.storage_failing.store(true, Ordering::Relaxed);
+                if let Ok(mut last) = self.stats.last_error.lock() {
+                    *last = Some(err.to_string());
+                }
+                for p in batch {
+                    let _ = p.reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn classify(err: &rusqlite::Error) -> WriteError {
+    match err.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => WriteError::DiskFull(err.to_string()),
+        Some(ErrorCode::ConstraintViolation)
+        | Some(ErrorCode::TooBig)
+        | Some(ErrorCode::TypeMismatch) => WriteError::Rejected(err.to_string()),
+        _ => WriteError::Storage(err.to_string()),
+    }
+}
+
+/// One transaction for the whole batch, one savepoint per request. A request-level
+/// failure rolls back to its savepoint; a storage failure aborts the transaction.
+fn commit_batch(
+    conn: &mut Connection,
+    batch: &[Pending],
+) -> Result<Vec<Result<WriteReply, WriteError>>, WriteError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| classify(&e))?;
+    let mut results = Vec::with_capacity(batch.len());
+    for p in batch {
+        tx.execute_batch("SAVEPOINT request")
+            .map_err(|e| classify(&e))?;
+        match apply(&tx, &p.request) {
+            Ok(reply) => {
+                tx.execute_batch("RELEASE request")
+                    .map_err(|e| classify(&e))?;
+                results.push(Ok(reply));
+            }
+            Err(WriteError::Rejected(reason)) => {
+                tx.execute_batch("ROLLBACK TO request; RELEASE request")
+                    .map_err(|e| classify(&e))?;
+                results.push(Err(WriteError::Rejected(reason)));
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    tx.commit().map_err(|e| classify(&e))?;
+    Ok(results)
+}
+
+fn apply(conn: &Connection, request: &WriteRequest) -> Result<WriteReply, WriteError> {
+    match request {
+        WriteRequest::Append(events) => {
+            let mut ids = Vec::with_capacity(events.len());
+            for (i, event) in events.iter().enumerate() {
+                event
+                    .check()
+                    .map_err(|e| WriteError::Rejected(format!("events[{i}].{e}")))?;
+                ids.push(queries::insert_event(conn, event).map_err(|e| classify(&e))?);
+            }
+            Ok(WriteReply::Appended(ids))
+        }
+        WriteRequest::DeleteCorruption(id) => queries::delete_corruption(conn, id)
+            .map(WriteReply::Deleted)
+            .map_err(|e| classify(&e)),
+    }
+}
+
+impl Handler<Write> for DbWriter {
+    type Result = ();
+
+    fn handle(&mut self, msg: Write, ctx: &mut Self::Context) {
+        if self.conn.is_none() {
+            let _ = msg.reply.send(Err(WriteError::Unavailable));
+            return;
+        }
+        self.pending.push(Pending {
+            request: msg.request,
+            reply: msg.reply,
+        });
+        if self.pending.len() >= self.max_batch {
+            self.flush();
+        } else if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            ctx.notify(Flush);
+        }
+    }
+}
+
+impl Handler<Flush> for DbWriter {
+    type Result = ();
+
+    fn handle(&mut self, _: Flush, _: &mut Self::Context) {
+        self.flush();
+    }
+}
+
+impl Handler<Checkpoint> for DbWriter {
+    type Result = Result<CheckpointResult, WriteError>;
+
+    fn handle(&mut self, msg: Checkpoint, _: &mut Self::Context) -> Self::Result {
+        self.flush();
+        let conn = self.conn.as_ref().ok_or(WriteError::Unavailable)?;
+        db::wal_checkpoint(conn, msg.0).map_err(|e| WriteError::Storage(e.to_string()))
+    }
+}
+
+impl Handler<Shutdown> for DbWriter {
+    type Result = Result<CheckpointResult, WriteError>;
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) -> Self::Result {
+        self.flush();
+        ctx.stop();
+        let conn = self.conn.take().ok_or(WriteError::Unavailable)?;
+        let result = db::wal_checkpoint(&conn, CheckpointMode::Truncate)
+            .map_err(|e| WriteError::Storage(e.to_string()));
+        match &result {
+            Ok(r) if !r.busy => tracing::info!(
+                frames = r.log_frames,
+                "final checkpoint done; WAL truncated"
+            ),
+            Ok(r) => tracing::warn!(
+                frames = r.log_frames,
+                checkpointed = r.checkpointed_frames,
+                "final checkpoint was blocked by a reader; the WAL will be replayed at next start"
+            ),
+            Err(e) => tracing::error!(error = %e, "final checkpoint failed"),
+        }
+        if let Err((_, e)) = conn.close() {
+            tracing::error!(error = %e, "closing the database failed");
+        }
+        result
+    }
+}
+
+/// The cheap, cloneable way to talk to the writer.
+#[derive(Clone)]
+pub struct WriterHandle {
+    addr: Addr<DbWriter>,
+    stats: Arc<WriterStats>,
+}
+
+impl WriterHandle {
+    pub async fn write(&self, request: WriteRequest) -> Result<WriteReply, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.addr
+            .try_send(Write { request, reply })
+            .map_err(|e| match e {
+                SendError::Full(_) => WriteError::Busy,
+                SendError::Closed(_) => WriteError::Unavailable,
+            })?;
+        // A dropped sender means the actor died with the write queued: not committed.
+        answer.await.map_err(|_| WriteError::Unavailable)?
+    }
+
+    /// Appends events durably; answers with their row ids after COMMIT.
+    pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<i64>, WriteError> {
+        match self.write(WriteRequest::Append(events)).await? {
+            WriteReply::Appended(ids) => Ok(ids),
+            WriteReply::Deleted(_) => Err(WriteError::Storage("unexpected reply".into())),
+        }
+    }
+
+    pub async fn delete_corruption(&self, id: String) -> Result<usize, WriteError> {
+        match self.write(WriteRequest::DeleteCorruption(id)).await? {
+            WriteReply::Deleted(n) => Ok(n),
+            WriteReply::Appended(_) => Err(WriteError::Storage("unexpected reply".into())),
+        }
+    }
+
+    pub async fn checkpoint(&self, mode: CheckpointMode) -> Result<CheckpointResult, WriteError> {
+        self.addr
+            .send(Checkpoint(mode))
+            .await
+            .map_err(|_| WriteError::Unavailable)?
+    }
+
+    /// Commits what is queued, checkpoints (TRUNCATE) and closes the connection.
+    pub async fn shutdown(&self) -> Result<CheckpointResult, WriteError> {
+        self.addr
+            .send(Shutdown)
+            .await
+            .map_err(|_| WriteError::Unavailable)?
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.addr.connected()
+    }
+
+    pub fn stats(&self) -> &Arc<WriterStats> {
+        &self.stats
+    }
+}

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use config::{Config, Environment, File, FileFormat, Value, ValueKind};
+use config::{Config, Environment, File, FileFormat, ValueKind};
 use serde::{Deserialize, Serialize};
 
 /// The documented defaults, embedded at build time.
@@ -366,14 +366,23 @@ fn check_known(
 }
 
 fn origin_of(config: &Config, key: &str) -> String {
-    match config.get::<Value>(key) {
-        Ok(v) => match v.origin() {
-            Some(o) if o.starts_with(ENV_PREFIX) || o == "the environment" => {
-                "environment".to_string()
-            }
-            Some(o) => o.to_string(),
-            None => "defaults".to_string(),
-        },
-        Err(_) => "defaults".to_string(),
+    // Walk the merged tree: `Config::get` would rebuild the value without its origin.
+    let mut node = config.cache.clone();
+    for part in key.split('.') {
+        let next = match node.kind {
+            ValueKind::Table(mut table) => table.remove(part),
+            _ => None,
+        };
+        match next {
+            Some(v) => node = v,
+            None => return "defaults".to_string(),
+        }
+    }
+    match node.origin() {
+        Some(o) if o.starts_with(ENV_PREFIX) || o.contains("environment") => {
+            "environment".to_string()
+        }
+        Some(o) => o.to_string(),
+        None => "defaults".to_string(),
     }
 }

@@ -4,6 +4,7 @@
 //! alive until the end of `main`.
 
 use std::fs::DirBuilder;
+use std::io::IsTerminal;
 use std::os::unix::fs::DirBuilderExt;
 
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
@@ -30,6 +31,7 @@ pub fn init(settings: &LoggingSettings) -> Result<Option<WorkerGuard>, LoggingEr
             .unwrap_or_else(|| EnvFilter::new(&settings.level))
     };
     let stderr = fmt::layer()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_filter(filter());
     let (file, guard) = match &settings.dir {

@@ -1,0 +1,183 @@
+//! The command line: `config check`, `migrate`, `check --summary`, and configuration
+//! errors that name the key and where it came from.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn dbwarden(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbwarden"));
+    cmd.current_dir(dir).args(args).env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run dbwarden")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn config_check_prints_effective_settings_with_secrets_masked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("my.toml"),
+        "[api]\ntoken = \"hunter2-very-secret\"\nlisten = \"127.0.0.1:9999\"\n",
+    )
+    .expect("write");
+    let out = dbwarden(
+        dir.path(),
+        &["config", "check", "--config", "my.toml"],
+        &[("DBWARDEN__DATABASE__READERS", "7")],
+    );
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("listen = \"127.0.0.1:9999\""), "{shown}");
+    assert!(
+        shown.contains("readers = 7"),
+        "env overrides the file: {shown}"
+    );
+    assert!(!shown.contains("hunter2"), "token masked: {shown}");
+    assert!(shown.contains("token = \"********\""), "{shown}");
+}
+
+#[test]
+fn without_a_config_file_the_embedded_defaults_apply() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dbwarden(dir.path(), &["config", "check"], &[]);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("path = \"./data/dbwarden.db\""), "{shown}");
+    assert!(shown.contains("listen = \"127.0.0.1:8484\""), "{shown}");
+}
+
+#[test]
+fn config_errors_name_the_key_and_its_origin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // (file contents, environment, what the message must mention)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            "[api]\nlisten = \"127.0.0.1:1\"\nlistn = \"x\"\n",
+            vec![],
+            vec!["api.listn", "bad.toml"],
+        ),
+        ("[apii]\nlisten = \"x\"\n", vec![], vec!["apii", "bad.toml"]),
+        (
+            "[database]\nreaders = \"many\"\n",
+            vec![],
+            vec!["readers", "bad.toml"],
+        ),
+        (
+            "[database]\nreaders = 0\n",
+            vec![],
+            vec!["database.readers", "bad.toml", "out of range"],
+        ),
+        (
+            "[api]\nlisten = \"localhost\"\n",
+            vec![],
+            vec!["api.listen", "bad.toml"],
+        ),
+        ("[api]\ntoken = \"\"\n", vec![], vec!["api.token"]),
+        (
+            "[logging]\nlevel = \"loud[\"\n",
+            vec![],
+            vec!["logging.level"],
+        ),
+        ("not toml at all = = =", vec![], vec!["bad.toml"]),
+        (
+            "",
+            vec![("DBWARDEN__WRITER__MAILBOX_CAPACITY", "0")],
+            vec!["writer.mailbox_capacity", "environment"],
+        ),
+        (
+            "",
+            vec![("DBWARDEN__WRITER__MAILBOXCAPACITY", "5")],
+            vec!["writer.mailboxcapacity", "environment"],
+        ),
+        (
+            "",
+            vec![("DBWARDEN__API__MAX_BODY_BYTES", "lots")],
+            vec!["max_body_bytes"],
+        ),
+    ];
+    for (file, env, needles) in cases {
+        std::fs::write(dir.path().join("bad.toml"), file).expect("write");
+        let out = dbwarden(
+            dir.path(),
+            &["config", "check", "--config", "bad.toml"],
+            &env,
+        );
+        let shown = text(&out);
+        assert!(!out.status.success(), "{file:?} {env:?} accepted: {shown}");
+        for needle in needles {
+            assert!(
+                shown.contains(needle),
+                "{file:?} {env:?}: expected `{needle}` in: {shown}"
+            );
+        }
+        assert!(!shown.contains("panicked"), "{shown}");
+    }
+    let out = dbwarden(
+        dir.path(),
+        &["config", "check", "--config", "missing.toml"],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("missing.toml"), "{}", text(&out));
+}
+
+#[test]
+fn migrate_then_check_the_summary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = [("DBWARDEN__DATABASE__PATH", "state/events.db")];
+    let out = dbwarden(dir.path(), &["check", "--summary"], &env);
+    assert!(!out.status.success(), "no database yet: {}", text(&out));
+
+    let out = dbwarden(dir.path(), &["migrate"], &env);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("2 migration(s) applied"),
+        "{}",
+        text(&out)
+    );
+    let db = dir.path().join("state/events.db");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&db).expect("db").permissions());
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "database file not readable by others: {mode:o}"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("state"))
+            .expect("dir")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o077, 0, "database dir private: {mode:o}");
+
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute(
+        "INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data) VALUES ('corruption', 'x', 'CorruptionDetected', '{}')",
+        [],
+    )
+    .expect("insert");
+    let out = dbwarden(dir.path(), &["check"], &env);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("quick_check: ok"), "{}", text(&out));
+    assert!(text(&out).contains("summary: exact"), "{}", text(&out));
+
+    conn.execute(
+        "UPDATE corruption_summary SET current_state = 'VerificationSuccess'",
+        [],
+    )
+    .expect("tamper");
+    drop(conn);
+    let out = dbwarden(dir.path(), &["check", "--summary"], &env);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("difference"), "{}", text(&out));
+}

@@ -1,0 +1,237 @@
+//! Shared test helpers: settings over a temp dir, the real service on port 0, and an
+//! independent recomputation of the corruption summary.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use dbwarden::config::{ConfigSource, Settings};
+use dbwarden::supervisor::Service;
+use rusqlite::types::ValueRef;
+use rusqlite::Connection;
+use serde_json::Value;
+
+pub const LIFECYCLE_EXCLUDED: &[&str] = &["NotificationSent", "NotificationFailed"];
+pub const RETRY_TYPES: &[&str] = &[
+    "DeletionFailed",
+    "SearchFailed",
+    "VerificationFailed",
+    "DownloadFailed",
+    "DownloadTimeout",
+];
+
+/// Settings from the embedded defaults plus `extra` environment-style overrides,
+/// with the database in `dir` and the API on an ephemeral port.
+pub fn settings_in(dir: &Path, extra: &[(&str, &str)]) -> Settings {
+    let mut env = vec![
+        (
+            "DBWARDEN__DATABASE__PATH".to_string(),
+            dir.join("db").join("events.db").display().to_string(),
+        ),
+        (
+            "DBWARDEN__API__LISTEN".to_string(),
+            "127.0.0.1:0".to_string(),
+        ),
+    ];
+    for (k, v) in extra {
+        env.push((k.to_string(), v.to_string()));
+    }
+    Settings::load_with_env(&ConfigSource::Default, env).expect("test settings")
+}
+
+pub struct TestApp {
+    pub dir: tempfile::TempDir,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub service: Option<Service>,
+    pub db_path: PathBuf,
+}
+
+impl TestApp {
+    /// Starts the real service (inside the test's actix system).
+    pub async fn spawn(extra: &[(&str, &str)]) -> TestApp {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = settings_in(dir.path(), extra);
+        let db_path = settings.database.path.clone();
+        let service = Service::start(settings).await.expect("service starts");
+        TestApp {
+            base: format!("http://{}", service.addr),
+            dir,
+            client: reqwest::Client::new(),
+            service: Some(service),
+            db_path,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.service.take() {
+            s.shutdown(true).await;
+        }
+    }
+
+    /// Number of rows in `events`, read from disk.
+    pub fn event_count(&self) -> i64 {
+        self.open()
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .expect("count events")
+    }
+
+    /// A fresh read-only connection for checking what is on disk.
+    pub fn open(&self) -> Connection {
+        Connection::open_with_flags(&self.db_path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open db")
+    }
+}
+
+/// One summary row as the reference defines it, computed in Rust.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExpectedRow {
+    pub current_state: String,
+    pub retry_count: i64,
+    pub file_path: Option<String>,
+    pub path_id: Option<String>,
+    pub last_error: Option<String>,
+    pub corruption_type: Option<String>,
+    pub detected_at: Option<String>,
+    pub last_updated_at: Option<String>,
+}
+
+fn sql_text(v: ValueRef<'_>) -> Option<String> {
+    match v {
+        ValueRef::Null => None,
+        ValueRef::Integer(i) => Some(i.to_string()),
+        ValueRef::Real(f) => Some(f.to_string()),
+        ValueRef::Text(t) | ValueRef::Blob(t) => Some(String::from_utf8_lossy(t).into_owned()),
+    }
+}
+
+fn json_field(data: &Option<Value>, key: &str) -> Option<String> {
+    match data.as_ref()?.get(key)? {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// Recomputes the summary from the events table with no SQL beyond a plain scan.
+pub fn recompute_summary(conn: &Connection) -> BTreeMap<String, ExpectedRow> {
+    let mut stmt = conn
+        .prepare("SELECT aggregate_type, aggregate_id, event_type, event_data, created_at FROM events ORDER BY id")
+        .expect("prepare");
+    let mut rows = stmt.query([]).expect("query");
+    let mut out: BTreeMap<String, ExpectedRow> = BTreeMap::new();
+    let mut detected: BTreeSet<String> = BTreeSet::new();
+    while let Some(r) = rows.next().expect("row") {
+        let agg_type: String = r.get(0).expect("type");
+        let agg_id: String = r.get(1).expect("id");
+        let event_type: String = r.get(2).expect("event type");
+        if agg_type != "corruption" || LIFECYCLE_EXCLUDED.contains(&event_type.as_str()) {
+            continue;
+        }
+        let data: Option<Value> = match r.get_ref(3).expect("data") {
+            ValueRef::Text(t) | ValueRef::Blob(t) => serde_json::from_slice(t).ok(),
+            ValueRef::Integer(i) => Some(Value::from(i)),
+            ValueRef::Real(f) => Some(Value::from(f)),
+            ValueRef::Null => None,
+        };
+        let created_at = sql_text(r.get_ref(4).expect("created"));
+        let agg_key = agg_id.clone();
+        let entry = out.entry(agg_id).or_insert_with(|| ExpectedRow {
+            current_state: event_type.clone(),
+            retry_count: 0,
+            file_path: None,
+            path_id: None,
+            last_error: None,
+            corruption_type: None,
+            detected_at: created_at.clone(),
+            last_updated_at: created_at.clone(),
+        });
+        entry.current_state = event_type.clone();
+        entry.last_updated_at = created_at;
+        if RETRY_TYPES.contains(&event_type.as_str()) {
+            entry.retry_count += 1;
+        }
+        if let Some(err) = json_field(&data, "error") {
+            entry.last_error = Some(err);
+        }
+        // The first CorruptionDetected fixes these, even when it carries none of them.
+        if event_type == "CorruptionDetected" && detected.insert(agg_key) {
+            entry.file_path = json_field(&data, "file_path");
+            entry.path_id = json_field(&data, "path_id");
+            entry.corruption_type = json_field(&data, "corruption_type");
+        }
+    }
+    out
+}
+
+/// The materialized summary as stored.
+pub fn stored_summary(conn: &Connection) -> BTreeMap<String, ExpectedRow> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT corruption_id, current_state, retry_count, file_path, path_id, last_error,
+                    corruption_type, detected_at, last_updated_at FROM corruption_summary",
+        )
+        .expect("prepare");
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                ExpectedRow {
+                    current_state: r.get(1)?,
+                    retry_count: r.get(2)?,
+                    file_path: sql_text(r.get_ref(3)?),
+                    path_id: sql_text(r.get_ref(4)?),
+                    last_error: sql_text(r.get_ref(5)?),
+                    corruption_type: sql_text(r.get_ref(6)?),
+                    detected_at: sql_text(r.get_ref(7)?),
+                    last_updated_at: sql_text(r.get_ref(8)?),
+                },
+            ))
+        })
+        .expect("query");
+    rows.map(|r| r.expect("row")).collect()
+}
+
+/// Stored per-state counts, zero counts left out.
+pub fn stored_counts(conn: &Connection) -> BTreeMap<String, i64> {
+    let mut stmt = conn
+        .prepare("SELECT state, count FROM corruption_state_counts WHERE count <> 0")
+        .expect("prepare");
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .expect("query");
+    rows.map(|r| r.expect("row")).collect()
+}
+
+pub fn expected_counts(summary: &BTreeMap<String, ExpectedRow>) -> BTreeMap<String, i64> {
+    let mut counts = BTreeMap::new();
+    for row in summary.values() {
+        *counts.entry(row.current_state.clone()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Asserts summary and counts equal the independent recomputation.
+pub fn assert_summary_exact(conn: &Connection) {
+    let expected = recompute_summary(conn);
+    let stored = stored_summary(conn);
+    assert_eq!(stored, expected, "summary differs from a recomputation");
+    assert_eq!(
+        stored_counts(conn),
+        expected_counts(&expected),
+        "state counts differ"
+    );
+}

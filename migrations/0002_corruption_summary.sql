@@ -147,69 +147,88 @@ FROM (SELECT DISTINCT aggregate_id FROM events
        WHERE aggregate_type = 'corruption'
          AND event_type NOT IN ('NotificationSent', 'NotificationFailed')) a;
 
--- Insert: O(log n). Each "is this the latest / first" question is an index seek on
--- (aggregate_type, aggregate_id, id) or (aggregate_id, event_type, id), never a scan
--- of the aggregate's history; retry_count is incremented, not recounted.
+-- Insert: O(log n), and as little work as possible in the common case. Each step is
+-- a primary-key update guarded by a cheap condition: NEW.id is normally the highest
+-- id (one look at the end of the rowid tree), so the "is there a later / earlier
+-- event" seeks only run for rows inserted out of order; retry, error and detection
+-- steps only run for the events that carry them; only the columns that change are
+-- written, so untouched indexes stay untouched.
 CREATE TRIGGER dbwarden_summary_on_event_insert
 AFTER INSERT ON events
 WHEN NEW.aggregate_type = 'corruption'
  AND NEW.event_type NOT IN ('NotificationSent', 'NotificationFailed')
 BEGIN
+    -- The latest lifecycle event sets the state.
+    UPDATE corruption_summary
+       SET current_state = NEW.event_type, last_updated_at = NEW.created_at
+     WHERE corruption_id = NEW.aggregate_id
+       AND (NEW.id >= (SELECT max(id) FROM events)
+            OR NOT EXISTS (SELECT 1 FROM events e
+                            WHERE e.aggregate_type = 'corruption' AND e.aggregate_id = NEW.aggregate_id
+                              AND e.id > NEW.id
+                              AND e.event_type NOT IN ('NotificationSent', 'NotificationFailed')));
+
+    -- Retries are counted as they come, never recounted.
+    UPDATE corruption_summary SET retry_count = retry_count + 1
+     WHERE NEW.event_type IN ('DeletionFailed', 'SearchFailed', 'VerificationFailed',
+                              'DownloadFailed', 'DownloadTimeout')
+       AND corruption_id = NEW.aggregate_id;
+
+    -- The latest non-null error sticks.
+    UPDATE corruption_summary
+       SET last_error = json_extract(CAST(NEW.event_data AS TEXT), '$.error')
+     WHERE corruption_id = NEW.aggregate_id
+       AND json_valid(CAST(NEW.event_data AS TEXT))
+       AND json_extract(CAST(NEW.event_data AS TEXT), '$.error') IS NOT NULL
+       AND (NEW.id >= (SELECT max(id) FROM events)
+            OR NOT EXISTS (SELECT 1 FROM events e
+                            WHERE e.aggregate_type = 'corruption' AND e.aggregate_id = NEW.aggregate_id
+                              AND e.id > NEW.id
+                              AND e.event_type NOT IN ('NotificationSent', 'NotificationFailed')
+                              AND json_valid(CAST(e.event_data AS TEXT))
+                              AND json_extract(CAST(e.event_data AS TEXT), '$.error') IS NOT NULL));
+
+    -- The first CorruptionDetected fixes file_path, path_id and corruption_type.
+    UPDATE corruption_summary
+       SET (file_path, path_id, corruption_type) = (
+           SELECT json_extract(d, '$.file_path'), json_extract(d, '$.path_id'),
+                  json_extract(d, '$.corruption_type')
+             FROM (SELECT CASE WHEN json_valid(CAST(NEW.event_data AS TEXT))
+                               THEN CAST(NEW.event_data AS TEXT) ELSE '{}' END AS d))
+     WHERE NEW.event_type = 'CorruptionDetected'
+       AND corruption_id = NEW.aggregate_id
+       AND NOT EXISTS (SELECT 1 FROM events e
+                        WHERE e.aggregate_id = NEW.aggregate_id
+                          AND e.event_type = 'CorruptionDetected'
+                          AND e.aggregate_type = 'corruption'
+                          AND e.id < NEW.id);
+
+    -- A row inserted below existing ids (an explicit id) may be the first one.
+    UPDATE corruption_summary SET detected_at = NEW.created_at
+     WHERE NEW.id < (SELECT max(id) FROM events)
+       AND corruption_id = NEW.aggregate_id
+       AND NOT EXISTS (SELECT 1 FROM events e
+                        WHERE e.aggregate_type = 'corruption' AND e.aggregate_id = NEW.aggregate_id
+                          AND e.id < NEW.id
+                          AND e.event_type NOT IN ('NotificationSent', 'NotificationFailed'));
+
+    -- The aggregate's first lifecycle event creates its row.
     INSERT INTO corruption_summary (corruption_id, current_state, retry_count, file_path,
                                     path_id, last_error, corruption_type, detected_at,
                                     last_updated_at)
-    VALUES (
-        NEW.aggregate_id,
-        NEW.event_type,
-        NEW.event_type IN ('DeletionFailed', 'SearchFailed', 'VerificationFailed',
-                           'DownloadFailed', 'DownloadTimeout'),
-        CASE WHEN NEW.event_type = 'CorruptionDetected' AND json_valid(CAST(NEW.event_data AS TEXT))
-             THEN json_extract(CAST(NEW.event_data AS TEXT), '$.file_path') END,
-        CASE WHEN NEW.event_type = 'CorruptionDetected' AND json_valid(CAST(NEW.event_data AS TEXT))
-             THEN json_extract(CAST(NEW.event_data AS TEXT), '$.path_id') END,
-        CASE WHEN json_valid(CAST(NEW.event_data AS TEXT))
-             THEN json_extract(CAST(NEW.event_data AS TEXT), '$.error') END,
-        CASE WHEN NEW.event_type = 'CorruptionDetected' AND json_valid(CAST(NEW.event_data AS TEXT))
-             THEN json_extract(CAST(NEW.event_data AS TEXT), '$.corruption_type') END,
-        NEW.created_at,
-        NEW.created_at)
-    ON CONFLICT (corruption_id) DO UPDATE SET
-        retry_count = retry_count + excluded.retry_count,
-        (current_state, last_updated_at) = (
-            SELECT CASE WHEN later.id IS NULL THEN excluded.current_state ELSE current_state END,
-                   CASE WHEN later.id IS NULL THEN excluded.last_updated_at ELSE last_updated_at END
-              FROM (SELECT 1 AS anchor) LEFT JOIN (
-                   SELECT e.id FROM events e
-                    WHERE e.aggregate_type = 'corruption' AND e.aggregate_id = NEW.aggregate_id
-                      AND e.id > NEW.id
-                      AND e.event_type NOT IN ('NotificationSent', 'NotificationFailed')
-                    LIMIT 1) later),
-        (file_path, path_id, corruption_type) = (
-            SELECT CASE WHEN first_cd THEN excluded.file_path ELSE file_path END,
-                   CASE WHEN first_cd THEN excluded.path_id ELSE path_id END,
-                   CASE WHEN first_cd THEN excluded.corruption_type ELSE corruption_type END
-              FROM (SELECT NEW.event_type = 'CorruptionDetected' AND NOT EXISTS (
-                        SELECT 1 FROM events e
-                         WHERE e.aggregate_id = NEW.aggregate_id
-                           AND e.event_type = 'CorruptionDetected'
-                           AND e.aggregate_type = 'corruption'
-                           AND e.id < NEW.id) AS first_cd)),
-        last_error = CASE
-            WHEN excluded.last_error IS NOT NULL AND NOT EXISTS (
-                SELECT 1 FROM events e
-                 WHERE e.aggregate_type = 'corruption' AND e.aggregate_id = NEW.aggregate_id
-                   AND e.id > NEW.id
-                   AND e.event_type NOT IN ('NotificationSent', 'NotificationFailed')
-                   AND json_valid(CAST(e.event_data AS TEXT))
-                   AND json_extract(CAST(e.event_data AS TEXT), '$.error') IS NOT NULL)
-            THEN excluded.last_error ELSE last_error END,
-        detected_at = CASE
-            WHEN NOT EXISTS (
-                SELECT 1 FROM events e
-                 WHERE e.aggregate_type = 'corruption' AND e.aggregate_id = NEW.aggregate_id
-                   AND e.id < NEW.id
-                   AND e.event_type NOT IN ('NotificationSent', 'NotificationFailed'))
-            THEN excluded.detected_at ELSE detected_at END;
+    SELECT NEW.aggregate_id,
+           NEW.event_type,
+           NEW.event_type IN ('DeletionFailed', 'SearchFailed', 'VerificationFailed',
+                              'DownloadFailed', 'DownloadTimeout'),
+           CASE WHEN NEW.event_type = 'CorruptionDetected' THEN json_extract(d, '$.file_path') END,
+           CASE WHEN NEW.event_type = 'CorruptionDetected' THEN json_extract(d, '$.path_id') END,
+           json_extract(d, '$.error'),
+           CASE WHEN NEW.event_type = 'CorruptionDetected' THEN json_extract(d, '$.corruption_type') END,
+           NEW.created_at,
+           NEW.created_at
+      FROM (SELECT CASE WHEN json_valid(CAST(NEW.event_data AS TEXT))
+                        THEN CAST(NEW.event_data AS TEXT) ELSE '{}' END AS d)
+     WHERE NOT EXISTS (SELECT 1 FROM corruption_summary WHERE corruption_id = NEW.aggregate_id);
 END;
 
 -- Delete and update are rare (pruning, DELETE /api/corruptions/{id}): the aggregate's

@@ -199,8 +199,10 @@ fn classify(err: &rusqlite::Error) -> WriteError {
     }
 }
 
-/// One transaction for the whole batch, one savepoint per request. A request-level
-/// failure rolls back to its savepoint; a storage failure aborts the transaction.
+/// One transaction for the whole batch. Consecutive appends are written together with
+/// multi-row INSERTs under one savepoint; if that fails on a request's own account,
+/// it is rolled back and the run is retried one savepoint per request, so a bad
+/// request fails alone. A storage failure aborts the transaction.
 fn commit_batch(
     conn: &mut Connection,
     batch: &[Pending],
@@ -208,40 +210,121 @@ fn commit_batch(
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| classify(&e))?;
-    let mut results = Vec::with_capacity(batch.len());
-    for p in batch {
-        tx.execute_batch("SAVEPOINT request")
-            .map_err(|e| classify(&e))?;
-        match apply(&tx, &p.request) {
-            Ok(reply) => {
-                tx.execute_batch("RELEASE request")
-                    .map_err(|e| classify(&e))?;
-                results.push(Ok(reply));
+    let mut results: Vec<Option<Result<WriteReply, WriteError>>> = vec![None; batch.len()];
+    // Requests that fail validation are answered without touching the database.
+    for (slot, p) in results.iter_mut().zip(batch) {
+        if let WriteRequest::Append(events) = &p.request {
+            if let Some((i, e)) = events
+                .iter()
+                .enumerate()
+                .find_map(|(i, e)| e.check().err().map(|e| (i, e)))
+            {
+                *slot = Some(Err(WriteError::Rejected(format!("events[{i}].{e}"))));
             }
-            Err(WriteError::Rejected(reason)) => {
-                tx.execute_batch("ROLLBACK TO request; RELEASE request")
-                    .map_err(|e| classify(&e))?;
-                results.push(Err(WriteError::Rejected(reason)));
-            }
-            Err(other) => return Err(other),
         }
     }
+    let mut start = 0;
+    while start < batch.len() {
+        if results[start].is_some() {
+            start += 1;
+            continue;
+        }
+        // A run of valid appends, or a single other request.
+        let mut end = start + 1;
+        if matches!(batch[start].request, WriteRequest::Append(_)) {
+            while end < batch.len()
+                && results[end].is_none()
+                && matches!(batch[end].request, WriteRequest::Append(_))
+            {
+                end += 1;
+            }
+        }
+        if end - start > 1 {
+            if let Some(replies) = append_run(&tx, &batch[start..end])? {
+                for (slot, reply) in results[start..end].iter_mut().zip(replies) {
+                    *slot = Some(Ok(reply));
+                }
+                start = end;
+                continue;
+            }
+        }
+        for i in start..end {
+            results[i] = Some(apply_alone(&tx, &batch[i].request)?);
+        }
+        start = end;
+    }
     tx.commit().map_err(|e| classify(&e))?;
-    Ok(results)
+    Ok(results
+        .into_iter()
+        .map(|r| r.unwrap_or(Err(WriteError::Storage("request was not processed".into()))))
+        .collect())
+}
+
+/// Writes a run of appends with shared multi-row INSERTs. `Ok(None)`: a request was
+/// at fault; the run was rolled back and must be retried request by request.
+fn append_run(tx: &Connection, run: &[Pending]) -> Result<Option<Vec<WriteReply>>, WriteError> {
+    let all: Vec<NewEvent> = run
+        .iter()
+        .flat_map(|p| match &p.request {
+            WriteRequest::Append(events) => events.clone(),
+            WriteRequest::DeleteCorruption(_) => Vec::new(),
+        })
+        .collect();
+    tx.execute_batch("SAVEPOINT run")
+        .map_err(|e| classify(&e))?;
+    match queries::insert_events(tx, &all) {
+        Ok(ids) => {
+            tx.execute_batch("RELEASE run").map_err(|e| classify(&e))?;
+            let mut ids = ids.into_iter();
+            Ok(Some(
+                run.iter()
+                    .map(|p| match &p.request {
+                        WriteRequest::Append(events) => {
+                            WriteReply::Appended(ids.by_ref().take(events.len()).collect())
+                        }
+                        WriteRequest::DeleteCorruption(_) => WriteReply::Deleted(0),
+                    })
+                    .collect(),
+            ))
+        }
+        Err(e) => match classify(&e) {
+            WriteError::Rejected(_) => {
+                tx.execute_batch("ROLLBACK TO run; RELEASE run")
+                    .map_err(|e| classify(&e))?;
+                Ok(None)
+            }
+            other => Err(other),
+        },
+    }
+}
+
+/// Applies one request inside its own savepoint. `Err` only for storage failures.
+fn apply_alone(
+    tx: &Connection,
+    request: &WriteRequest,
+) -> Result<Result<WriteReply, WriteError>, WriteError> {
+    tx.execute_batch("SAVEPOINT request")
+        .map_err(|e| classify(&e))?;
+    match apply(tx, request) {
+        Ok(reply) => {
+            tx.execute_batch("RELEASE request")
+                .map_err(|e| classify(&e))?;
+            Ok(Ok(reply))
+        }
+        Err(WriteError::Rejected(reason)) => {
+            tx.execute_batch("ROLLBACK TO request; RELEASE request")
+                .map_err(|e| classify(&e))?;
+            Ok(Err(WriteError::Rejected(reason)))
+        }
+        Err(other) => Err(other),
+    }
 }
 
 fn apply(conn: &Connection, request: &WriteRequest) -> Result<WriteReply, WriteError> {
     match request {
-        WriteRequest::Append(events) => {
-            let mut ids = Vec::with_capacity(events.len());
-            for (i, event) in events.iter().enumerate() {
-                event
-                    .check()
-                    .map_err(|e| WriteError::Rejected(format!("events[{i}].{e}")))?;
-                ids.push(queries::insert_event(conn, event).map_err(|e| classify(&e))?);
-            }
-            Ok(WriteReply::Appended(ids))
-        }
+        WriteRequest::Append(events) => queries::insert_events(conn, events)
+            .map(WriteReply::Appended)
+            .map_err(|e| classify(&e)),
         WriteRequest::DeleteCorruption(id) => queries::delete_corruption(conn, id)
             .map(WriteReply::Deleted)
             .map_err(|e| classify(&e)),

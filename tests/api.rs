@@ -537,3 +537,82 @@ async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     }
     out
 }
+
+/// Fault injection: a trigger of the user's own makes the database reject one event
+/// (it passes our validation). The merged multi-row write of the group fails, is
+/// rolled back, and is retried request by request: only the poisoned request fails.
+#[actix_rt::test]
+async fn a_request_the_database_rejects_fails_alone_within_a_group_commit() {
+    let mut app = TestApp::spawn(&[("DBWARDEN__DATABASE__BUSY_TIMEOUT_MS", "10000")]).await;
+    let writer = app.service.as_ref().expect("service").writer.clone();
+    let other = rusqlite::Connection::open(&app.db_path).expect("second connection");
+    other
+        .execute_batch(
+            "CREATE TRIGGER reject_poison BEFORE INSERT ON events WHEN NEW.event_type = 'Poison'
+             BEGIN SELECT RAISE(ABORT, 'poison event refused'); END;",
+        )
+        .expect("install the fault");
+    other
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("hold the write lock");
+    let first = {
+        let w = writer.clone();
+        tokio::spawn(async move {
+            w.append(vec![NewEvent::new(
+                "corruption",
+                "first",
+                "CorruptionDetected",
+                json!({}),
+            )])
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let requests = vec![
+        vec![NewEvent::new(
+            "corruption",
+            "a",
+            "CorruptionDetected",
+            json!({}),
+        )],
+        vec![
+            NewEvent::new("corruption", "b", "CorruptionDetected", json!({})),
+            NewEvent::new("corruption", "b", "Poison", json!({})),
+        ],
+        vec![NewEvent::new(
+            "corruption",
+            "c",
+            "CorruptionDetected",
+            json!({}),
+        )],
+    ];
+    let handles: Vec<_> = requests
+        .into_iter()
+        .map(|r| {
+            let w = writer.clone();
+            tokio::spawn(async move { w.append(r).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    other.execute_batch("ROLLBACK").expect("release");
+    assert!(first.await.expect("task").is_ok());
+    let results = futures_join(handles).await;
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    assert!(
+        matches!(&results[1], Err(WriteError::Rejected(reason)) if reason.contains("poison")),
+        "{:?}",
+        results[1]
+    );
+    assert!(results[2].is_ok(), "{:?}", results[2]);
+    app.stop().await;
+    let conn = app.open();
+    let ids: Vec<String> = conn
+        .prepare("SELECT aggregate_id FROM events ORDER BY id")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect();
+    assert_eq!(ids, ["first", "a", "c"]);
+    common::assert_summary_exact(&conn);
+}

@@ -149,6 +149,8 @@ fn apply_settings(
     settings: &DatabaseSettings,
     read_only: bool,
 ) -> Result<(), DbError> {
+    // Room for every multi-row INSERT shape plus the service's queries.
+    conn.set_prepared_statement_cache_capacity(64);
     conn.busy_timeout(Duration::from_millis(settings.busy_timeout_ms))?;
     let mode: String = if read_only {
         conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?

@@ -29,35 +29,104 @@ pub const BUCKETS: &[&str] = &[
 /// Appends one event; with a client key already seen, returns the original row id and
 /// writes nothing.
 pub fn insert_event(conn: &Connection, event: &NewEvent) -> Result<i64, rusqlite::Error> {
-    if let Some(key) = &event.key {
-        let existing: Option<i64> = conn
-            .prepare_cached("SELECT event_id FROM dbwarden_event_keys WHERE event_key = ?1")?
-            .query_row([key.to_string()], |r| r.get(0))
-            .optional()?;
-        if let Some(id) = existing {
-            return Ok(id);
+    Ok(insert_events(conn, std::slice::from_ref(event))?[0])
+}
+
+/// Rows per multi-row INSERT. Chunks are powers of two so at most a handful of
+/// statement shapes exist and all stay in the statement cache.
+const MAX_ROWS_PER_INSERT: usize = 256;
+
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, event_version, created_at) VALUES ",
+    );
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?,?,?,?,?,?)");
+    }
+    sql.push_str(" RETURNING id");
+    sql
+}
+
+/// Appends events in order and returns their row ids. Events whose client key was
+/// seen before (in the database or earlier in `events`) are not written again: they
+/// get the original row id.
+///
+/// Rows go in as multi-row INSERT statements. Within a transaction SQLite keeps a
+/// statement journal for every statement whose triggers may fail, and pays for it per
+/// statement: one statement for many rows makes the summary triggers several times
+/// cheaper per event than one statement per row.
+pub fn insert_events(conn: &Connection, events: &[NewEvent]) -> Result<Vec<i64>, rusqlite::Error> {
+    let mut ids: Vec<Option<i64>> = vec![None; events.len()];
+    // Index of the first event in this call carrying each key, for repeats within it.
+    let mut first_with_key: std::collections::HashMap<&uuid::Uuid, usize> =
+        std::collections::HashMap::new();
+    let mut repeats: Vec<(usize, usize)> = Vec::new();
+    let mut to_insert: Vec<usize> = Vec::with_capacity(events.len());
+    for (i, event) in events.iter().enumerate() {
+        if let Some(key) = &event.key {
+            if let Some(&first) = first_with_key.get(key) {
+                repeats.push((i, first));
+                continue;
+            }
+            first_with_key.insert(key, i);
+            let existing: Option<i64> = conn
+                .prepare_cached("SELECT event_id FROM dbwarden_event_keys WHERE event_key = ?1")?
+                .query_row([key.to_string()], |r| r.get(0))
+                .optional()?;
+            if let Some(id) = existing {
+                ids[i] = Some(id);
+                continue;
+            }
+        }
+        to_insert.push(i);
+    }
+    let mut rest = &to_insert[..];
+    while !rest.is_empty() {
+        let rows = if rest.len() >= MAX_ROWS_PER_INSERT {
+            MAX_ROWS_PER_INSERT
+        } else {
+            1 << (usize::BITS - 1 - rest.len().leading_zeros())
+        };
+        let (chunk, tail) = rest.split_at(rows);
+        rest = tail;
+        let mut stmt = conn.prepare_cached(&insert_sql(rows))?;
+        let mut params: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(rows * 6);
+        for &i in chunk {
+            let e = &events[i];
+            params.extend_from_slice(&[
+                &e.aggregate_type as &dyn rusqlite::ToSql,
+                &e.aggregate_id,
+                &e.event_type,
+                &e.event_data,
+                &e.event_version,
+                &e.created_at,
+            ]);
+        }
+        let mut new_ids: Vec<i64> = stmt
+            .query_map(params.as_slice(), |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        // AUTOINCREMENT hands out increasing ids in VALUES order; RETURNING's own row
+        // order is unspecified, so sort.
+        new_ids.sort_unstable();
+        for (&i, id) in chunk.iter().zip(new_ids) {
+            ids[i] = Some(id);
         }
     }
-    conn.prepare_cached(
-        "INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, event_version, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        event.aggregate_type,
-        event.aggregate_id,
-        event.event_type,
-        event.event_data,
-        event.event_version,
-        event.created_at
-    ])?;
-    let id = conn.last_insert_rowid();
-    if let Some(key) = &event.key {
-        conn.prepare_cached(
-            "INSERT INTO dbwarden_event_keys (event_key, event_id) VALUES (?1, ?2)",
-        )?
-        .execute(params![key.to_string(), id])?;
+    for &i in &to_insert {
+        if let (Some(key), Some(id)) = (&events[i].key, ids[i]) {
+            conn.prepare_cached(
+                "INSERT INTO dbwarden_event_keys (event_key, event_id) VALUES (?1, ?2)",
+            )?
+            .execute(params![key.to_string(), id])?;
+        }
     }
-    Ok(id)
+    for (i, first) in repeats {
+        ids[i] = ids[first];
+    }
+    Ok(ids.into_iter().map(|id| id.unwrap_or_default()).collect())
 }
 
 /// Deletes every event of a corruption aggregate; the triggers drop its summary row.

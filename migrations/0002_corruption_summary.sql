@@ -170,8 +170,9 @@ BEGIN
 
     -- Retries are counted as they come, never recounted.
     UPDATE corruption_summary SET retry_count = retry_count + 1
-     WHERE NEW.event_type IN ('DeletionFailed', 'SearchFailed', 'VerificationFailed',
-                              'DownloadFailed', 'DownloadTimeout')
+     WHERE (NEW.event_type = 'DeletionFailed' OR NEW.event_type = 'SearchFailed'
+            OR NEW.event_type = 'VerificationFailed' OR NEW.event_type = 'DownloadFailed'
+            OR NEW.event_type = 'DownloadTimeout')
        AND corruption_id = NEW.aggregate_id;
 
     -- The latest non-null error sticks.
@@ -190,11 +191,12 @@ BEGIN
 
     -- The first CorruptionDetected fixes file_path, path_id and corruption_type.
     UPDATE corruption_summary
-       SET (file_path, path_id, corruption_type) = (
-           SELECT json_extract(d, '$.file_path'), json_extract(d, '$.path_id'),
-                  json_extract(d, '$.corruption_type')
-             FROM (SELECT CASE WHEN json_valid(CAST(NEW.event_data AS TEXT))
-                               THEN CAST(NEW.event_data AS TEXT) ELSE '{}' END AS d))
+       SET file_path = CASE WHEN json_valid(CAST(NEW.event_data AS TEXT))
+                            THEN json_extract(CAST(NEW.event_data AS TEXT), '$.file_path') END,
+           path_id = CASE WHEN json_valid(CAST(NEW.event_data AS TEXT))
+                          THEN json_extract(CAST(NEW.event_data AS TEXT), '$.path_id') END,
+           corruption_type = CASE WHEN json_valid(CAST(NEW.event_data AS TEXT))
+                                  THEN json_extract(CAST(NEW.event_data AS TEXT), '$.corruption_type') END
      WHERE NEW.event_type = 'CorruptionDetected'
        AND corruption_id = NEW.aggregate_id
        AND NOT EXISTS (SELECT 1 FROM events e
@@ -212,23 +214,28 @@ BEGIN
                           AND e.id < NEW.id
                           AND e.event_type NOT IN ('NotificationSent', 'NotificationFailed'));
 
-    -- The aggregate's first lifecycle event creates its row.
+    -- The aggregate's first lifecycle event creates its row. (VALUES, not a SELECT:
+    -- INSERT ... SELECT into a table with triggers goes through a temporary table.)
     INSERT INTO corruption_summary (corruption_id, current_state, retry_count, file_path,
                                     path_id, last_error, corruption_type, detected_at,
                                     last_updated_at)
-    SELECT NEW.aggregate_id,
-           NEW.event_type,
-           NEW.event_type IN ('DeletionFailed', 'SearchFailed', 'VerificationFailed',
-                              'DownloadFailed', 'DownloadTimeout'),
-           CASE WHEN NEW.event_type = 'CorruptionDetected' THEN json_extract(d, '$.file_path') END,
-           CASE WHEN NEW.event_type = 'CorruptionDetected' THEN json_extract(d, '$.path_id') END,
-           json_extract(d, '$.error'),
-           CASE WHEN NEW.event_type = 'CorruptionDetected' THEN json_extract(d, '$.corruption_type') END,
-           NEW.created_at,
-           NEW.created_at
-      FROM (SELECT CASE WHEN json_valid(CAST(NEW.event_data AS TEXT))
-                        THEN CAST(NEW.event_data AS TEXT) ELSE '{}' END AS d)
-     WHERE NOT EXISTS (SELECT 1 FROM corruption_summary WHERE corruption_id = NEW.aggregate_id);
+    VALUES (
+        NEW.aggregate_id,
+        NEW.event_type,
+        (NEW.event_type = 'DeletionFailed' OR NEW.event_type = 'SearchFailed'
+            OR NEW.event_type = 'VerificationFailed' OR NEW.event_type = 'DownloadFailed'
+            OR NEW.event_type = 'DownloadTimeout'),
+        CASE WHEN NEW.event_type = 'CorruptionDetected' AND json_valid(CAST(NEW.event_data AS TEXT))
+             THEN json_extract(CAST(NEW.event_data AS TEXT), '$.file_path') END,
+        CASE WHEN NEW.event_type = 'CorruptionDetected' AND json_valid(CAST(NEW.event_data AS TEXT))
+             THEN json_extract(CAST(NEW.event_data AS TEXT), '$.path_id') END,
+        CASE WHEN json_valid(CAST(NEW.event_data AS TEXT))
+             THEN json_extract(CAST(NEW.event_data AS TEXT), '$.error') END,
+        CASE WHEN NEW.event_type = 'CorruptionDetected' AND json_valid(CAST(NEW.event_data AS TEXT))
+             THEN json_extract(CAST(NEW.event_data AS TEXT), '$.corruption_type') END,
+        NEW.created_at,
+        NEW.created_at)
+    ON CONFLICT (corruption_id) DO NOTHING;
 END;
 
 -- Delete and update are rare (pruning, DELETE /api/corruptions/{id}): the aggregate's

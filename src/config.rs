@@ -50,6 +50,7 @@ pub struct DatabaseSettings {
     pub path: PathBuf,
     pub busy_timeout_ms: u64,
     pub journal_size_limit_bytes: i64,
+    pub wal_autocheckpoint_pages: u32,
     pub readers: usize,
 }
 
@@ -207,6 +208,12 @@ impl Settings {
                 ),
             ));
         }
+        range(
+            "database.wal_autocheckpoint_pages",
+            u64::from(self.database.wal_autocheckpoint_pages),
+            0,
+            1_000_000,
+        )?;
         range("database.readers", self.database.readers as u64, 1, 64)?;
         range(
             "writer.mailbox_capacity",

@@ -177,6 +177,16 @@ fn apply_settings(
         [],
         |r| r.get(0),
     )?;
+    if !read_only {
+        let _: i64 = conn.query_row(
+            &format!(
+                "PRAGMA wal_autocheckpoint={}",
+                settings.wal_autocheckpoint_pages
+            ),
+            [],
+            |r| r.get(0),
+        )?;
+    }
     let synchronous: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
     if synchronous != 2 {
         return Err(DbError::Pragma {

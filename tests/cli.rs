@@ -181,3 +181,23 @@ fn migrate_then_check_the_summary() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("difference"), "{}", text(&out));
 }
+
+#[test]
+fn logging_dir_gets_a_rolled_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = [
+        ("DBWARDEN__DATABASE__PATH", "state/events.db"),
+        ("DBWARDEN__LOGGING__DIR", "logs"),
+    ];
+    let out = dbwarden(dir.path(), &["migrate"], &env);
+    assert!(out.status.success(), "{}", text(&out));
+    let logs: Vec<_> = std::fs::read_dir(dir.path().join("logs"))
+        .expect("log dir created")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    let name = logs[0].file_name().expect("name").to_string_lossy().into_owned();
+    assert!(name.starts_with("dbwarden.") && name.ends_with(".log"), "{name}");
+    let content = std::fs::read_to_string(&logs[0]).expect("read log");
+    assert!(content.contains("migration applied"), "the guard flushed the file: {content}");
+}

@@ -196,8 +196,18 @@ fn logging_dir_gets_a_rolled_file() {
         .map(|e| e.expect("entry").path())
         .collect();
     assert_eq!(logs.len(), 1, "{logs:?}");
-    let name = logs[0].file_name().expect("name").to_string_lossy().into_owned();
-    assert!(name.starts_with("dbwarden.") && name.ends_with(".log"), "{name}");
+    let name = logs[0]
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        name.starts_with("dbwarden.") && name.ends_with(".log"),
+        "{name}"
+    );
     let content = std::fs::read_to_string(&logs[0]).expect("read log");
-    assert!(content.contains("migration applied"), "the guard flushed the file: {content}");
+    assert!(
+        content.contains("migration applied"),
+        "the guard flushed the file: {content}"
+    );
 }

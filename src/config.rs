@@ -40,6 +40,7 @@ pub enum ConfigError {
 pub struct Settings {
     pub database: DatabaseSettings,
     pub writer: WriterSettings,
+    pub backup: BackupSettings,
     pub api: ApiSettings,
     pub logging: LoggingSettings,
 }
@@ -59,6 +60,16 @@ pub struct DatabaseSettings {
 pub struct WriterSettings {
     pub mailbox_capacity: usize,
     pub max_batch_requests: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSettings {
+    pub dir: PathBuf,
+    pub at_startup: bool,
+    pub keep_last: usize,
+    pub keep_daily: usize,
+    pub keep_weekly: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -226,6 +237,28 @@ impl Settings {
             self.writer.max_batch_requests as u64,
             1,
             100_000,
+        )?;
+        if self.backup.dir.as_os_str().is_empty() {
+            return Err(invalid("backup.dir", "must not be empty".into()));
+        }
+        if self.backup.dir.is_file() {
+            return Err(invalid(
+                "backup.dir",
+                format!("{} is a file, not a directory", self.backup.dir.display()),
+            ));
+        }
+        range("backup.keep_last", self.backup.keep_last as u64, 0, 10_000)?;
+        range(
+            "backup.keep_daily",
+            self.backup.keep_daily as u64,
+            0,
+            10_000,
+        )?;
+        range(
+            "backup.keep_weekly",
+            self.backup.keep_weekly as u64,
+            0,
+            10_000,
         )?;
         if self.api.listen.parse::<SocketAddr>().is_err() {
             return Err(invalid(

@@ -6,6 +6,7 @@
 //! code. Start with [`supervisor`] for how the parts fit together.
 
 pub mod api;
+pub mod backup;
 pub mod config;
 pub mod db;
 pub mod events;

@@ -35,6 +35,13 @@ enum Command {
         #[arg(long)]
         summary: bool,
     },
+    /// Take one verified backup now (works whether the service runs or not).
+    Backup,
+    /// Check a backup file (or any SQLite file): integrity_check, SHA-256, manifest.
+    Verify {
+        /// The file to check.
+        file: PathBuf,
+    },
     /// Settings commands.
     Config {
         #[command(subcommand)]
@@ -91,6 +98,25 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Check { summary } => check(&settings, summary),
+        Command::Backup => {
+            let manifest =
+                dbwarden::backup::take_backup(&settings.database, &settings.backup, &|_| {})
+                    .context("backup failed")?;
+            println!("{}", serde_json::to_string_pretty(&manifest)?);
+            Ok(0)
+        }
+        Command::Verify { file } => {
+            let report = dbwarden::backup::verify_file(&file)
+                .with_context(|| format!("verifying {}", file.display()))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if report.is_ok() {
+                eprintln!("{}: ok", file.display());
+                Ok(0)
+            } else {
+                eprintln!("{}: FAILED", file.display());
+                Ok(1)
+            }
+        }
         Command::Config {
             command: ConfigCommand::Check,
         } => {

@@ -19,6 +19,7 @@ use actix_web::dev::ServerHandle;
 use tokio::sync::Notify;
 
 use crate::api::{self, AppState};
+use crate::backup::{self, actor::BackupHandle, catalog};
 use crate::config::Settings;
 use crate::db::{self, readers::ReaderPool, CheckpointResult, DbError};
 use crate::writer::{DbWriter, WriterHandle};
@@ -30,6 +31,8 @@ pub const EXIT_PANIC: i32 = 70;
 pub enum StartError {
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error("backups: {0}")]
+    Backup(#[from] backup::BackupError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -44,6 +47,8 @@ pub struct Service {
     pub writer: WriterHandle,
     server: ServerHandle,
     writer_arbiter: Arbiter,
+    backups: BackupHandle,
+    backup_arbiter: Arbiter,
     accepting: Arc<AtomicBool>,
 }
 
@@ -66,6 +71,7 @@ impl Service {
             settings.writer.mailbox_capacity,
             settings.writer.max_batch_requests,
         );
+        let (backups, backup_arbiter) = start_backups(&settings)?;
         let wanted = settings.listen_addr();
         let listener = TcpListener::bind(wanted).map_err(|source| StartError::Listen {
             addr: wanted,
@@ -83,6 +89,7 @@ impl Service {
             settings: settings.clone(),
             writer: writer.clone(),
             readers,
+            backups: backups.clone(),
             started: Instant::now(),
             accepting: accepting.clone(),
         };
@@ -96,6 +103,8 @@ impl Service {
             writer,
             server: handle,
             writer_arbiter,
+            backups,
+            backup_arbiter,
             accepting,
         })
     }
@@ -105,6 +114,10 @@ impl Service {
     pub async fn shutdown(self, graceful: bool) -> ShutdownReport {
         self.accepting.store(false, Ordering::Release);
         self.server.stop(graceful).await;
+        self.backups.interrupt();
+        self.backup_arbiter.stop();
+        let backup_arbiter = self.backup_arbiter;
+        let _ = tokio::task::spawn_blocking(move || backup_arbiter.join()).await;
         let final_checkpoint = self.writer.shutdown().await.map_err(|e| e.to_string());
         self.writer_arbiter.stop();
         let arbiter = self.writer_arbiter;
@@ -117,6 +130,26 @@ impl Service {
     pub fn server_handle(&self) -> ServerHandle {
         self.server.clone()
     }
+}
+
+/// Starts the BackupActor after cleaning up what an interrupted backup left, and
+/// queues the startup backup in the background (the service answers meanwhile).
+fn start_backups(settings: &Settings) -> Result<(BackupHandle, Arbiter), StartError> {
+    backup::ensure_dir(&settings.backup.dir)?;
+    let leftovers = catalog::remove_leftovers(&settings.backup.dir)?;
+    if !leftovers.is_empty() {
+        tracing::warn!(removed = ?leftovers, "unclean shutdown: removed temporary backup files");
+    }
+    let (handle, arbiter) = BackupHandle::start(settings.database.clone(), settings.backup.clone());
+    if settings.backup.at_startup {
+        let startup = handle.clone();
+        actix_rt::spawn(async move {
+            if let Err(e) = startup.take().await {
+                tracing::error!(error = %e, "startup backup failed");
+            }
+        });
+    }
+    Ok((handle, arbiter))
 }
 
 fn panic_notify() -> &'static (Notify, AtomicBool) {

@@ -2,6 +2,7 @@
 //! through the DbWriter; none of them blocks an async thread on SQLite.
 
 mod auth;
+mod backups;
 mod corruptions;
 pub mod error;
 mod events;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use actix_web::middleware::{from_fn, ErrorHandlers};
 use actix_web::{dev::Server, web, App, HttpRequest, HttpResponse, HttpServer};
 
+use crate::backup::actor::BackupHandle;
 use crate::config::Settings;
 use crate::db::readers::ReaderPool;
 use crate::writer::WriterHandle;
@@ -25,6 +27,7 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub writer: WriterHandle,
     pub readers: Arc<ReaderPool>,
+    pub backups: BackupHandle,
     pub started: Instant,
     /// Cleared when shutdown begins: new writes get 503 while requests in flight finish.
     pub accepting: Arc<AtomicBool>,
@@ -44,6 +47,12 @@ fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/api/stats/dashboard")
             .route(web::get().to(health::dashboard))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/backups")
+            .route(web::get().to(backups::list))
+            .route(web::post().to(backups::create))
             .default_service(web::to(method_not_allowed)),
     )
     .service(

@@ -21,7 +21,8 @@ pub const RETRY_TYPES: &[&str] = &[
 ];
 
 /// Settings from the embedded defaults plus `extra` environment-style overrides,
-/// with the database in `dir` and the API on an ephemeral port.
+/// with the database and backups in `dir`, no startup backup, and the API on an
+/// ephemeral port.
 pub fn settings_in(dir: &Path, extra: &[(&str, &str)]) -> Settings {
     let mut env = vec![
         (
@@ -31,6 +32,14 @@ pub fn settings_in(dir: &Path, extra: &[(&str, &str)]) -> Settings {
         (
             "DBWARDEN__API__LISTEN".to_string(),
             "127.0.0.1:0".to_string(),
+        ),
+        (
+            "DBWARDEN__BACKUP__DIR".to_string(),
+            dir.join("backups").display().to_string(),
+        ),
+        (
+            "DBWARDEN__BACKUP__AT_STARTUP".to_string(),
+            "false".to_string(),
         ),
     ];
     for (k, v) in extra {

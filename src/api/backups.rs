@@ -1,0 +1,34 @@
+//! `POST /api/backups` (take one now; answers with the manifest once verified) and
+//! `GET /api/backups` (the catalog, oldest first).
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::backup::{catalog, BackupError};
+
+impl From<BackupError> for ApiError {
+    fn from(e: BackupError) -> ApiError {
+        match e {
+            BackupError::AlreadyRunning => ApiError::Conflict(e.to_string()),
+            BackupError::SourceCorrupt(_) | BackupError::Unavailable => {
+                ApiError::Unavailable(e.to_string())
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+pub async fn create(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let manifest = state.backups.take().await?;
+    Ok(HttpResponse::Created().json(manifest))
+}
+
+pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let dir = state.backups.cfg.dir.clone();
+    let backups = web::block(move || catalog::list(&dir))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(HttpResponse::Ok().json(json!({ "backups": backups })))
+}

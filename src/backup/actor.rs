@@ -1,0 +1,142 @@
+//! The BackupActor: runs backups and re-verifications one at a time on its own
+//! thread (its own arbiter), so long SQLite work never blocks the HTTP server.
+//!
+//! A backup already running is not started twice: callers get
+//! [`BackupError::AlreadyRunning`] at once. At shutdown a running backup is
+//! interrupted through SQLite's interrupt handle; its temporary file is removed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use actix::prelude::*;
+use rusqlite::InterruptHandle;
+
+use super::catalog::Manifest;
+use super::{reverify_all, take_backup, BackupError};
+use crate::config::{BackupSettings, DatabaseSettings};
+
+/// Take one verified backup now.
+#[derive(Message)]
+#[rtype(result = "Result<Manifest, BackupError>")]
+pub struct TakeBackup;
+
+/// Re-verify every good backup; answers with the ones that turned bad.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Manifest>, BackupError>")]
+pub struct Reverify;
+
+pub struct BackupActor {
+    db: DatabaseSettings,
+    cfg: BackupSettings,
+    busy: Arc<AtomicBool>,
+    interrupt: Arc<Mutex<Option<InterruptHandle>>>,
+}
+
+impl Actor for BackupActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<TakeBackup> for BackupActor {
+    type Result = Result<Manifest, BackupError>;
+
+    fn handle(&mut self, _: TakeBackup, _: &mut Self::Context) -> Self::Result {
+        let interrupt = self.interrupt.clone();
+        let result = take_backup(&self.db, &self.cfg, &|handle| {
+            if let Ok(mut slot) = interrupt.lock() {
+                *slot = Some(handle);
+            }
+        });
+        if let Ok(mut slot) = self.interrupt.lock() {
+            *slot = None;
+        }
+        self.busy.store(false, Ordering::Release);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "backup failed; earlier backups are untouched");
+        }
+        result
+    }
+}
+
+impl Handler<Reverify> for BackupActor {
+    type Result = Result<Vec<Manifest>, BackupError>;
+
+    fn handle(&mut self, _: Reverify, _: &mut Self::Context) -> Self::Result {
+        let result = reverify_all(&self.cfg);
+        self.busy.store(false, Ordering::Release);
+        result
+    }
+}
+
+/// The cheap, cloneable way to reach the BackupActor.
+#[derive(Clone)]
+pub struct BackupHandle {
+    addr: Addr<BackupActor>,
+    busy: Arc<AtomicBool>,
+    interrupt: Arc<Mutex<Option<InterruptHandle>>>,
+    pub cfg: BackupSettings,
+}
+
+impl BackupHandle {
+    /// Starts the actor on its own arbiter.
+    pub fn start(db: DatabaseSettings, cfg: BackupSettings) -> (BackupHandle, Arbiter) {
+        let arbiter = Arbiter::new();
+        let busy = Arc::new(AtomicBool::new(false));
+        let interrupt = Arc::new(Mutex::new(None));
+        let actor = BackupActor {
+            db,
+            cfg: cfg.clone(),
+            busy: busy.clone(),
+            interrupt: interrupt.clone(),
+        };
+        let addr = BackupActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
+        (
+            BackupHandle {
+                addr,
+                busy,
+                interrupt,
+                cfg,
+            },
+            arbiter,
+        )
+    }
+
+    fn claim(&self) -> Result<(), BackupError> {
+        if self.busy.swap(true, Ordering::AcqRel) {
+            return Err(BackupError::AlreadyRunning);
+        }
+        Ok(())
+    }
+
+    /// Takes a backup; answers once it is verified and recorded.
+    pub async fn take(&self) -> Result<Manifest, BackupError> {
+        self.claim()?;
+        match self.addr.send(TakeBackup).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.busy.store(false, Ordering::Release);
+                Err(BackupError::Unavailable)
+            }
+        }
+    }
+
+    pub async fn reverify(&self) -> Result<Vec<Manifest>, BackupError> {
+        self.claim()?;
+        match self.addr.send(Reverify).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.busy.store(false, Ordering::Release);
+                Err(BackupError::Unavailable)
+            }
+        }
+    }
+
+    /// Aborts a running backup (its temporary file is removed); used at shutdown.
+    pub fn interrupt(&self) {
+        if let Ok(slot) = self.interrupt.lock() {
+            if let Some(handle) = slot.as_ref() {
+                tracing::warn!("interrupting the running backup for shutdown");
+                handle.interrupt();
+            }
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The backup catalog: one JSON manifest beside each backup file
+//! (`dbwarden-<UTC time>.db` + `dbwarden-<UTC time>.db.json`).
+//!
+//! Manifests live in the backup directory, not in the database, so the catalog
+//! survives the loss of the database it protects. A file without a manifest of ours
+//! was not made by dbwarden and is never touched.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::BackupError;
+use crate::db::snapshot::TEMP_SUFFIX;
+
+pub const PREFIX: &str = "dbwarden-";
+pub const EXTENSION: &str = ".db";
+pub const MANIFEST_EXTENSION: &str = ".json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupStatus {
+    /// Passed its last verification.
+    Good,
+    /// Failed a re-verification: never counted as good again, never deleted by retention.
+    Bad,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+    pub created_at: DateTime<Utc>,
+    /// Newest migration applied in the copy.
+    pub schema_version: String,
+    /// Highest event id in the copy.
+    pub last_event_id: i64,
+    pub verified_at: DateTime<Utc>,
+    pub status: BackupStatus,
+    #[serde(default)]
+    pub problem: Option<String>,
+}
+
+pub fn manifest_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}{MANIFEST_EXTENSION}"))
+}
+
+/// True for names dbwarden gives its backups.
+pub fn is_backup_name(name: &str) -> bool {
+    name.starts_with(PREFIX) && name.ends_with(EXTENSION) && !name.contains('/')
+}
+
+/// A fresh backup name for `now`, unique in `dir`.
+pub fn new_name(dir: &Path, now: DateTime<Utc>) -> String {
+    let stamp = now.format("%Y%m%dT%H%M%SZ");
+    let mut name = format!("{PREFIX}{stamp}{EXTENSION}");
+    let mut n = 2;
+    while dir.join(&name).exists() || manifest_path(dir, &name).exists() {
+        name = format!("{PREFIX}{stamp}-{n}{EXTENSION}");
+        n += 1;
+    }
+    name
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BackupError + '_ {
+    move |source| BackupError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes the manifest atomically: temporary file, fsync, rename, fsync of the dir.
+pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), BackupError> {
+    let path = manifest_path(dir, &manifest.name);
+    let temp = dir.join(format!(
+        "{}{MANIFEST_EXTENSION}{TEMP_SUFFIX}",
+        manifest.name
+    ));
+    let body = serde_json::to_vec_pretty(manifest).map_err(|e| BackupError::Manifest {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(io_err(&temp))?;
+        f.write_all(&body).map_err(io_err(&temp))?;
+        f.sync_all().map_err(io_err(&temp))?;
+        fs::rename(&temp, &path).map_err(io_err(&path))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+pub fn read_manifest(path: &Path) -> Result<Manifest, BackupError> {
+    let text = fs::read_to_string(path).map_err(io_err(path))?;
+    serde_json::from_str(&text).map_err(|e| BackupError::Manifest {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Every backup of ours in `dir`, oldest first. Unreadable manifests are reported in
+/// the log and skipped, never deleted.
+pub fn list(dir: &Path) -> Result<Vec<Manifest>, BackupError> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(backup_name) = file_name.strip_suffix(MANIFEST_EXTENSION) else {
+            continue;
+        };
+        if !is_backup_name(backup_name) {
+            continue;
+        }
+        match read_manifest(&entry.path()) {
+            Ok(m) if m.name == backup_name => out.push(m),
+            Ok(m) => {
+                tracing::warn!(manifest = %file_name, named = %m.name, "manifest names another file; ignored")
+            }
+            Err(e) => tracing::warn!(error = %e, "unreadable backup manifest; ignored"),
+        }
+    }
+    out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
+    Ok(out)
+}
+
+/// SHA-256 of a file, read in 1 MiB chunks.
+pub fn sha256_file(path: &Path) -> Result<String, BackupError> {
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Removes temporary files an interrupted backup left behind; returns what it removed.
+pub fn remove_leftovers(dir: &Path) -> Result<Vec<PathBuf>, BackupError> {
+    let mut removed = Vec::new();
+    if !dir.exists() {
+        return Ok(removed);
+    }
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(PREFIX) && name.ends_with(TEMP_SUFFIX) {
+            fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
+            removed.push(entry.path());
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,292 @@
+//! Verified backups.
+//!
+//! A backup is: `quick_check` of the source (refused if not ok) → `VACUUM INTO` a
+//! temporary name in the backup directory, from a read-only connection of its own so
+//! the writer keeps writing → `integrity_check` of the copy opened read-only → fsync →
+//! rename to the final name → fsync of the directory → SHA-256 → manifest. A file under
+//! a backup's final name has always passed `integrity_check`; a failure at any step
+//! removes the temporary file and leaves earlier backups alone.
+//!
+//! `VACUUM INTO` was chosen over the online backup API because the backup API restarts
+//! whenever another connection writes the source, and may never finish under steady
+//! writes; `VACUUM INTO` copies one read snapshot in one pass.
+
+pub mod actor;
+pub mod catalog;
+pub mod retention;
+
+use std::fs::{self, DirBuilder, File};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use chrono::Utc;
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use serde::Serialize;
+
+use crate::config::{BackupSettings, DatabaseSettings};
+use crate::db::{self, snapshot, DbError};
+use catalog::{BackupStatus, Manifest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("refusing to back up a database that fails quick_check: {}", .0.join("; "))]
+    SourceCorrupt(Vec<String>),
+    #[error("a backup is already running")]
+    AlreadyRunning,
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("manifest {path}: {reason}")]
+    Manifest { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("the backup service is not running")]
+    Unavailable,
+}
+
+impl From<rusqlite::Error> for BackupError {
+    fn from(e: rusqlite::Error) -> BackupError {
+        BackupError::Db(DbError::Sqlite(e))
+    }
+}
+
+fn policy(cfg: &BackupSettings) -> retention::Policy {
+    retention::Policy {
+        keep_last: cfg.keep_last,
+        keep_daily: cfg.keep_daily,
+        keep_weekly: cfg.keep_weekly,
+    }
+}
+
+/// Creates the backup directory (0700) when missing.
+pub fn ensure_dir(dir: &Path) -> Result<(), BackupError> {
+    if !dir.exists() {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| BackupError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+fn open_read_only(path: &Path) -> Result<Connection, BackupError> {
+    Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| {
+        BackupError::Db(DbError::Open {
+            path: path.to_path_buf(),
+            source,
+        })
+    })
+}
+
+/// Takes one verified backup, records it, then applies retention. `on_open` receives
+/// the source connection's interrupt handle, so a caller can abort a long copy.
+pub fn take_backup(
+    db: &DatabaseSettings,
+    cfg: &BackupSettings,
+    on_open: &dyn Fn(rusqlite::InterruptHandle),
+) -> Result<Manifest, BackupError> {
+    ensure_dir(&cfg.dir)?;
+    let source = db::open_reader(db)?;
+    on_open(source.get_interrupt_handle());
+    let problems = snapshot::integrity_problems(&source, snapshot::CheckKind::Quick)?;
+    if !problems.is_empty() {
+        return Err(BackupError::SourceCorrupt(problems));
+    }
+    let name = catalog::new_name(&cfg.dir, Utc::now());
+    let path = snapshot::write_verified_copy(&source, &cfg.dir, &name)?;
+    drop(source);
+    let verified_at = Utc::now();
+    let recorded = (|| {
+        let copy = open_read_only(&path)?;
+        let schema_version: String = copy
+            .query_row(
+                "SELECT name FROM dbwarden_migrations ORDER BY name DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or_default();
+        let last_event_id: i64 =
+            copy.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?;
+        drop(copy);
+        let size_bytes = fs::metadata(&path)
+            .map_err(|source| BackupError::Io {
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        let manifest = Manifest {
+            name: name.clone(),
+            size_bytes,
+            sha256: catalog::sha256_file(&path)?,
+            created_at: verified_at,
+            schema_version,
+            last_event_id,
+            verified_at,
+            status: BackupStatus::Good,
+            problem: None,
+        };
+        catalog::write_manifest(&cfg.dir, &manifest)?;
+        Ok(manifest)
+    })();
+    match recorded {
+        Ok(manifest) => {
+            tracing::info!(backup = %manifest.name, size = manifest.size_bytes, last_event_id = manifest.last_event_id, "verified backup written");
+            match apply_retention(cfg) {
+                Ok(deleted) if !deleted.is_empty() => {
+                    tracing::info!(?deleted, "retention removed old backups")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "retention failed; backups kept"),
+            }
+            Ok(manifest)
+        }
+        Err(e) => {
+            // Unrecorded, it would look like a stranger's file: remove it.
+            let _ = fs::remove_file(&path);
+            Err(e)
+        }
+    }
+}
+
+/// Deletes the good backups the policy does not keep (never the newest good one,
+/// never a bad one, never a file without our manifest). Returns the names deleted.
+pub fn apply_retention(cfg: &BackupSettings) -> Result<Vec<String>, BackupError> {
+    let manifests = catalog::list(&cfg.dir)?;
+    let candidates: Vec<retention::Candidate> = manifests
+        .iter()
+        .map(|m| retention::Candidate {
+            name: m.name.clone(),
+            created_at: m.created_at,
+            good: m.status == BackupStatus::Good,
+        })
+        .collect();
+    let doomed = retention::to_delete(&candidates, policy(cfg));
+    let mut deleted = Vec::new();
+    for name in doomed {
+        let file = cfg.dir.join(&name);
+        match fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(BackupError::Io { path: file, source }),
+        }
+        let manifest = catalog::manifest_path(&cfg.dir, &name);
+        fs::remove_file(&manifest).map_err(|source| BackupError::Io {
+            path: manifest,
+            source,
+        })?;
+        deleted.push(name);
+    }
+    if !deleted.is_empty() {
+        File::open(&cfg.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| BackupError::Io {
+                path: cfg.dir.clone(),
+                source,
+            })?;
+    }
+    Ok(deleted)
+}
+
+/// Result of checking one backup file.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub path: PathBuf,
+    pub sha256: String,
+    /// `Some(false)` when a manifest exists and its checksum differs.
+    pub matches_manifest: Option<bool>,
+    pub integrity_problems: Vec<String>,
+}
+
+impl VerifyReport {
+    pub fn is_ok(&self) -> bool {
+        self.integrity_problems.is_empty() && self.matches_manifest != Some(false)
+    }
+}
+
+/// Checks any file: full `integrity_check`, SHA-256, and the manifest's checksum when
+/// the file is one of ours.
+pub fn verify_file(path: &Path) -> Result<VerifyReport, BackupError> {
+    if !path.is_file() {
+        return Err(BackupError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        });
+    }
+    let sha256 = catalog::sha256_file(path)?;
+    let integrity_problems = match open_read_only(path) {
+        Ok(conn) => match snapshot::integrity_problems(&conn, snapshot::CheckKind::Full) {
+            Ok(p) => p,
+            Err(e) => vec![format!("integrity_check could not run: {e}")],
+        },
+        Err(e) => vec![format!("cannot open as SQLite: {e}")],
+    };
+    let manifest = path
+        .file_name()
+        .map(|n| {
+            path.with_file_name(format!(
+                "{}{}",
+                n.to_string_lossy(),
+                catalog::MANIFEST_EXTENSION
+            ))
+        })
+        .filter(|p| p.is_file());
+    let matches_manifest = match manifest {
+        Some(p) => Some(catalog::read_manifest(&p)?.sha256 == sha256),
+        None => None,
+    };
+    Ok(VerifyReport {
+        path: path.to_path_buf(),
+        sha256,
+        matches_manifest,
+        integrity_problems,
+    })
+}
+
+/// Re-verifies every good backup (SHA-256 against the manifest, then `quick_check`)
+/// and marks the ones that fail as bad. Returns the manifests that turned bad.
+pub fn reverify_all(cfg: &BackupSettings) -> Result<Vec<Manifest>, BackupError> {
+    let mut turned_bad = Vec::new();
+    for mut manifest in catalog::list(&cfg.dir)? {
+        if manifest.status != BackupStatus::Good {
+            continue;
+        }
+        let path = cfg.dir.join(&manifest.name);
+        let problem = if !path.is_file() {
+            Some("the backup file is missing".to_string())
+        } else if catalog::sha256_file(&path)? != manifest.sha256 {
+            Some("SHA-256 differs from the manifest (bit rot or tampering)".to_string())
+        } else {
+            match open_read_only(&path).and_then(|c| {
+                Ok(snapshot::integrity_problems(
+                    &c,
+                    snapshot::CheckKind::Quick,
+                )?)
+            }) {
+                Ok(p) if p.is_empty() => None,
+                Ok(p) => Some(format!("quick_check: {}", p.join("; "))),
+                Err(e) => Some(format!("quick_check could not run: {e}")),
+            }
+        };
+        manifest.verified_at = Utc::now();
+        if let Some(problem) = problem {
+            tracing::error!(backup = %manifest.name, %problem, "backup failed re-verification; marked bad");
+            manifest.status = BackupStatus::Bad;
+            manifest.problem = Some(problem);
+            turned_bad.push(manifest.clone());
+        }
+        catalog::write_manifest(&cfg.dir, &manifest)?;
+    }
+    Ok(turned_bad)
+}

@@ -1,0 +1,385 @@
+//! Verified backups: taken under write load, refused from a corrupt source, kept by
+//! retention as the policy says, re-verified against bit rot, and checked by
+//! `dbwarden verify`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::TestApp;
+use dbwarden::backup::{self, catalog, BackupError};
+use dbwarden::config::Settings;
+use dbwarden::db;
+use rusqlite::Connection;
+use serde_json::{json, Value};
+
+fn take(settings: &Settings) -> Result<catalog::Manifest, BackupError> {
+    backup::take_backup(&settings.database, &settings.backup, &|_| {})
+}
+
+fn fill(settings: &Settings, events: usize) {
+    let (conn, _) = db::open_and_migrate(&settings.database).expect("migrate");
+    let tx = conn.unchecked_transaction().expect("tx");
+    for i in 0..events {
+        tx.execute(
+            "INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data) VALUES ('corruption', ?1, 'CorruptionDetected', ?2)",
+            rusqlite::params![format!("agg-{i}"), json!({"file_path": format!("/media/{i}.mkv"), "pad": "x".repeat(200)}).to_string()],
+        )
+        .expect("insert");
+    }
+    tx.commit().expect("commit");
+    db::wal_checkpoint(&conn, db::CheckpointMode::Truncate).expect("checkpoint");
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Overwrites one b-tree page of the index `index` with garbage, the database closed.
+fn corrupt_index_page(db_path: &Path, index: &str) {
+    let (root, page_size): (i64, i64) = {
+        let conn = Connection::open(db_path).expect("open");
+        let root = conn
+            .query_row(
+                "SELECT rootpage FROM sqlite_master WHERE name = ?1",
+                [index],
+                |r| r.get(0),
+            )
+            .expect("rootpage");
+        let page_size = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .expect("page size");
+        (root, page_size)
+    };
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(db_path)
+        .expect("open file");
+    f.seek(SeekFrom::Start(((root - 1) * page_size) as u64))
+        .expect("seek");
+    f.write_all(&vec![0xA5u8; page_size as usize])
+        .expect("garbage");
+    f.sync_all().expect("sync");
+}
+
+#[actix_rt::test]
+async fn backups_taken_while_writers_append_hold_a_prefix_of_acknowledged_events() {
+    let mut app = TestApp::spawn(&[]).await;
+    let acked: Arc<Mutex<HashMap<i64, (String, i64)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (client, url, acked, stop) = (
+            app.client.clone(),
+            app.url("/api/events"),
+            acked.clone(),
+            stop.clone(),
+        );
+        writers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let agg = format!("w{w}-{n}");
+                let body = json!([
+                    {"aggregate_type": "corruption", "aggregate_id": agg, "event_type": "CorruptionDetected", "event_data": {"file_path": "/m"}},
+                    {"aggregate_type": "corruption", "aggregate_id": agg, "event_type": "DownloadFailed", "event_data": {"error": "x"}}
+                ]);
+                let res = client.post(&url).json(&body).send().await.expect("post");
+                assert_eq!(res.status(), 201);
+                let ids: Value = res.json().await.expect("json");
+                let (a, b) = (ids["ids"][0].as_i64().expect("id"), ids["ids"][1].as_i64().expect("id"));
+                let mut acked = acked.lock().expect("lock");
+                acked.insert(a, (agg.clone(), b));
+            }
+        }));
+    }
+    let mut manifests = Vec::new();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let res = app
+            .client
+            .post(app.url("/api/backups"))
+            .send()
+            .await
+            .expect("backup");
+        assert_eq!(res.status(), 201);
+        manifests.push(res.json::<catalog::Manifest>().await.expect("manifest"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let listed: Value = app
+        .client
+        .get(app.url("/api/backups"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert!(!listed["backups"].as_array().expect("backups").is_empty());
+    let dir = app.dir.path().join("backups");
+    let acked = acked.lock().expect("lock").clone();
+    let mut checked = 0;
+    for m in &manifests {
+        let path = dir.join(&m.name);
+        if !path.exists() {
+            continue; // removed by retention (keep_last 4)
+        }
+        let report = backup::verify_file(&path).expect("verify");
+        assert!(report.is_ok(), "{report:?}");
+        let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open backup");
+        let present = |id: i64| -> bool {
+            conn.query_row("SELECT count(*) FROM events WHERE id = ?1", [id], |r| {
+                r.get::<_, i64>(0)
+            })
+            .expect("count")
+                == 1
+        };
+        for (first, (_, second)) in &acked {
+            // No torn transaction: both events of a request, or neither.
+            assert_eq!(
+                present(*first),
+                present(*second),
+                "request {first}/{second} torn in {}",
+                m.name
+            );
+            if *second <= m.last_event_id {
+                assert!(
+                    present(*first),
+                    "acknowledged event {first} ≤ last_event_id missing from {}",
+                    m.name
+                );
+            }
+        }
+        common::assert_summary_exact(&conn);
+        checked += 1;
+    }
+    assert!(checked >= 4, "retention keeps the last four");
+    let mode = std::fs::metadata(&dir).expect("dir").permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "backup dir is 0700");
+    for name in files_in(&dir) {
+        let mode = std::fs::metadata(dir.join(&name))
+            .expect("file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{name} is not readable by others");
+    }
+    app.stop().await;
+}
+
+#[test]
+fn a_corrupt_source_is_refused_and_good_backups_survive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = common::settings_in(
+        dir.path(),
+        &[
+            ("DBWARDEN__BACKUP__KEEP_LAST", "0"),
+            ("DBWARDEN__BACKUP__KEEP_DAILY", "0"),
+            ("DBWARDEN__BACKUP__KEEP_WEEKLY", "0"),
+        ],
+    );
+    fill(&settings, 3000);
+    let good = take(&settings).expect("backup of a healthy database");
+    corrupt_index_page(&settings.database.path, "idx_events_type");
+    let err = take(&settings).expect_err("corrupt source refused");
+    assert!(matches!(err, BackupError::SourceCorrupt(_)), "{err}");
+    let backups = dir.path().join("backups");
+    assert_eq!(
+        files_in(&backups),
+        vec![good.name.clone(), format!("{}.json", good.name)],
+        "no temporary file, the good backup intact"
+    );
+    assert!(
+        backup::apply_retention(&settings.backup)
+            .expect("retention")
+            .is_empty(),
+        "the last good backup is never deleted"
+    );
+    assert!(backup::verify_file(&backups.join(&good.name))
+        .expect("verify")
+        .is_ok());
+}
+
+#[test]
+fn retention_follows_the_policy_and_never_touches_foreign_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = common::settings_in(
+        dir.path(),
+        &[
+            ("DBWARDEN__BACKUP__KEEP_LAST", "2"),
+            ("DBWARDEN__BACKUP__KEEP_DAILY", "0"),
+            ("DBWARDEN__BACKUP__KEEP_WEEKLY", "0"),
+        ],
+    );
+    fill(&settings, 10);
+    let backups = dir.path().join("backups");
+    std::fs::create_dir_all(&backups).expect("dir");
+    std::fs::write(backups.join("notes.txt"), "mine").expect("foreign");
+    std::fs::write(
+        backups.join("dbwarden-handmade.db"),
+        "not ours: no manifest",
+    )
+    .expect("foreign");
+    let names: Vec<String> = (0..4)
+        .map(|_| take(&settings).expect("backup").name)
+        .collect();
+    let mut expected = vec![
+        "dbwarden-handmade.db".to_string(),
+        names[2].clone(),
+        format!("{}.json", names[2]),
+        names[3].clone(),
+        format!("{}.json", names[3]),
+        "notes.txt".to_string(),
+    ];
+    expected.sort();
+    assert_eq!(files_in(&backups), expected);
+}
+
+#[test]
+fn reverification_marks_bit_rot_bad_and_retention_keeps_the_last_good() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = common::settings_in(
+        dir.path(),
+        &[
+            ("DBWARDEN__BACKUP__KEEP_LAST", "1"),
+            ("DBWARDEN__BACKUP__KEEP_DAILY", "0"),
+            ("DBWARDEN__BACKUP__KEEP_WEEKLY", "0"),
+        ],
+    );
+    fill(&settings, 500);
+    let backups = dir.path().join("backups");
+    let older = take(&settings).expect("first");
+    assert!(
+        backup::reverify_all(&settings.backup)
+            .expect("reverify")
+            .is_empty(),
+        "healthy backups stay good"
+    );
+    // Rot one byte of the newest backup, then take no new one: it must be found.
+    let newest = {
+        let all = catalog::list(&backups).expect("list");
+        all.last().expect("one").clone()
+    };
+    assert_eq!(newest.name, older.name);
+    let path = backups.join(&newest.name);
+    let mut bytes = std::fs::read(&path).expect("read");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&path, &bytes).expect("rot");
+    let bad = backup::reverify_all(&settings.backup).expect("reverify");
+    assert_eq!(bad.len(), 1);
+    assert!(
+        bad[0].problem.as_deref().unwrap_or("").contains("SHA-256"),
+        "{:?}",
+        bad[0]
+    );
+    let stored =
+        catalog::read_manifest(&catalog::manifest_path(&backups, &newest.name)).expect("manifest");
+    assert_eq!(
+        stored.status,
+        catalog::BackupStatus::Bad,
+        "the verdict is persisted"
+    );
+    // A new good backup; retention with keep_last 1 keeps it and the bad one.
+    let fresh = take(&settings).expect("new backup");
+    let remaining: Vec<String> = catalog::list(&backups)
+        .expect("list")
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(remaining, vec![newest.name.clone(), fresh.name.clone()]);
+}
+
+#[test]
+fn paths_with_spaces_quotes_and_unicode_work() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let odd = dir.path().join("dä ta 'q\" x");
+    let backups = dir.path().join("b ack'up \"ü\"");
+    let settings = common::settings_in(
+        dir.path(),
+        &[
+            (
+                "DBWARDEN__DATABASE__PATH",
+                &odd.join("ev ents.db").display().to_string(),
+            ),
+            ("DBWARDEN__BACKUP__DIR", &backups.display().to_string()),
+        ],
+    );
+    fill(&settings, 5);
+    let m = take(&settings).expect("backup into an odd path");
+    assert!(backup::verify_file(&backups.join(&m.name))
+        .expect("verify")
+        .is_ok());
+}
+
+#[actix_rt::test]
+async fn leftover_temporary_files_are_removed_at_startup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backups = dir.path().join("backups");
+    std::fs::create_dir_all(&backups).expect("dir");
+    std::fs::write(
+        backups.join("dbwarden-20260101T000000Z.db.dbwarden-tmp"),
+        "half a copy",
+    )
+    .expect("leftover");
+    std::fs::write(backups.join("someone-else.dbwarden-tmp"), "not ours").expect("foreign");
+    let settings = common::settings_in(dir.path(), &[]);
+    let service = dbwarden::supervisor::Service::start(settings)
+        .await
+        .expect("start");
+    assert_eq!(
+        files_in(&backups),
+        vec!["someone-else.dbwarden-tmp".to_string()]
+    );
+    service.shutdown(true).await;
+}
+
+#[test]
+fn verify_command_reports_good_and_bad_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = common::settings_in(dir.path(), &[]);
+    fill(&settings, 3000);
+    let good = take(&settings).expect("backup");
+    let good_path = dir.path().join("backups").join(&good.name);
+    let run = |file: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dbwarden"))
+            .current_dir(dir.path())
+            .arg("verify")
+            .arg(file)
+            .output()
+            .expect("run verify")
+    };
+    let out = run(&good_path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let broken = dir.path().join("broken.db");
+    std::fs::copy(&settings.database.path, &broken).expect("copy");
+    corrupt_index_page(&broken, "idx_events_type");
+    let out = run(&broken);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("integrity_problems"));
+    let out = run(&dir.path().join("missing.db"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.db"));
+}

@@ -3,9 +3,7 @@
 //! `logging.level`. The returned guard flushes the file writer when dropped: keep it
 //! alive until the end of `main`.
 
-use std::fs::DirBuilder;
 use std::io::IsTerminal;
-use std::os::unix::fs::DirBuilderExt;
 
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
@@ -38,14 +36,10 @@ pub fn init(settings: &LoggingSettings) -> Result<Option<WorkerGuard>, LoggingEr
         None => (None, None),
         Some(dir) => {
             let shown = dir.display().to_string();
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| LoggingError::Dir {
-                    dir: shown.clone(),
-                    reason: e.to_string(),
-                })?;
+            crate::db::create_private_dir(dir).map_err(|e| LoggingError::Dir {
+                dir: shown.clone(),
+                reason: e.to_string(),
+            })?;
             let appender = RollingFileAppender::builder()
                 .rotation(Rotation::DAILY)
                 .filename_prefix("dbwarden")

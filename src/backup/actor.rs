@@ -107,10 +107,16 @@ impl BackupHandle {
         Ok(())
     }
 
-    /// Takes a backup; answers once it is verified and recorded.
-    pub async fn take(&self) -> Result<Manifest, BackupError> {
+    /// Sends `msg` unless a backup or re-verification is already running; the actor
+    /// clears the flag when it is done.
+    async fn run_exclusive<M, T>(&self, msg: M) -> Result<T, BackupError>
+    where
+        M: Message<Result = Result<T, BackupError>> + Send + 'static,
+        T: Send + 'static,
+        BackupActor: Handler<M>,
+    {
         self.claim()?;
-        match self.addr.send(TakeBackup).await {
+        match self.addr.send(msg).await {
             Ok(result) => result,
             Err(_) => {
                 self.busy.store(false, Ordering::Release);
@@ -119,15 +125,14 @@ impl BackupHandle {
         }
     }
 
+    /// Takes a backup; answers once it is verified and recorded.
+    pub async fn take(&self) -> Result<Manifest, BackupError> {
+        self.run_exclusive(TakeBackup).await
+    }
+
+    /// Re-verifies every good backup; answers with the ones that turned bad.
     pub async fn reverify(&self) -> Result<Vec<Manifest>, BackupError> {
-        self.claim()?;
-        match self.addr.send(Reverify).await {
-            Ok(result) => result,
-            Err(_) => {
-                self.busy.store(false, Ordering::Release);
-                Err(BackupError::Unavailable)
-            }
-        }
+        self.run_exclusive(Reverify).await
     }
 
     /// Aborts a running backup (its temporary file is removed); used at shutdown.

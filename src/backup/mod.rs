@@ -15,8 +15,7 @@ pub mod actor;
 pub mod catalog;
 pub mod retention;
 
-use std::fs::{self, DirBuilder, File};
-use std::os::unix::fs::DirBuilderExt;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
@@ -63,17 +62,10 @@ fn policy(cfg: &BackupSettings) -> retention::Policy {
 
 /// Creates the backup directory (0700) when missing.
 pub fn ensure_dir(dir: &Path) -> Result<(), BackupError> {
-    if !dir.exists() {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|source| BackupError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-    }
-    Ok(())
+    db::create_private_dir(dir).map_err(|source| BackupError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 fn open_read_only(path: &Path) -> Result<Connection, BackupError> {

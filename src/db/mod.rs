@@ -85,20 +85,23 @@ fn check_version_number(number: i32, text: &str) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Creates `dir` and its missing parents with mode 0700; an existing directory is
+/// left as its owner set it.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
 /// Creates the database's directory (0700) and an empty file (0600) when missing, so
 /// SQLite's files are never readable by other users whatever the umask.
 pub fn prepare_path(path: &Path) -> Result<(), DbError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|source| DbError::Io {
-                    path: dir.to_path_buf(),
-                    source,
-                })?;
-        }
+        create_private_dir(dir).map_err(|source| DbError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
     }
     if !path.exists() {
         OpenOptions::new()

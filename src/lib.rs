@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod events;
 pub mod logging;
+pub mod restore;
 pub mod supervisor;
 pub mod time;
 pub mod writer;

@@ -42,6 +42,18 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Replace the database with a verified backup (the service must be stopped).
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["file", "latest"])))]
+    Restore {
+        /// The backup file to restore.
+        file: Option<PathBuf>,
+        /// Restore the newest good backup in `backup.dir`.
+        #[arg(long)]
+        latest: bool,
+        /// Verify and say what would happen, changing nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Settings commands.
     Config {
         #[command(subcommand)]
@@ -116,6 +128,35 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 eprintln!("{}: FAILED", file.display());
                 Ok(1)
             }
+        }
+        Command::Restore {
+            file,
+            latest,
+            dry_run,
+        } => {
+            let _guard = dbwarden::logging::init(&settings.logging)?;
+            let backup = match (file, latest) {
+                (Some(f), _) => f,
+                (None, _) => dbwarden::restore::latest(&settings)?,
+            };
+            let plan = if dry_run {
+                // A dry run is refused too while the service holds the database.
+                let _lock = dbwarden::db::lock::acquire(&settings.database.path)?;
+                dbwarden::restore::plan(&settings, &backup)?
+            } else {
+                dbwarden::restore::restore(&settings, &backup)?
+            };
+            let verb = if dry_run { "would restore" } else { "restored" };
+            println!(
+                "{verb} {} into {}",
+                plan.backup.display(),
+                plan.database.display()
+            );
+            match &plan.keep_current_as {
+                Some(p) => println!("current database kept as {} (verified copy)", p.display()),
+                None => println!("no readable current database to keep"),
+            }
+            Ok(0)
         }
         Command::Config {
             command: ConfigCommand::Check,

@@ -33,6 +33,8 @@ pub enum StartError {
     Db(#[from] DbError),
     #[error("backups: {0}")]
     Backup(#[from] backup::BackupError),
+    #[error(transparent)]
+    Lock(#[from] db::lock::LockError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -49,6 +51,8 @@ pub struct Service {
     writer_arbiter: Arbiter,
     backups: BackupHandle,
     backup_arbiter: Arbiter,
+    /// Released last, when the service is dropped.
+    _lock: db::lock::DatabaseLock,
     accepting: Arc<AtomicBool>,
 }
 
@@ -61,6 +65,7 @@ impl Service {
     /// Starts everything; must run inside an actix `System`.
     pub async fn start(settings: Settings) -> Result<Service, StartError> {
         let settings = Arc::new(settings);
+        let lock = db::lock::acquire(&settings.database.path)?;
         let (conn, report) = db::open_and_migrate(&settings.database)?;
         if !report.applied.is_empty() {
             tracing::info!(applied = ?report.applied, "database migrated");
@@ -106,6 +111,7 @@ impl Service {
             backups,
             backup_arbiter,
             accepting,
+            _lock: lock,
         })
     }
 

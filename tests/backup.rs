@@ -383,3 +383,121 @@ fn verify_command_reports_good_and_bad_files() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.db"));
 }
+
+fn dbwarden_cli(dir: &Path, args: &[&str], settings: &Settings) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_dbwarden"))
+        .current_dir(dir)
+        .args(args)
+        .env("DBWARDEN__DATABASE__PATH", &settings.database.path)
+        .env("DBWARDEN__BACKUP__DIR", &settings.backup.dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run dbwarden")
+}
+
+fn event_count(path: &Path) -> i64 {
+    Connection::open(path)
+        .expect("open")
+        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .expect("count")
+}
+
+#[test]
+fn restore_round_trip_keeps_the_current_database() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = common::settings_in(dir.path(), &[]);
+    fill(&settings, 100);
+    let backup = take(&settings).expect("backup");
+    fill(&settings, 50); // written after the backup: gone after the restore
+    assert_eq!(event_count(&settings.database.path), 150);
+
+    let dry = dbwarden_cli(dir.path(), &["restore", "--latest", "--dry-run"], &settings);
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("would restore"));
+    assert_eq!(
+        event_count(&settings.database.path),
+        150,
+        "a dry run changes nothing"
+    );
+
+    let out = dbwarden_cli(dir.path(), &["restore", "--latest"], &settings);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(event_count(&settings.database.path), 100);
+    assert_eq!(backup.last_event_id, 100);
+    let db_dir = settings.database.path.parent().expect("dir");
+    let kept: Vec<_> = std::fs::read_dir(db_dir)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.to_string_lossy().contains(".pre-restore-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(
+        event_count(&kept[0]),
+        150,
+        "the replaced database was kept whole"
+    );
+    assert!(backup::verify_file(&kept[0]).expect("verify").is_ok());
+    let conn = Connection::open(&settings.database.path).expect("open");
+    common::assert_summary_exact(&conn);
+}
+
+#[actix_rt::test]
+async fn restore_is_refused_while_the_service_runs() {
+    let mut app = TestApp::spawn(&[]).await;
+    let settings = common::settings_in(app.dir.path(), &[]);
+    let res = app
+        .client
+        .post(app.url("/api/backups"))
+        .send()
+        .await
+        .expect("backup");
+    assert_eq!(res.status(), 201);
+    let out = dbwarden_cli(app.dir.path(), &["restore", "--latest"], &settings);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("held by another dbwarden"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    app.stop().await;
+    let out = dbwarden_cli(app.dir.path(), &["restore", "--latest"], &settings);
+    assert!(
+        out.status.success(),
+        "after the service stopped: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_corrupt_backup_is_never_restored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = common::settings_in(dir.path(), &[]);
+    fill(&settings, 3000);
+    let m = take(&settings).expect("backup");
+    let path = settings.backup.dir.join(&m.name);
+    corrupt_index_page(&path, "idx_events_type");
+    let out = dbwarden_cli(
+        dir.path(),
+        &["restore", &path.display().to_string()],
+        &settings,
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refusing to restore"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        event_count(&settings.database.path),
+        3000,
+        "the database is untouched"
+    );
+}

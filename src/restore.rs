@@ -1,0 +1,158 @@
+//! `dbwarden restore`: put a verified backup in place of the database.
+//!
+//! Order: refuse while the service holds the database lock → verify the backup
+//! (SHA-256 against its manifest, full `integrity_check`) → keep a verified copy of the
+//! current database when it is readable (`<name>.pre-restore-<UTC time>.bak` beside it)
+//! → copy the backup to a temporary name beside the database and fsync it → remove the
+//! stale `-wal`/`-shm` → rename into place → fsync the directory → run migrations.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use chrono::Utc;
+
+use crate::backup::{self, catalog, BackupError};
+use crate::config::Settings;
+use crate::db::{self, lock, snapshot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+    #[error("no good backup in {0}")]
+    NoBackup(PathBuf),
+    #[error("refusing to restore {path}: {reason}")]
+    BadBackup { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a restore will do (or did).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestorePlan {
+    pub backup: PathBuf,
+    pub database: PathBuf,
+    /// Where the current database's verified copy goes; `None` when there is no
+    /// readable current database.
+    pub keep_current_as: Option<PathBuf>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
+    move |source| RestoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The newest good backup in the backup directory.
+pub fn latest(settings: &Settings) -> Result<PathBuf, RestoreError> {
+    catalog::list(&settings.backup.dir)?
+        .into_iter()
+        .rev()
+        .find(|m| m.status == catalog::BackupStatus::Good)
+        .map(|m| settings.backup.dir.join(m.name))
+        .ok_or_else(|| RestoreError::NoBackup(settings.backup.dir.clone()))
+}
+
+fn current_is_readable(path: &Path) -> bool {
+    path.is_file()
+        && rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|c| {
+                c.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+            })
+            .is_ok()
+}
+
+/// Checks everything and says what would happen, changing nothing.
+pub fn plan(settings: &Settings, backup_file: &Path) -> Result<RestorePlan, RestoreError> {
+    let report = backup::verify_file(backup_file)?;
+    if !report.is_ok() {
+        let reason = if report.matches_manifest == Some(false) {
+            "its SHA-256 differs from its manifest".to_string()
+        } else {
+            format!("integrity_check: {}", report.integrity_problems.join("; "))
+        };
+        return Err(RestoreError::BadBackup {
+            path: backup_file.to_path_buf(),
+            reason,
+        });
+    }
+    let database = settings.database.path.clone();
+    let keep_current_as = current_is_readable(&database).then(|| {
+        let name = database
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        database.with_file_name(format!(
+            "{name}.pre-restore-{}.bak",
+            Utc::now().format("%Y%m%dT%H%M%SZ")
+        ))
+    });
+    Ok(RestorePlan {
+        backup: backup_file.to_path_buf(),
+        database,
+        keep_current_as,
+    })
+}
+
+/// Restores `backup_file`. Holds the database lock throughout.
+pub fn restore(settings: &Settings, backup_file: &Path) -> Result<RestorePlan, RestoreError> {
+    let _lock = lock::acquire(&settings.database.path)?;
+    let plan = plan(settings, backup_file)?;
+    let db_path = &plan.database;
+    let dir = match db_path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    db::create_private_dir(&dir).map_err(io(&dir))?;
+    if let Some(keep) = &plan.keep_current_as {
+        let current = db::open_reader(&settings.database)?;
+        let name = keep
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        snapshot::write_verified_copy(&current, &dir, &name)?;
+    }
+    let temp = dir.join(format!(".restore{}", snapshot::TEMP_SUFFIX));
+    let staged = (|| {
+        fs::copy(backup_file, &temp).map_err(io(&temp))?;
+        File::open(&temp)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&temp))?;
+        for suffix in ["-wal", "-shm"] {
+            let mut stale = db_path.as_os_str().to_owned();
+            stale.push(suffix);
+            match fs::remove_file(&stale) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(RestoreError::Io {
+                        path: PathBuf::from(stale),
+                        source,
+                    })
+                }
+            }
+        }
+        fs::rename(&temp, db_path).map_err(io(db_path))?;
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&dir))
+    })();
+    if staged.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    staged?;
+    db::open_and_migrate(&settings.database)?;
+    tracing::info!(backup = %plan.backup.display(), database = %db_path.display(), "restored");
+    Ok(plan)
+}

@@ -66,6 +66,8 @@ pub struct WriterSettings {
 #[serde(deny_unknown_fields)]
 pub struct BackupSettings {
     pub dir: PathBuf,
+    pub schedule: String,
+    pub reverify_schedule: String,
     pub at_startup: bool,
     pub keep_last: usize,
     pub keep_daily: usize,
@@ -246,6 +248,12 @@ impl Settings {
                 "backup.dir",
                 format!("{} is a file, not a directory", self.backup.dir.display()),
             ));
+        }
+        for (key, expr) in [
+            ("backup.schedule", &self.backup.schedule),
+            ("backup.reverify_schedule", &self.backup.reverify_schedule),
+        ] {
+            crate::scheduler::validate_schedule(expr).map_err(|reason| invalid(key, reason))?;
         }
         range("backup.keep_last", self.backup.keep_last as u64, 0, 10_000)?;
         range(

@@ -12,6 +12,7 @@ pub mod db;
 pub mod events;
 pub mod logging;
 pub mod restore;
+pub mod scheduler;
 pub mod supervisor;
 pub mod time;
 pub mod writer;

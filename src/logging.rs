@@ -23,10 +23,15 @@ pub enum LoggingError {
 
 pub fn init(settings: &LoggingSettings) -> Result<Option<WorkerGuard>, LoggingError> {
     let filter = || {
-        std::env::var("RUST_LOG")
+        let base = std::env::var("RUST_LOG")
             .ok()
             .and_then(|v| EnvFilter::try_new(v).ok())
-            .unwrap_or_else(|| EnvFilter::new(&settings.level))
+            .unwrap_or_else(|| EnvFilter::new(&settings.level));
+        // The scheduler logs every tick at INFO.
+        match "tokio_cron_scheduler=warn".parse() {
+            Ok(quiet) => base.add_directive(quiet),
+            Err(_) => base,
+        }
     };
     let stderr = fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())

@@ -22,6 +22,7 @@ use crate::api::{self, AppState};
 use crate::backup::{self, actor::BackupHandle, catalog};
 use crate::config::Settings;
 use crate::db::{self, readers::ReaderPool, CheckpointResult, DbError};
+use crate::scheduler::{JobSpec, Scheduler, SchedulerError};
 use crate::writer::{DbWriter, WriterHandle};
 
 /// Exit code after a panic (EX_SOFTWARE).
@@ -35,6 +36,8 @@ pub enum StartError {
     Backup(#[from] backup::BackupError),
     #[error(transparent)]
     Lock(#[from] db::lock::LockError),
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -51,6 +54,7 @@ pub struct Service {
     writer_arbiter: Arbiter,
     backups: BackupHandle,
     backup_arbiter: Arbiter,
+    scheduler: Scheduler,
     /// Released last, when the service is dropped.
     _lock: db::lock::DatabaseLock,
     accepting: Arc<AtomicBool>,
@@ -77,6 +81,7 @@ impl Service {
             settings.writer.max_batch_requests,
         );
         let (backups, backup_arbiter) = start_backups(&settings)?;
+        let scheduler = Scheduler::start(scheduled_jobs(&settings, &backups)).await?;
         let wanted = settings.listen_addr();
         let listener = TcpListener::bind(wanted).map_err(|source| StartError::Listen {
             addr: wanted,
@@ -110,6 +115,7 @@ impl Service {
             writer_arbiter,
             backups,
             backup_arbiter,
+            scheduler,
             accepting,
             _lock: lock,
         })
@@ -120,6 +126,7 @@ impl Service {
     pub async fn shutdown(self, graceful: bool) -> ShutdownReport {
         self.accepting.store(false, Ordering::Release);
         self.server.stop(graceful).await;
+        self.scheduler.shutdown().await;
         self.backups.interrupt();
         self.backup_arbiter.stop();
         let backup_arbiter = self.backup_arbiter;
@@ -156,6 +163,53 @@ fn start_backups(settings: &Settings) -> Result<(BackupHandle, Arbiter), StartEr
         });
     }
     Ok((handle, arbiter))
+}
+
+/// The built-in maintenance, each tick a message to the actor that owns the work.
+fn scheduled_jobs(settings: &Settings, backups: &BackupHandle) -> Vec<JobSpec> {
+    let take = backups.clone();
+    let reverify = backups.clone();
+    vec![
+        JobSpec {
+            name: "backup".into(),
+            schedule: settings.backup.schedule.clone(),
+            run: Arc::new(move || {
+                let take = take.clone();
+                Box::pin(async move {
+                    take.take()
+                        .await
+                        .map(|m| {
+                            format!(
+                                "{} ({} bytes, events up to {})",
+                                m.name, m.size_bytes, m.last_event_id
+                            )
+                        })
+                        .map_err(|e| e.to_string())
+                })
+            }),
+        },
+        JobSpec {
+            name: "backup-reverify".into(),
+            schedule: settings.backup.reverify_schedule.clone(),
+            run: Arc::new(move || {
+                let reverify = reverify.clone();
+                Box::pin(async move {
+                    match reverify.reverify().await {
+                        Ok(bad) if bad.is_empty() => Ok("every stored backup verified".to_string()),
+                        Ok(bad) => Err(format!(
+                            "{} backup(s) failed re-verification and were marked bad: {}",
+                            bad.len(),
+                            bad.iter()
+                                .map(|m| m.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )),
+                        Err(e) => Err(e.to_string()),
+                    }
+                })
+            }),
+        },
+    ]
 }
 
 fn panic_notify() -> &'static (Notify, AtomicBool) {

@@ -88,6 +88,16 @@ fn config_errors_name_the_key_and_its_origin() {
             vec![],
             vec!["logging.level"],
         ),
+        (
+            "[backup]\nschedule = \"*/5 * * * *\"\n",
+            vec![],
+            vec!["backup.schedule", "bad.toml", "*/5 * * * *"],
+        ),
+        (
+            "[backup]\nreverify_schedule = \"0 0 25 * * *\"\n",
+            vec![],
+            vec!["backup.reverify_schedule", "bad.toml"],
+        ),
         ("not toml at all = = =", vec![], vec!["bad.toml"]),
         (
             "",

@@ -41,6 +41,8 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub writer: WriterSettings,
     pub backup: BackupSettings,
+    pub checkpoint: CheckpointSettings,
+    pub integrity: IntegritySettings,
     pub api: ApiSettings,
     pub logging: LoggingSettings,
 }
@@ -72,6 +74,21 @@ pub struct BackupSettings {
     pub keep_last: usize,
     pub keep_daily: usize,
     pub keep_weekly: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSettings {
+    pub schedule: String,
+    pub wal_alert_bytes: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegritySettings {
+    pub quick_schedule: String,
+    pub full_schedule: String,
+    pub quick_at_startup: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -252,8 +269,21 @@ impl Settings {
         for (key, expr) in [
             ("backup.schedule", &self.backup.schedule),
             ("backup.reverify_schedule", &self.backup.reverify_schedule),
+            ("checkpoint.schedule", &self.checkpoint.schedule),
+            ("integrity.quick_schedule", &self.integrity.quick_schedule),
+            ("integrity.full_schedule", &self.integrity.full_schedule),
         ] {
             crate::scheduler::validate_schedule(expr).map_err(|reason| invalid(key, reason))?;
+        }
+        if !(1..=1i64 << 40).contains(&self.checkpoint.wal_alert_bytes) {
+            return Err(invalid(
+                "checkpoint.wal_alert_bytes",
+                format!(
+                    "{} is out of range 1..={}",
+                    self.checkpoint.wal_alert_bytes,
+                    1i64 << 40
+                ),
+            ));
         }
         range("backup.keep_last", self.backup.keep_last as u64, 0, 10_000)?;
         range(

@@ -6,7 +6,9 @@
 //! code. Start with [`supervisor`] for how the parts fit together.
 
 pub mod api;
+pub mod auditor;
 pub mod backup;
+pub mod checkpointer;
 pub mod config;
 pub mod db;
 pub mod events;

@@ -32,8 +32,11 @@ enum Command {
     /// Check the database: quick_check and the summary against a recomputation.
     Check {
         /// Only compare the summary and counts with a recomputation from the events.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "full")]
         summary: bool,
+        /// Run integrity_check and foreign_key_check instead of quick_check.
+        #[arg(long)]
+        full: bool,
     },
     /// Take one verified backup now (works whether the service runs or not).
     Backup,
@@ -109,7 +112,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             );
             Ok(0)
         }
-        Command::Check { summary } => check(&settings, summary),
+        Command::Check { summary, full } => check(&settings, summary, full),
         Command::Backup => {
             let manifest =
                 dbwarden::backup::take_backup(&settings.database, &settings.backup, &|_| {})
@@ -168,7 +171,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-fn check(settings: &Settings, summary_only: bool) -> anyhow::Result<u8> {
+fn check(settings: &Settings, summary_only: bool, full: bool) -> anyhow::Result<u8> {
     let path = &settings.database.path;
     if !path.exists() {
         bail!("database {} does not exist", path.display());
@@ -183,13 +186,21 @@ fn check(settings: &Settings, summary_only: bool) -> anyhow::Result<u8> {
     }
     let mut failed = false;
     if !summary_only {
-        let problems = snapshot::integrity_problems(&conn, snapshot::CheckKind::Quick)?;
-        if problems.is_empty() {
-            println!("quick_check: ok");
+        let (kind, name) = if full {
+            (
+                snapshot::CheckKind::Full,
+                "integrity_check + foreign_key_check",
+            )
+        } else {
+            (snapshot::CheckKind::Quick, "quick_check")
+        };
+        let record = dbwarden::auditor::check_database(&settings.database, kind, &|_| {})?;
+        if record.ok {
+            println!("{name}: ok ({} ms)", record.duration_ms);
         } else {
             failed = true;
-            println!("quick_check: {} problem(s)", problems.len());
-            for p in problems.iter().take(50) {
+            println!("{name}: {} problem(s)", record.problems.len());
+            for p in &record.problems {
                 println!("  {p}");
             }
         }

@@ -19,8 +19,11 @@ use actix_web::dev::ServerHandle;
 use tokio::sync::Notify;
 
 use crate::api::{self, AppState};
+use crate::auditor::{AuditorHandle, IntegrityBoard};
 use crate::backup::{self, actor::BackupHandle, catalog};
+use crate::checkpointer::Checkpointer;
 use crate::config::Settings;
+use crate::db::snapshot::CheckKind;
 use crate::db::{self, readers::ReaderPool, CheckpointResult, DbError};
 use crate::scheduler::{JobSpec, Scheduler, SchedulerError};
 use crate::writer::{DbWriter, WriterHandle};
@@ -54,6 +57,8 @@ pub struct Service {
     writer_arbiter: Arbiter,
     backups: BackupHandle,
     backup_arbiter: Arbiter,
+    auditor: AuditorHandle,
+    auditor_arbiter: Arbiter,
     scheduler: Scheduler,
     /// Released last, when the service is dropped.
     _lock: db::lock::DatabaseLock,
@@ -74,14 +79,34 @@ impl Service {
         if !report.applied.is_empty() {
             tracing::info!(applied = ?report.applied, "database migrated");
         }
+        let page_size: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(DbError::from)?;
         let readers = ReaderPool::open(&settings.database)?;
         let (writer, writer_arbiter) = DbWriter::start(
             conn,
             settings.writer.mailbox_capacity,
             settings.writer.max_batch_requests,
         );
-        let (backups, backup_arbiter) = start_backups(&settings)?;
-        let scheduler = Scheduler::start(scheduled_jobs(&settings, &backups)).await?;
+        let checkpointer = Arc::new(Checkpointer::new(
+            writer.clone(),
+            page_size,
+            settings.checkpoint.wal_alert_bytes,
+        ));
+        let integrity = Arc::new(IntegrityBoard::default());
+        let (auditor, auditor_arbiter) =
+            AuditorHandle::start(settings.database.clone(), integrity.clone());
+        if settings.integrity.quick_at_startup {
+            let startup = auditor.clone();
+            actix_rt::spawn(async move {
+                if let Err(e) = startup.check(CheckKind::Quick).await {
+                    tracing::error!(error = %e, "startup quick_check could not run");
+                }
+            });
+        }
+        let (backups, backup_arbiter) = start_backups(&settings, integrity.clone())?;
+        let scheduler =
+            Scheduler::start(scheduled_jobs(&settings, &backups, &auditor, &checkpointer)).await?;
         let wanted = settings.listen_addr();
         let listener = TcpListener::bind(wanted).map_err(|source| StartError::Listen {
             addr: wanted,
@@ -100,6 +125,8 @@ impl Service {
             writer: writer.clone(),
             readers,
             backups: backups.clone(),
+            integrity,
+            checkpoints: checkpointer.board.clone(),
             started: Instant::now(),
             accepting: accepting.clone(),
         };
@@ -115,6 +142,8 @@ impl Service {
             writer_arbiter,
             backups,
             backup_arbiter,
+            auditor,
+            auditor_arbiter,
             scheduler,
             accepting,
             _lock: lock,
@@ -128,15 +157,22 @@ impl Service {
         self.server.stop(graceful).await;
         self.scheduler.shutdown().await;
         self.backups.interrupt();
-        self.backup_arbiter.stop();
-        let backup_arbiter = self.backup_arbiter;
-        let _ = tokio::task::spawn_blocking(move || backup_arbiter.join()).await;
+        self.auditor.interrupt();
+        for arbiter in [self.backup_arbiter, self.auditor_arbiter] {
+            arbiter.stop();
+            let _ = tokio::task::spawn_blocking(move || arbiter.join()).await;
+        }
         let final_checkpoint = self.writer.shutdown().await.map_err(|e| e.to_string());
         self.writer_arbiter.stop();
         let arbiter = self.writer_arbiter;
         let _ = tokio::task::spawn_blocking(move || arbiter.join()).await;
         tracing::info!(?final_checkpoint, "dbwarden stopped");
         ShutdownReport { final_checkpoint }
+    }
+
+    /// The IntegrityAuditor, to run a check now.
+    pub fn auditor(&self) -> &AuditorHandle {
+        &self.auditor
     }
 
     /// Stops the HTTP server at once; used when a second signal arrives.
@@ -147,13 +183,20 @@ impl Service {
 
 /// Starts the BackupActor after cleaning up what an interrupted backup left, and
 /// queues the startup backup in the background (the service answers meanwhile).
-fn start_backups(settings: &Settings) -> Result<(BackupHandle, Arbiter), StartError> {
+fn start_backups(
+    settings: &Settings,
+    integrity: Arc<IntegrityBoard>,
+) -> Result<(BackupHandle, Arbiter), StartError> {
     backup::ensure_dir(&settings.backup.dir)?;
     let leftovers = catalog::remove_leftovers(&settings.backup.dir)?;
     if !leftovers.is_empty() {
         tracing::warn!(removed = ?leftovers, "unclean shutdown: removed temporary backup files");
     }
-    let (handle, arbiter) = BackupHandle::start(settings.database.clone(), settings.backup.clone());
+    let (handle, arbiter) = BackupHandle::start(
+        settings.database.clone(),
+        settings.backup.clone(),
+        integrity,
+    );
     if settings.backup.at_startup {
         let startup = handle.clone();
         actix_rt::spawn(async move {
@@ -166,10 +209,59 @@ fn start_backups(settings: &Settings) -> Result<(BackupHandle, Arbiter), StartEr
 }
 
 /// The built-in maintenance, each tick a message to the actor that owns the work.
-fn scheduled_jobs(settings: &Settings, backups: &BackupHandle) -> Vec<JobSpec> {
+fn scheduled_jobs(
+    settings: &Settings,
+    backups: &BackupHandle,
+    auditor: &AuditorHandle,
+    checkpointer: &Arc<Checkpointer>,
+) -> Vec<JobSpec> {
     let take = backups.clone();
     let reverify = backups.clone();
+    let check = |kind: CheckKind| {
+        let auditor = auditor.clone();
+        Arc::new(move || {
+            let auditor = auditor.clone();
+            Box::pin(async move {
+                match auditor.check(kind).await {
+                    Ok(r) if r.ok => Ok(format!("ok in {} ms", r.duration_ms)),
+                    Ok(r) => Err(format!("FAILED: {}", r.problems.join("; "))),
+                    Err(e) => Err(e.to_string()),
+                }
+            }) as crate::scheduler::JobFuture
+        }) as Arc<dyn Fn() -> crate::scheduler::JobFuture + Send + Sync>
+    };
+    let checkpoint = checkpointer.clone();
     vec![
+        JobSpec {
+            name: "checkpoint".into(),
+            schedule: settings.checkpoint.schedule.clone(),
+            run: Arc::new(move || {
+                let checkpoint = checkpoint.clone();
+                Box::pin(async move {
+                    match checkpoint.tick().await {
+                        Ok(r) if r.starved => Err(format!(
+                            "starved: {} bytes of WAL held by a reader",
+                            r.pending_bytes
+                        )),
+                        Ok(r) => Ok(format!(
+                            "{} frames, {} checkpointed",
+                            r.log_frames, r.checkpointed_frames
+                        )),
+                        Err(e) => Err(e.to_string()),
+                    }
+                })
+            }),
+        },
+        JobSpec {
+            name: "quick-check".into(),
+            schedule: settings.integrity.quick_schedule.clone(),
+            run: check(CheckKind::Quick),
+        },
+        JobSpec {
+            name: "full-check".into(),
+            schedule: settings.integrity.full_schedule.clone(),
+            run: check(CheckKind::Full),
+        },
         JobSpec {
             name: "backup".into(),
             schedule: settings.backup.schedule.clone(),

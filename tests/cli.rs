@@ -180,6 +180,13 @@ fn migrate_then_check_the_summary() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("quick_check: ok"), "{}", text(&out));
     assert!(text(&out).contains("summary: exact"), "{}", text(&out));
+    let out = dbwarden(dir.path(), &["check", "--full"], &env);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("integrity_check + foreign_key_check: ok"),
+        "{}",
+        text(&out)
+    );
 
     conn.execute(
         "UPDATE corruption_summary SET current_state = 'VerificationSuccess'",

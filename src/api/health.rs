@@ -83,6 +83,11 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
             .unwrap_or_default();
         reasons.push(format!("writes are failing: {last}"));
     }
+    let integrity = state.integrity.view();
+    if integrity.result == "failing" {
+        status = "failing";
+        reasons.push("the last integrity check failed; backups are held back".into());
+    }
     if !writer_alive {
         status = "failing";
         database["status"] = json!("error");
@@ -95,6 +100,8 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         "uptime_seconds": state.started.elapsed().as_secs(),
         "database": database,
         "pending_corruptions": pending,
+        "integrity": integrity,
+        "checkpoint": state.checkpoints.last(),
         "reasons": reasons,
     });
     if status == "failing" {

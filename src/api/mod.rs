@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use actix_web::middleware::{from_fn, ErrorHandlers};
 use actix_web::{dev::Server, web, App, HttpRequest, HttpResponse, HttpServer};
 
+use crate::auditor::IntegrityBoard;
 use crate::backup::actor::BackupHandle;
+use crate::checkpointer::CheckpointBoard;
 use crate::config::Settings;
 use crate::db::readers::ReaderPool;
 use crate::writer::WriterHandle;
@@ -28,6 +30,8 @@ pub struct AppState {
     pub writer: WriterHandle,
     pub readers: Arc<ReaderPool>,
     pub backups: BackupHandle,
+    pub integrity: Arc<IntegrityBoard>,
+    pub checkpoints: Arc<CheckpointBoard>,
     pub started: Instant,
     /// Cleared when shutdown begins: new writes get 503 while requests in flight finish.
     pub accepting: Arc<AtomicBool>,

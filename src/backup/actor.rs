@@ -13,6 +13,7 @@ use rusqlite::InterruptHandle;
 
 use super::catalog::Manifest;
 use super::{reverify_all, take_backup, BackupError};
+use crate::auditor::IntegrityBoard;
 use crate::config::{BackupSettings, DatabaseSettings};
 
 /// Take one verified backup now.
@@ -73,12 +74,18 @@ pub struct BackupHandle {
     addr: Addr<BackupActor>,
     busy: Arc<AtomicBool>,
     interrupt: Arc<Mutex<Option<InterruptHandle>>>,
+    integrity: Arc<IntegrityBoard>,
     pub cfg: BackupSettings,
 }
 
 impl BackupHandle {
-    /// Starts the actor on its own arbiter.
-    pub fn start(db: DatabaseSettings, cfg: BackupSettings) -> (BackupHandle, Arbiter) {
+    /// Starts the actor on its own arbiter. While `integrity` reports a failed check,
+    /// backups are refused so a damaged database never replaces good backups.
+    pub fn start(
+        db: DatabaseSettings,
+        cfg: BackupSettings,
+        integrity: Arc<IntegrityBoard>,
+    ) -> (BackupHandle, Arbiter) {
         let arbiter = Arbiter::new();
         let busy = Arc::new(AtomicBool::new(false));
         let interrupt = Arc::new(Mutex::new(None));
@@ -94,6 +101,7 @@ impl BackupHandle {
                 addr,
                 busy,
                 interrupt,
+                integrity,
                 cfg,
             },
             arbiter,
@@ -127,6 +135,11 @@ impl BackupHandle {
 
     /// Takes a backup; answers once it is verified and recorded.
     pub async fn take(&self) -> Result<Manifest, BackupError> {
+        if let Some(reason) = self.integrity.failing() {
+            return Err(BackupError::SourceCorrupt(vec![format!(
+                "the last integrity check failed: {reason}"
+            )]));
+        }
         self.run_exclusive(TakeBackup).await
     }
 

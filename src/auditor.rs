@@ -1,0 +1,233 @@
+//! The IntegrityAuditor: `quick_check` (hourly by default) and `integrity_check` plus
+//! `foreign_key_check` (daily), each on a read-only connection of its own, on its own
+//! thread. The last result of each kind is kept on an [`IntegrityBoard`] that health
+//! reads and that backups consult: while the last check failed, no backup is taken, so
+//! a damaged database never pushes good backups out through retention.
+//!
+//! A check can be interrupted at shutdown through SQLite's interrupt handle.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use rusqlite::InterruptHandle;
+use serde::Serialize;
+
+use crate::config::DatabaseSettings;
+use crate::db::{
+    self,
+    snapshot::{integrity_problems, CheckKind},
+    DbError,
+};
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckRecord {
+    pub at: DateTime<Utc>,
+    pub ok: bool,
+    pub duration_ms: u64,
+    /// The first problems reported (at most 20).
+    pub problems: Vec<String>,
+}
+
+/// The latest results, shared with health and the BackupActor.
+#[derive(Debug, Default)]
+pub struct IntegrityBoard {
+    quick: RwLock<Option<CheckRecord>>,
+    full: RwLock<Option<CheckRecord>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IntegrityView {
+    pub quick: Option<CheckRecord>,
+    pub full: Option<CheckRecord>,
+    /// Time of the most recent check of either kind.
+    pub at: Option<DateTime<Utc>>,
+    /// `ok`, `failing` (the most recent check of some kind failed) or `unknown`.
+    pub result: &'static str,
+}
+
+impl IntegrityBoard {
+    pub fn record(&self, kind: CheckKind, record: CheckRecord) -> Option<bool> {
+        let slot = match kind {
+            CheckKind::Quick => &self.quick,
+            CheckKind::Full => &self.full,
+        };
+        let mut guard = slot.write().ok()?;
+        let was_ok = guard.as_ref().map(|r| r.ok);
+        *guard = Some(record);
+        was_ok
+    }
+
+    pub fn view(&self) -> IntegrityView {
+        let quick = self.quick.read().ok().and_then(|g| g.clone());
+        let full = self.full.read().ok().and_then(|g| g.clone());
+        let at = [quick.as_ref(), full.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|r| r.at)
+            .max();
+        let result = match (&quick, &full) {
+            (None, None) => "unknown",
+            _ if [quick.as_ref(), full.as_ref()]
+                .into_iter()
+                .flatten()
+                .any(|r| !r.ok) =>
+            {
+                "failing"
+            }
+            _ => "ok",
+        };
+        IntegrityView {
+            quick,
+            full,
+            at,
+            result,
+        }
+    }
+
+    /// The reasons backups must wait, if the most recent check of some kind failed.
+    pub fn failing(&self) -> Option<String> {
+        let view = self.view();
+        (view.result == "failing").then(|| {
+            [view.quick, view.full]
+                .into_iter()
+                .flatten()
+                .filter(|r| !r.ok)
+                .flat_map(|r| r.problems)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+}
+
+/// Runs one check now and answers with its record.
+#[derive(Message)]
+#[rtype(result = "Result<CheckRecord, DbError>")]
+pub struct RunCheck(pub CheckKind);
+
+pub struct IntegrityAuditor {
+    db: DatabaseSettings,
+    board: Arc<IntegrityBoard>,
+    interrupt: Arc<Mutex<Option<InterruptHandle>>>,
+}
+
+impl Actor for IntegrityAuditor {
+    type Context = Context<Self>;
+}
+
+/// Runs the check of `kind` on its own read-only connection: quick_check, or
+/// integrity_check followed by foreign_key_check.
+pub fn check_database(
+    db_settings: &DatabaseSettings,
+    kind: CheckKind,
+    on_open: &dyn Fn(InterruptHandle),
+) -> Result<CheckRecord, DbError> {
+    let started = Instant::now();
+    let conn = db::open_reader(db_settings)?;
+    on_open(conn.get_interrupt_handle());
+    let mut problems = integrity_problems(&conn, kind)?;
+    if kind == CheckKind::Full {
+        let mut stmt = conn.prepare("PRAGMA foreign_key_check")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(format!(
+                "foreign key: row {} of {} refers to a missing row of {}",
+                r.get::<_, Option<i64>>(1)?.unwrap_or_default(),
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(2)?
+            ))
+        })?;
+        for row in rows {
+            problems.push(row?);
+        }
+    }
+    problems.truncate(20);
+    Ok(CheckRecord {
+        at: Utc::now(),
+        ok: problems.is_empty(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        problems,
+    })
+}
+
+impl Handler<RunCheck> for IntegrityAuditor {
+    type Result = Result<CheckRecord, DbError>;
+
+    fn handle(&mut self, msg: RunCheck, _: &mut Self::Context) -> Self::Result {
+        let slot = self.interrupt.clone();
+        let result = check_database(&self.db, msg.0, &|h| {
+            if let Ok(mut s) = slot.lock() {
+                *s = Some(h);
+            }
+        });
+        if let Ok(mut s) = self.interrupt.lock() {
+            *s = None;
+        }
+        let record = result?;
+        let was_ok = self.board.record(msg.0, record.clone());
+        let name = match msg.0 {
+            CheckKind::Quick => "quick_check",
+            CheckKind::Full => "integrity_check",
+        };
+        match (record.ok, was_ok) {
+            (false, _) => {
+                tracing::error!(check = name, problems = ?record.problems, "CRITICAL: the database failed its integrity check; backups are held back")
+            }
+            (true, Some(false)) => {
+                tracing::info!(check = name, "integrity check passes again (resolved)")
+            }
+            (true, _) => tracing::info!(
+                check = name,
+                duration_ms = record.duration_ms,
+                "integrity check ok"
+            ),
+        }
+        Ok(record)
+    }
+}
+
+/// The cheap, cloneable way to reach the auditor.
+#[derive(Clone)]
+pub struct AuditorHandle {
+    addr: Addr<IntegrityAuditor>,
+    interrupt: Arc<Mutex<Option<InterruptHandle>>>,
+    pub board: Arc<IntegrityBoard>,
+}
+
+impl AuditorHandle {
+    pub fn start(db: DatabaseSettings, board: Arc<IntegrityBoard>) -> (AuditorHandle, Arbiter) {
+        let arbiter = Arbiter::new();
+        let interrupt = Arc::new(Mutex::new(None));
+        let actor = IntegrityAuditor {
+            db,
+            board: board.clone(),
+            interrupt: interrupt.clone(),
+        };
+        let addr = IntegrityAuditor::start_in_arbiter(&arbiter.handle(), move |_| actor);
+        (
+            AuditorHandle {
+                addr,
+                interrupt,
+                board,
+            },
+            arbiter,
+        )
+    }
+
+    pub async fn check(&self, kind: CheckKind) -> Result<CheckRecord, DbError> {
+        self.addr
+            .send(RunCheck(kind))
+            .await
+            .map_err(|e| DbError::Task(e.to_string()))?
+    }
+
+    /// Aborts a running check; used at shutdown.
+    pub fn interrupt(&self) {
+        if let Ok(slot) = self.interrupt.lock() {
+            if let Some(h) = slot.as_ref() {
+                h.interrupt();
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The Checkpointer: scheduled PASSIVE checkpoints, run on the writer's connection (a
+//! message through the DbWriter, so checkpoints never race the writer from a second
+//! connection). The result row (busy, log, checkpointed) is always read.
+//!
+//! The measure that matters is WAL content not yet copied back, not the `-wal` file's
+//! size (which keeps its high-water mark). When that exceeds `checkpoint.wal_alert_bytes`
+//! it alerts, then tries a RESTART checkpoint, which waits for readers at most the
+//! busy timeout. If a reader still holds an old snapshot, that is starvation: reported
+//! as such, since only the reader letting go can fix it.
+
+use std::sync::{Arc, RwLock};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::db::{CheckpointMode, CheckpointResult};
+use crate::writer::{WriteError, WriterHandle};
+
+/// Bytes a WAL frame adds to its page.
+const FRAME_HEADER_BYTES: i64 = 24;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointRecord {
+    pub at: DateTime<Utc>,
+    pub mode: &'static str,
+    pub busy: bool,
+    pub log_frames: i64,
+    pub checkpointed_frames: i64,
+    /// WAL content not yet copied into the database, in bytes.
+    pub pending_bytes: i64,
+    pub over_threshold: bool,
+    /// A reader kept the WAL from being reset even after a RESTART attempt.
+    pub starved: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct CheckpointBoard {
+    last: RwLock<Option<CheckpointRecord>>,
+}
+
+impl CheckpointBoard {
+    pub fn last(&self) -> Option<CheckpointRecord> {
+        self.last.read().ok().and_then(|g| g.clone())
+    }
+}
+
+pub struct Checkpointer {
+    writer: WriterHandle,
+    page_size: i64,
+    alert_bytes: i64,
+    pub board: Arc<CheckpointBoard>,
+}
+
+fn pending_bytes(r: &CheckpointResult, page_size: i64) -> i64 {
+    (r.log_frames - r.checkpointed_frames).max(0) * (page_size + FRAME_HEADER_BYTES)
+}
+
+impl Checkpointer {
+    pub fn new(writer: WriterHandle, page_size: i64, alert_bytes: i64) -> Checkpointer {
+        Checkpointer {
+            writer,
+            page_size,
+            alert_bytes,
+            board: Arc::default(),
+        }
+    }
+
+    /// One scheduled pass.
+    pub async fn tick(&self) -> Result<CheckpointRecord, WriteError> {
+        let passive = self.writer.checkpoint(CheckpointMode::Passive).await?;
+        let pending = pending_bytes(&passive, self.page_size);
+        let mut record = CheckpointRecord {
+            at: Utc::now(),
+            mode: "passive",
+            busy: passive.busy,
+            log_frames: passive.log_frames,
+            checkpointed_frames: passive.checkpointed_frames,
+            pending_bytes: pending,
+            over_threshold: pending > self.alert_bytes,
+            starved: false,
+        };
+        if record.over_threshold {
+            tracing::error!(pending_bytes = pending, threshold = self.alert_bytes, "ALERT: WAL content not checkpointed is over the threshold; trying a RESTART checkpoint");
+            let restart = self.writer.checkpoint(CheckpointMode::Restart).await?;
+            let still = pending_bytes(&restart, self.page_size);
+            record = CheckpointRecord {
+                at: Utc::now(),
+                mode: "restart",
+                busy: restart.busy,
+                log_frames: restart.log_frames,
+                checkpointed_frames: restart.checkpointed_frames,
+                pending_bytes: still,
+                over_threshold: still > self.alert_bytes,
+                starved: restart.busy,
+            };
+            if record.starved {
+                tracing::error!(pending_bytes = still, "ALERT: checkpoint starvation: a reader holds an old snapshot and keeps the WAL from being reset (a long-running read transaction in this or another process)");
+            }
+        }
+        if let Ok(mut last) = self.board.last.write() {
+            *last = Some(record.clone());
+        }
+        Ok(record)
+    }
+}

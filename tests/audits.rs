@@ -1,0 +1,171 @@
+//! IntegrityAuditor and Checkpointer against real faults: a corrupted index page and a
+//! reader that never lets go of its snapshot.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use dbwarden::checkpointer::Checkpointer;
+use dbwarden::db::snapshot::CheckKind;
+use dbwarden::supervisor::Service;
+use rusqlite::Connection;
+use serde_json::{json, Value};
+
+/// Overwrites the index's root page with garbage; returns the page's offset and its
+/// original bytes so the damage can be undone.
+fn corrupt_index_page(db_path: &std::path::Path, index: &str) -> (u64, Vec<u8>) {
+    let conn = Connection::open(db_path).expect("open");
+    let root: i64 = conn
+        .query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = ?1",
+            [index],
+            |r| r.get(0),
+        )
+        .expect("rootpage");
+    let page_size: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .expect("page size");
+    drop(conn);
+    let offset = ((root - 1) * page_size) as u64;
+    let original = std::fs::read(db_path).expect("read")
+        [offset as usize..(offset + page_size as u64) as usize]
+        .to_vec();
+    write_at(db_path, offset, &vec![0xA5u8; page_size as usize]);
+    (offset, original)
+}
+
+fn write_at(path: &std::path::Path, offset: u64, bytes: &[u8]) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open file");
+    f.seek(SeekFrom::Start(offset)).expect("seek");
+    f.write_all(bytes).expect("write");
+    f.sync_all().expect("sync");
+}
+
+async fn health(client: &reqwest::Client, base: &str) -> (u16, Value) {
+    let res = client
+        .get(format!("{base}/api/health"))
+        .send()
+        .await
+        .expect("health");
+    (res.status().as_u16(), res.json().await.expect("json"))
+}
+
+#[actix_rt::test]
+async fn a_corrupt_database_fails_health_blocks_backups_and_recovers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = common::settings_in(
+        dir.path(),
+        &[("DBWARDEN__INTEGRITY__QUICK_AT_STARTUP", "true")],
+    );
+    {
+        let (conn, _) = dbwarden::db::open_and_migrate(&settings.database).expect("migrate");
+        for i in 0..3000 {
+            conn.execute(
+                "INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data) VALUES ('corruption', ?1, 'CorruptionDetected', '{}')",
+                [format!("agg-{i}")],
+            )
+            .expect("insert");
+        }
+        dbwarden::db::wal_checkpoint(&conn, dbwarden::db::CheckpointMode::Truncate)
+            .expect("checkpoint");
+    }
+    let (offset, original) = corrupt_index_page(&settings.database.path, "idx_events_type");
+    let db_path = settings.database.path.clone();
+    let service = Service::start(settings)
+        .await
+        .expect("starts on a damaged database");
+    let base = format!("http://{}", service.addr);
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (status, body) = loop {
+        let (status, body) = health(&client, &base).await;
+        if body["integrity"]["result"] != "unknown" || Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body["integrity"]["result"], "failing", "{body}");
+    assert_eq!(body["status"], "failing");
+    assert_eq!(status, 503);
+    assert!(!body["integrity"]["quick"]["problems"]
+        .as_array()
+        .expect("problems")
+        .is_empty());
+
+    let res = client
+        .post(format!("{base}/api/backups"))
+        .send()
+        .await
+        .expect("backup");
+    assert_eq!(res.status(), 503, "no backup of a failing database");
+    let body: Value = res.json().await.expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("integrity"),
+        "{body}"
+    );
+    let backups = dir.path().join("backups");
+    assert_eq!(std::fs::read_dir(&backups).expect("dir").count(), 0);
+
+    // The damage is undone (the page's original bytes put back); the next pass clears
+    // the failure and backups resume.
+    write_at(&db_path, offset, &original);
+    let record = service
+        .auditor()
+        .check(CheckKind::Quick)
+        .await
+        .expect("check");
+    assert!(record.ok, "{record:?}");
+    let (status, body) = health(&client, &base).await;
+    assert_eq!(
+        (status, body["status"].clone()),
+        (200, json!("healthy")),
+        "{body}"
+    );
+    let full = service
+        .auditor()
+        .check(CheckKind::Full)
+        .await
+        .expect("full check");
+    assert!(full.ok, "{full:?}");
+    let res = client
+        .post(format!("{base}/api/backups"))
+        .send()
+        .await
+        .expect("backup");
+    assert_eq!(res.status(), 201);
+    service.shutdown(true).await;
+}
+
+#[actix_rt::test]
+async fn a_reader_that_never_lets_go_is_reported_as_starvation() {
+    let mut app = common::TestApp::spawn(&[("DBWARDEN__DATABASE__BUSY_TIMEOUT_MS", "200")]).await;
+    let writer = app.service.as_ref().expect("service").writer.clone();
+    let checkpointer = Checkpointer::new(writer, 4096, 1);
+    app.post_json("/api/events", &json!({"aggregate_type": "corruption", "aggregate_id": "a", "event_type": "CorruptionDetected", "event_data": {}}))
+        .await;
+    let reader = Connection::open(&app.db_path).expect("reader");
+    reader.execute_batch("BEGIN").expect("begin");
+    let _: i64 = reader
+        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .expect("snapshot");
+    for i in 0..50 {
+        let res = app
+            .post_json("/api/events", &json!({"aggregate_type": "corruption", "aggregate_id": format!("b{i}"), "event_type": "CorruptionDetected", "event_data": {}}))
+            .await;
+        assert_eq!(res.status(), 201);
+    }
+    let starved = checkpointer.tick().await.expect("tick");
+    assert!(starved.over_threshold && starved.starved, "{starved:?}");
+    assert_eq!(checkpointer.board.last().expect("kept").mode, "restart");
+    reader.execute_batch("COMMIT").expect("let go");
+    let fine = checkpointer.tick().await.expect("tick");
+    assert!(!fine.starved && fine.pending_bytes == 0, "{fine:?}");
+    app.stop().await;
+}

@@ -20,6 +20,7 @@ use crate::db::{
     snapshot::{integrity_problems, CheckKind},
     DbError,
 };
+use crate::notifier::{Notifier, Severity};
 
 /// The outcome of one check.
 #[derive(Debug, Clone, Serialize)]
@@ -109,6 +110,7 @@ pub struct RunCheck(pub CheckKind);
 
 pub struct IntegrityAuditor {
     db: DatabaseSettings,
+    notifier: Notifier,
     board: Arc<IntegrityBoard>,
     interrupt: Arc<Mutex<Option<InterruptHandle>>>,
 }
@@ -170,13 +172,15 @@ impl Handler<RunCheck> for IntegrityAuditor {
             CheckKind::Quick => "quick_check",
             CheckKind::Full => "integrity_check",
         };
+        let key = format!("integrity_{name}");
         match (record.ok, was_ok) {
-            (false, _) => {
-                tracing::error!(check = name, problems = ?record.problems, "CRITICAL: the database failed its integrity check; backups are held back")
-            }
-            (true, Some(false)) => {
-                tracing::info!(check = name, "integrity check passes again (resolved)")
-            }
+            (false, _) => self.notifier.alert(
+                &key,
+                Severity::Critical,
+                format!("the database failed {name}; backups are held back"),
+                serde_json::json!({ "problems": record.problems }),
+            ),
+            (true, Some(false)) => self.notifier.resolve(&key, format!("{name} passes again")),
             (true, _) => tracing::info!(
                 check = name,
                 duration_ms = record.duration_ms,
@@ -196,11 +200,16 @@ pub struct AuditorHandle {
 }
 
 impl AuditorHandle {
-    pub fn start(db: DatabaseSettings, board: Arc<IntegrityBoard>) -> (AuditorHandle, Arbiter) {
+    pub fn start(
+        db: DatabaseSettings,
+        board: Arc<IntegrityBoard>,
+        notifier: Notifier,
+    ) -> (AuditorHandle, Arbiter) {
         let arbiter = Arbiter::new();
         let interrupt = Arc::new(Mutex::new(None));
         let actor = IntegrityAuditor {
             db,
+            notifier,
             board: board.clone(),
             interrupt: interrupt.clone(),
         };

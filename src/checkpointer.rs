@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::db::{CheckpointMode, CheckpointResult};
+use crate::notifier::{Notifier, Severity};
 use crate::writer::{WriteError, WriterHandle};
 
 /// Bytes a WAL frame adds to its page.
@@ -48,6 +49,7 @@ pub struct Checkpointer {
     writer: WriterHandle,
     page_size: i64,
     alert_bytes: i64,
+    notifier: Notifier,
     pub board: Arc<CheckpointBoard>,
 }
 
@@ -56,11 +58,17 @@ fn pending_bytes(r: &CheckpointResult, page_size: i64) -> i64 {
 }
 
 impl Checkpointer {
-    pub fn new(writer: WriterHandle, page_size: i64, alert_bytes: i64) -> Checkpointer {
+    pub fn new(
+        writer: WriterHandle,
+        page_size: i64,
+        alert_bytes: i64,
+        notifier: Notifier,
+    ) -> Checkpointer {
         Checkpointer {
             writer,
             page_size,
             alert_bytes,
+            notifier,
             board: Arc::default(),
         }
     }
@@ -80,7 +88,12 @@ impl Checkpointer {
             starved: false,
         };
         if record.over_threshold {
-            tracing::error!(pending_bytes = pending, threshold = self.alert_bytes, "ALERT: WAL content not checkpointed is over the threshold; trying a RESTART checkpoint");
+            self.notifier.alert(
+                "wal_over_threshold",
+                Severity::Warning,
+                format!("{pending} bytes of WAL are not checkpointed (threshold {}); trying a RESTART checkpoint", self.alert_bytes),
+                serde_json::json!({ "pending_bytes": pending, "threshold": self.alert_bytes }),
+            );
             let restart = self.writer.checkpoint(CheckpointMode::Restart).await?;
             let still = pending_bytes(&restart, self.page_size);
             record = CheckpointRecord {
@@ -94,8 +107,21 @@ impl Checkpointer {
                 starved: restart.busy,
             };
             if record.starved {
-                tracing::error!(pending_bytes = still, "ALERT: checkpoint starvation: a reader holds an old snapshot and keeps the WAL from being reset (a long-running read transaction in this or another process)");
+                self.notifier.alert(
+                    "checkpoint_starvation",
+                    Severity::Critical,
+                    format!("checkpoint starvation: a reader holds an old snapshot and keeps {still} bytes of WAL from being checkpointed (a long-running read transaction in this or another process)"),
+                    serde_json::json!({ "pending_bytes": still }),
+                );
             }
+        }
+        if !record.over_threshold {
+            self.notifier
+                .resolve("wal_over_threshold", "WAL back under the threshold");
+        }
+        if !record.starved {
+            self.notifier
+                .resolve("checkpoint_starvation", "checkpoints complete again");
         }
         if let Ok(mut last) = self.board.last.write() {
             *last = Some(record.clone());

@@ -43,6 +43,7 @@ pub struct Settings {
     pub backup: BackupSettings,
     pub checkpoint: CheckpointSettings,
     pub integrity: IntegritySettings,
+    pub notify: NotifySettings,
     pub api: ApiSettings,
     pub logging: LoggingSettings,
 }
@@ -89,6 +90,73 @@ pub struct IntegritySettings {
     pub quick_schedule: String,
     pub full_schedule: String,
     pub quick_at_startup: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySettings {
+    pub cooldown_secs: u64,
+    pub timeout_secs: u64,
+    pub retries: u32,
+    pub queue_capacity: usize,
+    pub shutdown_flush_secs: u64,
+    #[serde(default)]
+    pub channels: Vec<ChannelSettings>,
+}
+
+/// One notification channel; `kind` picks the format.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ChannelSettings {
+    /// Generic JSON POST; with `secret`, signed with HMAC-SHA256.
+    Webhook {
+        url: String,
+        secret: Option<String>,
+    },
+    /// ntfy topic URL, e.g. https://ntfy.sh/my-topic.
+    Ntfy {
+        url: String,
+        token: Option<String>,
+    },
+    Discord {
+        url: String,
+    },
+    Slack {
+        url: String,
+    },
+    /// Gotify server base URL and application token.
+    Gotify {
+        url: String,
+        token: String,
+    },
+    /// Dead-man switch: GET after each verified backup.
+    Heartbeat {
+        url: String,
+    },
+}
+
+impl ChannelSettings {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ChannelSettings::Webhook { .. } => "webhook",
+            ChannelSettings::Ntfy { .. } => "ntfy",
+            ChannelSettings::Discord { .. } => "discord",
+            ChannelSettings::Slack { .. } => "slack",
+            ChannelSettings::Gotify { .. } => "gotify",
+            ChannelSettings::Heartbeat { .. } => "heartbeat",
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        match self {
+            ChannelSettings::Webhook { url, .. }
+            | ChannelSettings::Ntfy { url, .. }
+            | ChannelSettings::Discord { url }
+            | ChannelSettings::Slack { url }
+            | ChannelSettings::Gotify { url, .. }
+            | ChannelSettings::Heartbeat { url } => url,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -285,6 +353,40 @@ impl Settings {
                 ),
             ));
         }
+        range(
+            "notify.cooldown_secs",
+            self.notify.cooldown_secs,
+            0,
+            7 * 86_400,
+        )?;
+        range("notify.timeout_secs", self.notify.timeout_secs, 1, 300)?;
+        range("notify.retries", u64::from(self.notify.retries), 0, 10)?;
+        range(
+            "notify.queue_capacity",
+            self.notify.queue_capacity as u64,
+            1,
+            100_000,
+        )?;
+        range(
+            "notify.shutdown_flush_secs",
+            self.notify.shutdown_flush_secs,
+            0,
+            120,
+        )?;
+        for (i, channel) in self.notify.channels.iter().enumerate() {
+            let url = channel.url();
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || reqwest::Url::parse(url).is_err()
+            {
+                return Err(invalid(
+                    "notify.channels",
+                    format!(
+                        "channel {i} ({}): `{url}` is not an http(s) URL",
+                        channel.kind()
+                    ),
+                ));
+            }
+        }
         range("backup.keep_last", self.backup.keep_last as u64, 0, 10_000)?;
         range(
             "backup.keep_daily",
@@ -365,6 +467,16 @@ impl Settings {
         let mut shown = self.clone();
         if shown.api.token.is_some() {
             shown.api.token = Some("********".into());
+        }
+        for channel in &mut shown.notify.channels {
+            match channel {
+                ChannelSettings::Webhook {
+                    secret: Some(s), ..
+                }
+                | ChannelSettings::Ntfy { token: Some(s), .. } => *s = "********".into(),
+                ChannelSettings::Gotify { token, .. } => *token = "********".into(),
+                _ => {}
+            }
         }
         toml_render(&shown)
     }

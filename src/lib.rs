@@ -13,6 +13,7 @@ pub mod config;
 pub mod db;
 pub mod events;
 pub mod logging;
+pub mod notifier;
 pub mod restore;
 pub mod scheduler;
 pub mod supervisor;

@@ -17,6 +17,8 @@ use std::sync::Arc;
 use croner::parser::{CronParser, Seconds};
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
+use crate::notifier::{Notifier, Severity};
+
 /// Parses a schedule the way the scheduler will; the error is the parser's reason.
 pub fn validate_schedule(expr: &str) -> Result<(), String> {
     CronParser::builder()
@@ -61,7 +63,10 @@ pub enum SchedulerError {
 
 impl Scheduler {
     /// Registers the jobs and starts ticking.
-    pub async fn start(jobs: Vec<JobSpec>) -> Result<Scheduler, SchedulerError> {
+    pub async fn start(
+        jobs: Vec<JobSpec>,
+        notifier: Notifier,
+    ) -> Result<Scheduler, SchedulerError> {
         let inner = JobScheduler::new().await?;
         let mut stats = Vec::new();
         for spec in jobs {
@@ -71,13 +76,23 @@ impl Scheduler {
             })?;
             let job_stats = Arc::new(JobStats::default());
             stats.push((spec.name.clone(), job_stats.clone()));
-            let (name, run) = (spec.name.clone(), spec.run.clone());
+            let (name, run, notifier) = (spec.name.clone(), spec.run.clone(), notifier.clone());
             let job = Job::new_async(spec.schedule.as_str(), move |_, _| {
-                let (name, run, stats) = (name.clone(), run.clone(), job_stats.clone());
+                let (name, run, stats, notifier) = (
+                    name.clone(),
+                    run.clone(),
+                    job_stats.clone(),
+                    notifier.clone(),
+                );
                 Box::pin(async move {
                     if stats.running.swap(true, Ordering::AcqRel) {
                         stats.skipped.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(job = %name, "still running from the previous tick; this tick is skipped");
+                        notifier.alert(
+                            &format!("job_overrun:{name}"),
+                            Severity::Warning,
+                            format!("job {name} is still running from the previous tick; this tick is skipped"),
+                            serde_json::Value::Null,
+                        );
                         return;
                     }
                     stats.runs.fetch_add(1, Ordering::Relaxed);

@@ -25,6 +25,7 @@ use crate::checkpointer::Checkpointer;
 use crate::config::Settings;
 use crate::db::snapshot::CheckKind;
 use crate::db::{self, readers::ReaderPool, CheckpointResult, DbError};
+use crate::notifier::{Notifier, Severity};
 use crate::scheduler::{JobSpec, Scheduler, SchedulerError};
 use crate::writer::{DbWriter, WriterHandle};
 
@@ -60,6 +61,8 @@ pub struct Service {
     auditor: AuditorHandle,
     auditor_arbiter: Arbiter,
     scheduler: Scheduler,
+    notifier: Notifier,
+    flush_bound: std::time::Duration,
     /// Released last, when the service is dropped.
     _lock: db::lock::DatabaseLock,
     accepting: Arc<AtomicBool>,
@@ -74,6 +77,8 @@ impl Service {
     /// Starts everything; must run inside an actix `System`.
     pub async fn start(settings: Settings) -> Result<Service, StartError> {
         let settings = Arc::new(settings);
+        let notifier = Notifier::start(&settings.notify);
+        let _ = PANIC_NOTIFIER.set(notifier.clone());
         let lock = db::lock::acquire(&settings.database.path)?;
         let (conn, report) = db::open_and_migrate(&settings.database)?;
         if !report.applied.is_empty() {
@@ -92,10 +97,14 @@ impl Service {
             writer.clone(),
             page_size,
             settings.checkpoint.wal_alert_bytes,
+            notifier.clone(),
         ));
         let integrity = Arc::new(IntegrityBoard::default());
-        let (auditor, auditor_arbiter) =
-            AuditorHandle::start(settings.database.clone(), integrity.clone());
+        let (auditor, auditor_arbiter) = AuditorHandle::start(
+            settings.database.clone(),
+            integrity.clone(),
+            notifier.clone(),
+        );
         if settings.integrity.quick_at_startup {
             let startup = auditor.clone();
             actix_rt::spawn(async move {
@@ -104,9 +113,12 @@ impl Service {
                 }
             });
         }
-        let (backups, backup_arbiter) = start_backups(&settings, integrity.clone())?;
-        let scheduler =
-            Scheduler::start(scheduled_jobs(&settings, &backups, &auditor, &checkpointer)).await?;
+        let (backups, backup_arbiter) = start_backups(&settings, integrity.clone(), &notifier)?;
+        let scheduler = Scheduler::start(
+            scheduled_jobs(&settings, &backups, &auditor, &checkpointer),
+            notifier.clone(),
+        )
+        .await?;
         let wanted = settings.listen_addr();
         let listener = TcpListener::bind(wanted).map_err(|source| StartError::Listen {
             addr: wanted,
@@ -134,6 +146,12 @@ impl Service {
             api::serve(listener, state).map_err(|source| StartError::Listen { addr, source })?;
         let handle = server.handle();
         actix_rt::spawn(server);
+        notifier.alert(
+            "service_started",
+            Severity::Info,
+            format!("dbwarden {} started on {addr}", env!("CARGO_PKG_VERSION")),
+            serde_json::json!({ "database": settings.database.path, "sqlite": rusqlite::version() }),
+        );
         tracing::info!(%addr, database = %settings.database.path.display(), sqlite = rusqlite::version(), "dbwarden started");
         Ok(Service {
             addr,
@@ -145,6 +163,8 @@ impl Service {
             auditor,
             auditor_arbiter,
             scheduler,
+            flush_bound: std::time::Duration::from_secs(settings.notify.shutdown_flush_secs),
+            notifier,
             accepting,
             _lock: lock,
         })
@@ -166,6 +186,13 @@ impl Service {
         self.writer_arbiter.stop();
         let arbiter = self.writer_arbiter;
         let _ = tokio::task::spawn_blocking(move || arbiter.join()).await;
+        self.notifier.alert(
+            "service_stopped",
+            Severity::Info,
+            "dbwarden stopped in order",
+            serde_json::json!({ "final_checkpoint": format!("{final_checkpoint:?}") }),
+        );
+        self.notifier.flush(self.flush_bound).await;
         tracing::info!(?final_checkpoint, "dbwarden stopped");
         ShutdownReport { final_checkpoint }
     }
@@ -186,16 +213,26 @@ impl Service {
 fn start_backups(
     settings: &Settings,
     integrity: Arc<IntegrityBoard>,
+    notifier: &Notifier,
 ) -> Result<(BackupHandle, Arbiter), StartError> {
     backup::ensure_dir(&settings.backup.dir)?;
     let leftovers = catalog::remove_leftovers(&settings.backup.dir)?;
     if !leftovers.is_empty() {
-        tracing::warn!(removed = ?leftovers, "unclean shutdown: removed temporary backup files");
+        notifier.alert(
+            "unclean_startup",
+            Severity::Warning,
+            format!(
+                "unclean shutdown: removed {} temporary backup file(s) an interrupted backup left",
+                leftovers.len()
+            ),
+            serde_json::json!(leftovers),
+        );
     }
     let (handle, arbiter) = BackupHandle::start(
         settings.database.clone(),
         settings.backup.clone(),
         integrity,
+        notifier.clone(),
     );
     if settings.backup.at_startup {
         let startup = handle.clone();
@@ -304,6 +341,9 @@ fn scheduled_jobs(
     ]
 }
 
+/// The notifier the panic hook reports to, once the service started.
+static PANIC_NOTIFIER: OnceLock<Notifier> = OnceLock::new();
+
 fn panic_notify() -> &'static (Notify, AtomicBool) {
     static PANICKED: OnceLock<(Notify, AtomicBool)> = OnceLock::new();
     PANICKED.get_or_init(|| (Notify::new(), AtomicBool::new(false)))
@@ -315,6 +355,16 @@ pub fn install_panic_hook() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         tracing::error!(panic = %info, "a part of dbwarden panicked; shutting down in order");
+        if let Some(notifier) = PANIC_NOTIFIER.get() {
+            notifier.alert(
+                "panic",
+                Severity::Critical,
+                format!(
+                    "a part of dbwarden panicked ({info}); shutting down in order to be restarted"
+                ),
+                serde_json::Value::Null,
+            );
+        }
         let (notify, flag) = panic_notify();
         flag.store(true, Ordering::SeqCst);
         notify.notify_one();

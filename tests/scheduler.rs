@@ -22,7 +22,9 @@ async fn a_job_still_running_is_not_started_twice() {
             })
         }),
     };
-    let scheduler = Scheduler::start(vec![spec]).await.expect("start");
+    let scheduler = Scheduler::start(vec![spec], dbwarden::notifier::Notifier::log_only())
+        .await
+        .expect("start");
     tokio::time::sleep(Duration::from_millis(4800)).await;
     let stats = scheduler.stats[0].1.clone();
     scheduler.shutdown().await;

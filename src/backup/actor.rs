@@ -15,6 +15,7 @@ use super::catalog::Manifest;
 use super::{reverify_all, take_backup, BackupError};
 use crate::auditor::IntegrityBoard;
 use crate::config::{BackupSettings, DatabaseSettings};
+use crate::notifier::{Notifier, Severity};
 
 /// Take one verified backup now.
 #[derive(Message)]
@@ -29,6 +30,7 @@ pub struct Reverify;
 pub struct BackupActor {
     db: DatabaseSettings,
     cfg: BackupSettings,
+    notifier: Notifier,
     busy: Arc<AtomicBool>,
     interrupt: Arc<Mutex<Option<InterruptHandle>>>,
 }
@@ -51,8 +53,18 @@ impl Handler<TakeBackup> for BackupActor {
             *slot = None;
         }
         self.busy.store(false, Ordering::Release);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "backup failed; earlier backups are untouched");
+        match &result {
+            Ok(m) => {
+                self.notifier
+                    .resolve("backup_failed", format!("backup {} verified", m.name));
+                self.notifier.heartbeat();
+            }
+            Err(e) => self.notifier.alert(
+                "backup_failed",
+                Severity::Critical,
+                format!("backup failed; earlier backups are untouched: {e}"),
+                serde_json::json!({ "error": e.to_string() }),
+            ),
         }
         result
     }
@@ -64,6 +76,29 @@ impl Handler<Reverify> for BackupActor {
     fn handle(&mut self, _: Reverify, _: &mut Self::Context) -> Self::Result {
         let result = reverify_all(&self.cfg);
         self.busy.store(false, Ordering::Release);
+        match &result {
+            Ok(bad) if bad.is_empty() => self
+                .notifier
+                .resolve("backup_bad", "every stored backup verifies"),
+            Ok(bad) => self.notifier.alert(
+                "backup_bad",
+                Severity::Critical,
+                format!(
+                    "{} stored backup(s) failed re-verification and were marked bad",
+                    bad.len()
+                ),
+                serde_json::json!(bad
+                    .iter()
+                    .map(|m| (m.name.clone(), m.problem.clone()))
+                    .collect::<Vec<_>>()),
+            ),
+            Err(e) => self.notifier.alert(
+                "backup_bad",
+                Severity::Critical,
+                format!("re-verification could not run: {e}"),
+                serde_json::Value::Null,
+            ),
+        }
         result
     }
 }
@@ -85,6 +120,7 @@ impl BackupHandle {
         db: DatabaseSettings,
         cfg: BackupSettings,
         integrity: Arc<IntegrityBoard>,
+        notifier: Notifier,
     ) -> (BackupHandle, Arbiter) {
         let arbiter = Arbiter::new();
         let busy = Arc::new(AtomicBool::new(false));
@@ -92,6 +128,7 @@ impl BackupHandle {
         let actor = BackupActor {
             db,
             cfg: cfg.clone(),
+            notifier,
             busy: busy.clone(),
             interrupt: interrupt.clone(),
         };

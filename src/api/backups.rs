@@ -11,6 +11,10 @@ use crate::backup::{catalog, BackupError};
 impl From<BackupError> for ApiError {
     fn from(e: BackupError) -> ApiError {
         match e {
+            _ if e.is_disk_full() => {
+                tracing::error!(error = %e, "backup failed: the disk is full");
+                ApiError::InsufficientStorage
+            }
             BackupError::AlreadyRunning => ApiError::Conflict(e.to_string()),
             BackupError::SourceCorrupt(_) | BackupError::Unavailable => {
                 ApiError::Unavailable(e.to_string())

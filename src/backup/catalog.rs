@@ -166,7 +166,8 @@ pub fn remove_leftovers(dir: &Path) -> Result<Vec<PathBuf>, BackupError> {
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(PREFIX) && name.ends_with(TEMP_SUFFIX) {
+        // `<name>.dbwarden-tmp` and what SQLite left beside it (`-journal`, ...).
+        if name.starts_with(PREFIX) && name.contains(TEMP_SUFFIX) {
             fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
             removed.push(entry.path());
         }

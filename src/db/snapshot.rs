@@ -83,9 +83,20 @@ pub fn write_verified_copy(
     }
     let result = copy_verify_rename(conn, dir, &temp_path, &final_path);
     if result.is_err() {
-        let _ = fs::remove_file(&temp_path);
+        remove_with_sidecars(&temp_path);
     }
     result.map(|()| final_path)
+}
+
+/// Removes a file and the journal files SQLite may have made beside it (a failed
+/// `VACUUM INTO` leaves its target's `-journal`).
+pub fn remove_with_sidecars(path: &Path) {
+    let _ = fs::remove_file(path);
+    for suffix in ["-journal", "-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        let _ = fs::remove_file(PathBuf::from(side));
+    }
 }
 
 fn copy_verify_rename(

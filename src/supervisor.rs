@@ -80,6 +80,14 @@ impl Service {
         let notifier = Notifier::start(&settings.notify);
         let _ = PANIC_NOTIFIER.set(notifier.clone());
         let lock = db::lock::acquire(&settings.database.path)?;
+        if let Some(bytes) = db::hot_wal_bytes(&settings.database.path) {
+            notifier.alert(
+                "unclean_startup",
+                Severity::Warning,
+                format!("the previous run did not stop cleanly: a {bytes}-byte WAL was left; SQLite recovers it now"),
+                serde_json::json!({ "wal_bytes": bytes }),
+            );
+        }
         let (conn, report) = db::open_and_migrate(&settings.database)?;
         if !report.applied.is_empty() {
             tracing::info!(applied = ?report.applied, "database migrated");

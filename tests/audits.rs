@@ -57,10 +57,15 @@ async fn health(client: &reqwest::Client, base: &str) -> (u16, Value) {
 #[actix_rt::test]
 async fn a_corrupt_database_fails_health_blocks_backups_and_recovers() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let settings = common::settings_in(
+    let alerts = common::receiver(0, Duration::ZERO);
+    let mut settings = common::settings_in(
         dir.path(),
         &[("DBWARDEN__INTEGRITY__QUICK_AT_STARTUP", "true")],
     );
+    settings.notify.channels = vec![dbwarden::config::ChannelSettings::Webhook {
+        url: format!("{}/alerts", alerts.base),
+        secret: None,
+    }];
     {
         let (conn, _) = dbwarden::db::open_and_migrate(&settings.database).expect("migrate");
         for i in 0..3000 {
@@ -112,6 +117,17 @@ async fn a_corrupt_database_fails_health_blocks_backups_and_recovers() {
     );
     let backups = dir.path().join("backups");
     assert_eq!(std::fs::read_dir(&backups).expect("dir").count(), 0);
+    let critical = |got: &[common::Received]| {
+        got.iter()
+            .filter_map(|r| serde_json::from_str::<Value>(&r.body).ok())
+            .any(|a| {
+                a["key"] == "integrity_quick_check"
+                    && a["severity"] == "critical"
+                    && a["resolved"] == false
+            })
+    };
+    let got = common::wait_for(&alerts.got, 2, Duration::from_secs(5)).await;
+    assert!(critical(&got), "the critical alert fired: {got:#?}");
 
     // The damage is undone (the page's original bytes put back); the next pass clears
     // the failure and backups resume.

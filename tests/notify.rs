@@ -4,80 +4,15 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use common::{receiver, wait_for};
+
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use dbwarden::config::{ChannelSettings, NotifySettings};
 use dbwarden::notifier::channels::{signature, SIGNATURE_HEADER};
 use dbwarden::notifier::{Notifier, Severity};
 use serde_json::{json, Value};
-
-#[derive(Debug, Clone)]
-struct Received {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Received {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// A local receiver: records every request; fails the first `fail_first` with 500,
-/// and sleeps `delay` before answering.
-struct Receiver {
-    base: String,
-    got: Arc<Mutex<Vec<Received>>>,
-    handle: actix_web::dev::ServerHandle,
-}
-
-fn receiver(fail_first: usize, delay: Duration) -> Receiver {
-    let got: Arc<Mutex<Vec<Received>>> = Arc::default();
-    let failures = Arc::new(AtomicUsize::new(fail_first));
-    let state = (got.clone(), failures, delay);
-    let server = HttpServer::new(move || {
-        let (got, failures, delay) = state.clone();
-        App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
-            let (got, failures) = (got.clone(), failures.clone());
-            async move {
-                got.lock().expect("lock").push(Received {
-                    method: req.method().to_string(),
-                    path: req.path().to_string(),
-                    headers: req
-                        .headers()
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-                        .collect(),
-                    body: String::from_utf8_lossy(&body).into_owned(),
-                });
-                tokio::time::sleep(delay).await;
-                if failures.load(Ordering::SeqCst) > 0 {
-                    failures.fetch_sub(1, Ordering::SeqCst);
-                    HttpResponse::InternalServerError().finish()
-                } else {
-                    HttpResponse::Ok().finish()
-                }
-            }
-        }))
-    })
-    .workers(1)
-    .disable_signals()
-    .bind("127.0.0.1:0")
-    .expect("bind");
-    let base = format!("http://{}", server.addrs()[0]);
-    let server = server.run();
-    let handle = server.handle();
-    actix_rt::spawn(server);
-    Receiver { base, got, handle }
-}
 
 fn settings(
     channels: Vec<ChannelSettings>,
@@ -91,17 +26,6 @@ fn settings(
         queue_capacity: 16,
         shutdown_flush_secs: 5,
         channels,
-    }
-}
-
-async fn wait_for(got: &Arc<Mutex<Vec<Received>>>, n: usize, within: Duration) -> Vec<Received> {
-    let deadline = Instant::now() + within;
-    loop {
-        let now = got.lock().expect("lock").clone();
-        if now.len() >= n || Instant::now() > deadline {
-            return now;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -118,6 +118,18 @@ pub fn prepare_path(path: &Path) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Size of a `-wal` file left with content beside the database: the last process to
+/// use it did not shut down cleanly (a clean dbwarden shutdown truncates the WAL).
+/// Must be called before any connection is opened.
+pub fn hot_wal_bytes(path: &Path) -> Option<u64> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::metadata(PathBuf::from(wal))
+        .ok()
+        .map(|m| m.len())
+        .filter(|&len| len > 0)
+}
+
 /// Opens the one read-write connection (the DbWriter's, or a CLI command's when the
 /// service is not running).
 pub fn open_writer(settings: &DatabaseSettings) -> Result<Connection, DbError> {

@@ -3,6 +3,11 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use std::path::{Path, PathBuf};
 
 use dbwarden::config::{ConfigSource, Settings};
@@ -243,4 +248,86 @@ pub fn assert_summary_exact(conn: &Connection) {
         expected_counts(&expected),
         "state counts differ"
     );
+}
+
+// ------------------------------------------------------------ HTTP receivers
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A local receiver: records every request; fails the first `fail_first` with 500,
+/// and sleeps `delay` before answering.
+pub struct Receiver {
+    pub base: String,
+    pub got: Arc<Mutex<Vec<Received>>>,
+    pub handle: actix_web::dev::ServerHandle,
+}
+
+pub fn receiver(fail_first: usize, delay: Duration) -> Receiver {
+    let got: Arc<Mutex<Vec<Received>>> = Arc::default();
+    let failures = Arc::new(AtomicUsize::new(fail_first));
+    let state = (got.clone(), failures, delay);
+    let server = HttpServer::new(move || {
+        let (got, failures, delay) = state.clone();
+        App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
+            let (got, failures) = (got.clone(), failures.clone());
+            async move {
+                got.lock().expect("lock").push(Received {
+                    method: req.method().to_string(),
+                    path: req.path().to_string(),
+                    headers: req
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                        .collect(),
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                });
+                tokio::time::sleep(delay).await;
+                if failures.load(Ordering::SeqCst) > 0 {
+                    failures.fetch_sub(1, Ordering::SeqCst);
+                    HttpResponse::InternalServerError().finish()
+                } else {
+                    HttpResponse::Ok().finish()
+                }
+            }
+        }))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind("127.0.0.1:0")
+    .expect("bind");
+    let base = format!("http://{}", server.addrs()[0]);
+    let server = server.run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    Receiver { base, got, handle }
+}
+
+pub async fn wait_for(
+    got: &Arc<Mutex<Vec<Received>>>,
+    n: usize,
+    within: Duration,
+) -> Vec<Received> {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = got.lock().expect("lock").clone();
+        if now.len() >= n || Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -439,20 +439,29 @@ async fn a_full_mailbox_answers_503_with_retry_after() {
     }
 }
 
-/// Group commit: writes queued while the writer was blocked commit in one
-/// transaction, and the one invalid write fails alone.
-#[actix_rt::test]
-async fn one_invalid_write_fails_alone_within_a_group_commit() {
-    let mut app = TestApp::spawn(&[("DBWARDEN__DATABASE__BUSY_TIMEOUT_MS", "10000")]).await;
+/// Blocks the writer behind another connection's write lock on a first append,
+/// queues `requests` behind it, releases the lock, and returns the first append's
+/// result, the requests' results and how many transactions the writer committed.
+async fn group_commit(
+    app: &TestApp,
+    blocker: &rusqlite::Connection,
+    requests: Vec<Vec<NewEvent>>,
+) -> (
+    Result<Vec<i64>, WriteError>,
+    Vec<Result<Vec<i64>, WriteError>>,
+    u64,
+) {
     let writer = app.service.as_ref().expect("service").writer.clone();
-    let blocker = rusqlite::Connection::open(&app.db_path).expect("blocker");
+    let batches = || {
+        writer
+            .stats()
+            .batches
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
     blocker
         .execute_batch("BEGIN IMMEDIATE")
         .expect("hold the write lock");
-    let batches_before = writer
-        .stats()
-        .batches
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let before = batches();
     let first = {
         let w = writer.clone();
         tokio::spawn(async move {
@@ -466,26 +475,6 @@ async fn one_invalid_write_fails_alone_within_a_group_commit() {
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await; // the writer is now blocked in BEGIN
-    let mut bad = NewEvent::new("corruption", "", "CorruptionDetected", json!({}));
-    bad.aggregate_id.clear();
-    let requests = vec![
-        vec![NewEvent::new(
-            "corruption",
-            "a",
-            "CorruptionDetected",
-            json!({}),
-        )],
-        vec![
-            NewEvent::new("corruption", "b", "CorruptionDetected", json!({})),
-            bad,
-        ],
-        vec![NewEvent::new(
-            "corruption",
-            "c",
-            "CorruptionDetected",
-            json!({}),
-        )],
-    ];
     let handles: Vec<_> = requests
         .into_iter()
         .map(|r| {
@@ -495,80 +484,25 @@ async fn one_invalid_write_fails_alone_within_a_group_commit() {
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
     blocker.execute_batch("ROLLBACK").expect("release");
-    assert!(first.await.expect("task").is_ok());
-    let results: Vec<Result<Vec<i64>, WriteError>> = futures_join(handles).await;
-    assert!(results[0].is_ok());
-    assert!(
-        matches!(&results[1], Err(WriteError::Rejected(reason)) if reason.contains("aggregate_id")),
-        "{:?}",
-        results[1]
-    );
-    assert!(results[2].is_ok());
-    let batches_after = writer
-        .stats()
-        .batches
-        .load(std::sync::atomic::Ordering::Relaxed);
-    // One batch for `first`, one shared by the three writes queued behind it.
-    assert_eq!(
-        batches_after - batches_before,
-        2,
-        "the queued writes shared one transaction"
-    );
-    app.stop().await;
-    let conn = app.open();
-    let ids: Vec<String> = conn
-        .prepare("SELECT aggregate_id FROM events ORDER BY id")
-        .expect("prepare")
-        .query_map([], |r| r.get(0))
-        .expect("query")
-        .map(|r| r.expect("row"))
-        .collect();
-    assert_eq!(
-        ids,
-        ["first", "a", "c"],
-        "the invalid request's valid event was rolled back with it"
-    );
-}
-
-async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
-    let mut out = Vec::new();
+    let first = first.await.expect("task");
+    let mut results = Vec::new();
     for h in handles {
-        out.push(h.await.expect("task"));
+        results.push(h.await.expect("task"));
     }
-    out
+    (first, results, batches() - before)
 }
 
-/// Fault injection: a trigger of the user's own makes the database reject one event
-/// (it passes our validation). The merged multi-row write of the group fails, is
-/// rolled back, and is retried request by request: only the poisoned request fails.
-#[actix_rt::test]
-async fn a_request_the_database_rejects_fails_alone_within_a_group_commit() {
-    let mut app = TestApp::spawn(&[("DBWARDEN__DATABASE__BUSY_TIMEOUT_MS", "10000")]).await;
-    let writer = app.service.as_ref().expect("service").writer.clone();
-    let other = rusqlite::Connection::open(&app.db_path).expect("second connection");
-    other
-        .execute_batch(
-            "CREATE TRIGGER reject_poison BEFORE INSERT ON events WHEN NEW.event_type = 'Poison'
-             BEGIN SELECT RAISE(ABORT, 'poison event refused'); END;",
-        )
-        .expect("install the fault");
-    other
-        .execute_batch("BEGIN IMMEDIATE")
-        .expect("hold the write lock");
-    let first = {
-        let w = writer.clone();
-        tokio::spawn(async move {
-            w.append(vec![NewEvent::new(
-                "corruption",
-                "first",
-                "CorruptionDetected",
-                json!({}),
-            )])
-            .await
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let requests = vec![
+fn aggregate_ids_in_order(app: &TestApp) -> Vec<String> {
+    let conn = app.open();
+    let mut stmt = conn
+        .prepare("SELECT aggregate_id FROM events ORDER BY id")
+        .expect("prepare");
+    let rows = stmt.query_map([], |r| r.get(0)).expect("query");
+    rows.map(|r| r.expect("row")).collect()
+}
+
+fn three_requests(middle_extra: NewEvent) -> Vec<Vec<NewEvent>> {
+    vec![
         vec![NewEvent::new(
             "corruption",
             "a",
@@ -577,7 +511,7 @@ async fn a_request_the_database_rejects_fails_alone_within_a_group_commit() {
         )],
         vec![
             NewEvent::new("corruption", "b", "CorruptionDetected", json!({})),
-            NewEvent::new("corruption", "b", "Poison", json!({})),
+            middle_extra,
         ],
         vec![NewEvent::new(
             "corruption",
@@ -585,18 +519,52 @@ async fn a_request_the_database_rejects_fails_alone_within_a_group_commit() {
             "CorruptionDetected",
             json!({}),
         )],
-    ];
-    let handles: Vec<_> = requests
-        .into_iter()
-        .map(|r| {
-            let w = writer.clone();
-            tokio::spawn(async move { w.append(r).await })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    other.execute_batch("ROLLBACK").expect("release");
-    assert!(first.await.expect("task").is_ok());
-    let results = futures_join(handles).await;
+    ]
+}
+
+/// Group commit: writes queued while the writer was blocked commit in one
+/// transaction, and the one invalid write fails alone.
+#[actix_rt::test]
+async fn one_invalid_write_fails_alone_within_a_group_commit() {
+    let mut app = TestApp::spawn(&[("DBWARDEN__DATABASE__BUSY_TIMEOUT_MS", "10000")]).await;
+    let blocker = rusqlite::Connection::open(&app.db_path).expect("blocker");
+    let mut bad = NewEvent::new("corruption", "b", "CorruptionDetected", json!({}));
+    bad.aggregate_id.clear();
+    let (first, results, transactions) = group_commit(&app, &blocker, three_requests(bad)).await;
+    assert!(first.is_ok());
+    assert!(results[0].is_ok());
+    assert!(
+        matches!(&results[1], Err(WriteError::Rejected(reason)) if reason.contains("aggregate_id")),
+        "{:?}",
+        results[1]
+    );
+    assert!(results[2].is_ok());
+    // One transaction for `first`, one shared by the three writes queued behind it.
+    assert_eq!(transactions, 2, "the queued writes shared one transaction");
+    app.stop().await;
+    assert_eq!(
+        aggregate_ids_in_order(&app),
+        ["first", "a", "c"],
+        "the invalid request's valid event was rolled back with it"
+    );
+}
+
+/// Fault injection: a trigger of the user's own makes the database reject one event
+/// (it passes our validation). The merged multi-row write of the group fails, is
+/// rolled back, and is retried request by request: only the poisoned request fails.
+#[actix_rt::test]
+async fn a_request_the_database_rejects_fails_alone_within_a_group_commit() {
+    let mut app = TestApp::spawn(&[("DBWARDEN__DATABASE__BUSY_TIMEOUT_MS", "10000")]).await;
+    let blocker = rusqlite::Connection::open(&app.db_path).expect("second connection");
+    blocker
+        .execute_batch(
+            "CREATE TRIGGER reject_poison BEFORE INSERT ON events WHEN NEW.event_type = 'Poison'
+             BEGIN SELECT RAISE(ABORT, 'poison event refused'); END;",
+        )
+        .expect("install the fault");
+    let poison = NewEvent::new("corruption", "b", "Poison", json!({}));
+    let (first, results, _) = group_commit(&app, &blocker, three_requests(poison)).await;
+    assert!(first.is_ok());
     assert!(results[0].is_ok(), "{:?}", results[0]);
     assert!(
         matches!(&results[1], Err(WriteError::Rejected(reason)) if reason.contains("poison")),
@@ -605,14 +573,6 @@ async fn a_request_the_database_rejects_fails_alone_within_a_group_commit() {
     );
     assert!(results[2].is_ok(), "{:?}", results[2]);
     app.stop().await;
-    let conn = app.open();
-    let ids: Vec<String> = conn
-        .prepare("SELECT aggregate_id FROM events ORDER BY id")
-        .expect("prepare")
-        .query_map([], |r| r.get(0))
-        .expect("query")
-        .map(|r| r.expect("row"))
-        .collect();
-    assert_eq!(ids, ["first", "a", "c"]);
-    common::assert_summary_exact(&conn);
+    assert_eq!(aggregate_ids_in_order(&app), ["first", "a", "c"]);
+    common::assert_summary_exact(&app.open());
 }

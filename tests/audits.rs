@@ -11,40 +11,6 @@ use dbwarden::supervisor::Service;
 use rusqlite::Connection;
 use serde_json::{json, Value};
 
-/// Overwrites the index's root page with garbage; returns the page's offset and its
-/// original bytes so the damage can be undone.
-fn corrupt_index_page(db_path: &std::path::Path, index: &str) -> (u64, Vec<u8>) {
-    let conn = Connection::open(db_path).expect("open");
-    let root: i64 = conn
-        .query_row(
-            "SELECT rootpage FROM sqlite_master WHERE name = ?1",
-            [index],
-            |r| r.get(0),
-        )
-        .expect("rootpage");
-    let page_size: i64 = conn
-        .query_row("PRAGMA page_size", [], |r| r.get(0))
-        .expect("page size");
-    drop(conn);
-    let offset = ((root - 1) * page_size) as u64;
-    let original = std::fs::read(db_path).expect("read")
-        [offset as usize..(offset + page_size as u64) as usize]
-        .to_vec();
-    write_at(db_path, offset, &vec![0xA5u8; page_size as usize]);
-    (offset, original)
-}
-
-fn write_at(path: &std::path::Path, offset: u64, bytes: &[u8]) {
-    use std::io::{Seek, SeekFrom, Write};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .expect("open file");
-    f.seek(SeekFrom::Start(offset)).expect("seek");
-    f.write_all(bytes).expect("write");
-    f.sync_all().expect("sync");
-}
-
 async fn health(client: &reqwest::Client, base: &str) -> (u16, Value) {
     let res = client
         .get(format!("{base}/api/health"))
@@ -78,7 +44,7 @@ async fn a_corrupt_database_fails_health_blocks_backups_and_recovers() {
         dbwarden::db::wal_checkpoint(&conn, dbwarden::db::CheckpointMode::Truncate)
             .expect("checkpoint");
     }
-    let (offset, original) = corrupt_index_page(&settings.database.path, "idx_events_type");
+    let (offset, original) = common::corrupt_index_page(&settings.database.path, "idx_events_type");
     let db_path = settings.database.path.clone();
     let service = Service::start(settings)
         .await
@@ -131,7 +97,7 @@ async fn a_corrupt_database_fails_health_blocks_backups_and_recovers() {
 
     // The damage is undone (the page's original bytes put back); the next pass clears
     // the failure and backups resume.
-    write_at(&db_path, offset, &original);
+    common::write_at(&db_path, offset, &original);
     let record = service
         .auditor()
         .check(CheckKind::Quick)

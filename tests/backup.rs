@@ -44,34 +44,6 @@ fn files_in(dir: &Path) -> Vec<String> {
     names
 }
 
-/// Overwrites one b-tree page of the index `index` with garbage, the database closed.
-fn corrupt_index_page(db_path: &Path, index: &str) {
-    let (root, page_size): (i64, i64) = {
-        let conn = Connection::open(db_path).expect("open");
-        let root = conn
-            .query_row(
-                "SELECT rootpage FROM sqlite_master WHERE name = ?1",
-                [index],
-                |r| r.get(0),
-            )
-            .expect("rootpage");
-        let page_size = conn
-            .query_row("PRAGMA page_size", [], |r| r.get(0))
-            .expect("page size");
-        (root, page_size)
-    };
-    use std::io::{Seek, SeekFrom, Write};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(db_path)
-        .expect("open file");
-    f.seek(SeekFrom::Start(((root - 1) * page_size) as u64))
-        .expect("seek");
-    f.write_all(&vec![0xA5u8; page_size as usize])
-        .expect("garbage");
-    f.sync_all().expect("sync");
-}
-
 #[actix_rt::test]
 async fn backups_taken_while_writers_append_hold_a_prefix_of_acknowledged_events() {
     let mut app = TestApp::spawn(&[]).await;
@@ -183,17 +155,10 @@ async fn backups_taken_while_writers_append_hold_a_prefix_of_acknowledged_events
 #[test]
 fn a_corrupt_source_is_refused_and_good_backups_survive() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let settings = common::settings_in(
-        dir.path(),
-        &[
-            ("DBWARDEN__BACKUP__KEEP_LAST", "0"),
-            ("DBWARDEN__BACKUP__KEEP_DAILY", "0"),
-            ("DBWARDEN__BACKUP__KEEP_WEEKLY", "0"),
-        ],
-    );
+    let settings = common::settings_keeping_last(dir.path(), "0");
     fill(&settings, 3000);
     let good = take(&settings).expect("backup of a healthy database");
-    corrupt_index_page(&settings.database.path, "idx_events_type");
+    common::corrupt_index_page(&settings.database.path, "idx_events_type");
     let err = take(&settings).expect_err("corrupt source refused");
     assert!(matches!(err, BackupError::SourceCorrupt(_)), "{err}");
     let backups = dir.path().join("backups");
@@ -216,14 +181,7 @@ fn a_corrupt_source_is_refused_and_good_backups_survive() {
 #[test]
 fn retention_follows_the_policy_and_never_touches_foreign_files() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let settings = common::settings_in(
-        dir.path(),
-        &[
-            ("DBWARDEN__BACKUP__KEEP_LAST", "2"),
-            ("DBWARDEN__BACKUP__KEEP_DAILY", "0"),
-            ("DBWARDEN__BACKUP__KEEP_WEEKLY", "0"),
-        ],
-    );
+    let settings = common::settings_keeping_last(dir.path(), "2");
     fill(&settings, 10);
     let backups = dir.path().join("backups");
     std::fs::create_dir_all(&backups).expect("dir");
@@ -251,14 +209,7 @@ fn retention_follows_the_policy_and_never_touches_foreign_files() {
 #[test]
 fn reverification_marks_bit_rot_bad_and_retention_keeps_the_last_good() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let settings = common::settings_in(
-        dir.path(),
-        &[
-            ("DBWARDEN__BACKUP__KEEP_LAST", "1"),
-            ("DBWARDEN__BACKUP__KEEP_DAILY", "0"),
-            ("DBWARDEN__BACKUP__KEEP_WEEKLY", "0"),
-        ],
-    );
+    let settings = common::settings_keeping_last(dir.path(), "1");
     fill(&settings, 500);
     let backups = dir.path().join("backups");
     let older = take(&settings).expect("first");
@@ -370,7 +321,7 @@ fn verify_command_reports_good_and_bad_files() {
     );
     let broken = dir.path().join("broken.db");
     std::fs::copy(&settings.database.path, &broken).expect("copy");
-    corrupt_index_page(&broken, "idx_events_type");
+    common::corrupt_index_page(&broken, "idx_events_type");
     let out = run(&broken);
     assert_eq!(
         out.status.code(),
@@ -483,7 +434,7 @@ fn a_corrupt_backup_is_never_restored() {
     fill(&settings, 3000);
     let m = take(&settings).expect("backup");
     let path = settings.backup.dir.join(&m.name);
-    corrupt_index_page(&path, "idx_events_type");
+    common::corrupt_index_page(&path, "idx_events_type");
     let out = dbwarden_cli(
         dir.path(),
         &["restore", &path.display().to_string()],

@@ -110,6 +110,52 @@ impl TestApp {
     }
 }
 
+/// Overwrites the root page of `index` with garbage (the database closed); returns the
+/// page's offset and original bytes so the damage can be undone with [`write_at`].
+pub fn corrupt_index_page(db_path: &Path, index: &str) -> (u64, Vec<u8>) {
+    let conn = Connection::open(db_path).expect("open");
+    let root: i64 = conn
+        .query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = ?1",
+            [index],
+            |r| r.get(0),
+        )
+        .expect("rootpage");
+    let page_size: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .expect("page size");
+    drop(conn);
+    let offset = ((root - 1) * page_size) as u64;
+    let original = std::fs::read(db_path).expect("read")
+        [offset as usize..(offset + page_size as u64) as usize]
+        .to_vec();
+    write_at(db_path, offset, &vec![0xA5u8; page_size as usize]);
+    (offset, original)
+}
+
+pub fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open file");
+    f.seek(SeekFrom::Start(offset)).expect("seek");
+    f.write_all(bytes).expect("write");
+    f.sync_all().expect("sync");
+}
+
+/// Settings that keep only the newest `n` backups (no daily or weekly rules).
+pub fn settings_keeping_last(dir: &Path, n: &str) -> Settings {
+    settings_in(
+        dir,
+        &[
+            ("DBWARDEN__BACKUP__KEEP_LAST", n),
+            ("DBWARDEN__BACKUP__KEEP_DAILY", "0"),
+            ("DBWARDEN__BACKUP__KEEP_WEEKLY", "0"),
+        ],
+    )
+}
+
 /// One summary row as the reference defines it, computed in Rust.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExpectedRow {

@@ -255,3 +255,32 @@ async fn the_heartbeat_is_pinged_after_a_verified_backup() {
     service.shutdown(true).await;
     r.handle.stop(false).await;
 }
+
+#[actix_rt::test]
+async fn a_full_queue_drops_and_counts_instead_of_waiting() {
+    let dead = receiver(0, Duration::from_secs(30));
+    let notifier = Notifier::start(&NotifySettings {
+        cooldown_secs: 0,
+        timeout_secs: 20,
+        retries: 0,
+        queue_capacity: 2,
+        shutdown_flush_secs: 0,
+        channels: vec![ChannelSettings::Webhook {
+            url: format!("{}/stuck", dead.base),
+            secret: None,
+        }],
+    });
+    let started = Instant::now();
+    for i in 0..10 {
+        notifier.alert(&format!("k{i}"), Severity::Warning, "x", Value::Null);
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "raising never waits"
+    );
+    let stats = notifier.stats();
+    let dropped = stats[0].1.dropped.load(Ordering::Relaxed);
+    // One in flight, two queued: the rest were dropped and counted.
+    assert!((7..=8).contains(&dropped), "dropped {dropped}");
+    dead.handle.stop(false).await;
+}

@@ -452,3 +452,43 @@ fn a_corrupt_backup_is_never_restored() {
         "the database is untouched"
     );
 }
+
+#[actix_rt::test]
+async fn the_backup_command_works_while_the_service_runs() {
+    let mut app = TestApp::spawn(&[]).await;
+    let res = app
+        .post_json(
+            "/api/events",
+            &json!({"aggregate_type": "corruption", "aggregate_id": "live", "event_type": "CorruptionDetected", "event_data": {}}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let settings = common::settings_in(app.dir.path(), &[]);
+    let out = dbwarden_cli(app.dir.path(), &["backup"], &settings);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest: catalog::Manifest =
+        serde_json::from_slice(&out.stdout).expect("manifest on stdout");
+    assert_eq!(
+        manifest.last_event_id, 1,
+        "the copy holds what the running service committed"
+    );
+    let listed: Value = app
+        .client
+        .get(app.url("/api/backups"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        listed["backups"][0]["name"],
+        manifest.name.as_str(),
+        "the service sees the CLI's backup"
+    );
+    app.stop().await;
+}

@@ -88,7 +88,12 @@ impl Service {
                 serde_json::json!({ "wal_bytes": bytes }),
             );
         }
-        let (conn, report) = db::open_and_migrate(&settings.database)?;
+        // Adoption of a large Healarr database copies and rebuilds: off the async thread.
+        let db_settings = settings.database.clone();
+        let (conn, report) =
+            tokio::task::spawn_blocking(move || db::open_and_migrate(&db_settings))
+                .await
+                .map_err(|e| DbError::Task(e.to_string()))??;
         if !report.applied.is_empty() {
             tracing::info!(applied = ?report.applied, "database migrated");
         }

@@ -32,12 +32,14 @@ fn uptime_text(d: Duration) -> String {
 struct DbFacts {
     pending: i64,
     wal_bytes: i64,
+    size_bytes: u64,
 }
 
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let db_path = state.settings.database.path.clone();
     let facts = state
         .readers
-        .run(|conn| {
+        .run(move |conn| {
             let pending = queries::pending_count(conn)?;
             // Un-checkpointed WAL content, not the file's high-water size.
             let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
@@ -47,19 +49,22 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
             } else {
                 0
             };
-            Ok(DbFacts { pending, wal_bytes })
+            let size_bytes = std::fs::metadata(&db_path).map(|m| m.len()).unwrap_or(0);
+            Ok(DbFacts {
+                pending,
+                wal_bytes,
+                size_bytes,
+            })
         })
         .await;
-    let size_bytes = std::fs::metadata(&state.settings.database.path)
-        .map(|m| m.len())
-        .unwrap_or(0);
     let writer_alive = state.writer.is_alive();
     let storage_failing = state.writer.stats().storage_failing.load(Ordering::Relaxed);
-    let mut database = json!({ "status": "connected", "size_bytes": size_bytes });
+    let mut database = json!({ "status": "connected" });
     let mut status = "healthy";
     let mut reasons: Vec<String> = Vec::new();
     let pending = match facts {
         Ok(f) => {
+            database["size_bytes"] = json!(f.size_bytes);
             database["wal_bytes"] = json!(f.wal_bytes);
             f.pending
         }

@@ -44,6 +44,7 @@ pub struct Settings {
     pub checkpoint: CheckpointSettings,
     pub integrity: IntegritySettings,
     pub notify: NotifySettings,
+    pub jobs: JobsSettings,
     pub api: ApiSettings,
     pub logging: LoggingSettings,
 }
@@ -90,6 +91,12 @@ pub struct IntegritySettings {
     pub quick_schedule: String,
     pub full_schedule: String,
     pub quick_at_startup: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsSettings {
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

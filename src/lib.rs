@@ -12,6 +12,7 @@ pub mod checkpointer;
 pub mod config;
 pub mod db;
 pub mod events;
+pub mod jobs;
 pub mod logging;
 pub mod notifier;
 pub mod restore;

@@ -57,11 +57,24 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Custom jobs defined in `jobs.dir`.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
     /// Settings commands.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Check every job file; report every mistake with its file and key.
+    Validate,
+    /// Print each job with its kind, schedule and next run (UTC and local time).
+    List,
 }
 
 #[derive(Subcommand)]
@@ -158,6 +171,50 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             match &plan.keep_current_as {
                 Some(p) => println!("current database kept as {} (verified copy)", p.display()),
                 None => println!("no readable current database to keep"),
+            }
+            Ok(0)
+        }
+        Command::Jobs { command } => {
+            let jobs = match dbwarden::jobs::load_dir(&settings.jobs.dir) {
+                Ok(jobs) => jobs,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    eprintln!(
+                        "{} problem(s) in {}",
+                        errors.0.len(),
+                        settings.jobs.dir.display()
+                    );
+                    return Ok(1);
+                }
+            };
+            match command {
+                JobsCommand::Validate => {
+                    println!(
+                        "{} job(s) valid in {}",
+                        jobs.len(),
+                        settings.jobs.dir.display()
+                    );
+                }
+                JobsCommand::List => {
+                    for job in &jobs {
+                        let next = match (job.enabled, dbwarden::jobs::next_run(&job.schedule)) {
+                            (false, _) => "disabled".to_string(),
+                            (true, Some(t)) => format!(
+                                "{} UTC ({} local)",
+                                t.format("%Y-%m-%d %H:%M:%S"),
+                                t.with_timezone(&chrono::Local)
+                                    .format("%Y-%m-%d %H:%M:%S %:z")
+                            ),
+                            (true, None) => "never".to_string(),
+                        };
+                        println!(
+                            "{:<24} {:<8} {:<18} next: {next}",
+                            job.name,
+                            job.kind.name(),
+                            job.schedule
+                        );
+                    }
+                }
             }
             Ok(0)
         }

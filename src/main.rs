@@ -196,6 +196,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     );
                 }
                 JobsCommand::List => {
+                    eprintln!("note: this version validates custom jobs but the service does not run them yet");
                     for job in &jobs {
                         let next = match (job.enabled, dbwarden::jobs::next_run(&job.schedule)) {
                             (false, _) => "disabled".to_string(),

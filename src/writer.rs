@@ -211,18 +211,6 @@ fn commit_batch(
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| classify(&e))?;
     let mut results: Vec<Option<Result<WriteReply, WriteError>>> = vec![None; batch.len()];
-    // Requests that fail validation are answered without touching the database.
-    for (slot, p) in results.iter_mut().zip(batch) {
-        if let WriteRequest::Append(events) = &p.request {
-            if let Some((i, e)) = events
-                .iter()
-                .enumerate()
-                .find_map(|(i, e)| e.check().err().map(|e| (i, e)))
-            {
-                *slot = Some(Err(WriteError::Rejected(format!("events[{i}].{e}"))));
-            }
-        }
-    }
     let mut start = 0;
     while start < batch.len() {
         if results[start].is_some() {
@@ -263,11 +251,11 @@ fn commit_batch(
 /// Writes a run of appends with shared multi-row INSERTs. `Ok(None)`: a request was
 /// at fault; the run was rolled back and must be retried request by request.
 fn append_run(tx: &Connection, run: &[Pending]) -> Result<Option<Vec<WriteReply>>, WriteError> {
-    let all: Vec<NewEvent> = run
+    let all: Vec<&NewEvent> = run
         .iter()
         .flat_map(|p| match &p.request {
-            WriteRequest::Append(events) => events.clone(),
-            WriteRequest::DeleteCorruption(_) => Vec::new(),
+            WriteRequest::Append(events) => events.as_slice(),
+            WriteRequest::DeleteCorruption(_) => &[],
         })
         .collect();
     tx.execute_batch("SAVEPOINT run")
@@ -419,7 +407,15 @@ impl WriterHandle {
     }
 
     /// Appends events durably; answers with their row ids after COMMIT.
+    ///
+    /// Events are checked here, on the caller's thread, so the writer's single thread
+    /// never spends time on validation; this handle is the only way to reach the writer.
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<i64>, WriteError> {
+        for (i, event) in events.iter().enumerate() {
+            event
+                .check()
+                .map_err(|e| WriteError::Rejected(format!("events[{i}].{e}")))?;
+        }
         match self.write(WriteRequest::Append(events)).await? {
             WriteReply::Appended(ids) => Ok(ids),
             WriteReply::Deleted(_) => Err(WriteError::Storage("unexpected reply".into())),

@@ -523,7 +523,8 @@ fn three_requests(middle_extra: NewEvent) -> Vec<Vec<NewEvent>> {
 }
 
 /// Group commit: writes queued while the writer was blocked commit in one
-/// transaction, and the one invalid write fails alone.
+/// transaction, and the one invalid write (refused by the writer's handle before it
+/// is queued) fails alone, its valid sibling event with it.
 #[actix_rt::test]
 async fn one_invalid_write_fails_alone_within_a_group_commit() {
     let mut app = TestApp::spawn(&[("DBWARDEN__DATABASE__BUSY_TIMEOUT_MS", "10000")]).await;

@@ -21,7 +21,7 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::OptionalExtension;
 use serde::Serialize;
 
 use crate::config::{BackupSettings, DatabaseSettings};
@@ -87,19 +87,6 @@ pub fn ensure_dir(dir: &Path) -> Result<(), BackupError> {
     })
 }
 
-fn open_read_only(path: &Path) -> Result<Connection, BackupError> {
-    Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|source| {
-        BackupError::Db(DbError::Open {
-            path: path.to_path_buf(),
-            source,
-        })
-    })
-}
-
 /// Takes one verified backup, records it, then applies retention. `on_open` receives
 /// the source connection's interrupt handle, so a caller can abort a long copy.
 pub fn take_backup(
@@ -119,7 +106,7 @@ pub fn take_backup(
     drop(source);
     let verified_at = Utc::now();
     let recorded = (|| {
-        let copy = open_read_only(&path)?;
+        let copy = snapshot::open_read_only(&path)?;
         let schema_version: String = copy
             .query_row(
                 "SELECT name FROM dbwarden_migrations ORDER BY name DESC LIMIT 1",
@@ -236,23 +223,18 @@ pub fn verify_file(path: &Path) -> Result<VerifyReport, BackupError> {
         });
     }
     let sha256 = catalog::sha256_file(path)?;
-    let integrity_problems = match open_read_only(path) {
+    let integrity_problems = match snapshot::open_read_only(path) {
         Ok(conn) => match snapshot::integrity_problems(&conn, snapshot::CheckKind::Full) {
             Ok(p) => p,
             Err(e) => vec![format!("integrity_check could not run: {e}")],
         },
         Err(e) => vec![format!("cannot open as SQLite: {e}")],
     };
-    let manifest = path
-        .file_name()
-        .map(|n| {
-            path.with_file_name(format!(
-                "{}{}",
-                n.to_string_lossy(),
-                catalog::MANIFEST_EXTENSION
-            ))
-        })
-        .filter(|p| p.is_file());
+    let manifest = match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => Some(catalog::manifest_path(dir, &name.to_string_lossy())),
+        _ => None,
+    }
+    .filter(|p| p.is_file());
     let matches_manifest = match manifest {
         Some(p) => Some(catalog::read_manifest(&p)?.sha256 == sha256),
         None => None,
@@ -279,12 +261,9 @@ pub fn reverify_all(cfg: &BackupSettings) -> Result<Vec<Manifest>, BackupError> 
         } else if catalog::sha256_file(&path)? != manifest.sha256 {
             Some("SHA-256 differs from the manifest (bit rot or tampering)".to_string())
         } else {
-            match open_read_only(&path).and_then(|c| {
-                Ok(snapshot::integrity_problems(
-                    &c,
-                    snapshot::CheckKind::Quick,
-                )?)
-            }) {
+            match snapshot::open_read_only(&path)
+                .and_then(|c| snapshot::integrity_problems(&c, snapshot::CheckKind::Quick))
+            {
                 Ok(p) if p.is_empty() => None,
                 Ok(p) => Some(format!("quick_check: {}", p.join("; "))),
                 Err(e) => Some(format!("quick_check could not run: {e}")),

@@ -1,6 +1,7 @@
 //! Every SQL statement the running service issues, in one place. Statements are
 //! constants or built from constant fragments; user input is only ever bound.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use rusqlite::types::ValueRef;
@@ -58,14 +59,17 @@ fn insert_sql(rows: usize) -> String {
 /// statement journal for every statement whose triggers may fail, and pays for it per
 /// statement: one statement for many rows makes the summary triggers several times
 /// cheaper per event than one statement per row.
-pub fn insert_events(conn: &Connection, events: &[NewEvent]) -> Result<Vec<i64>, rusqlite::Error> {
+pub fn insert_events<E: Borrow<NewEvent>>(
+    conn: &Connection,
+    events: &[E],
+) -> Result<Vec<i64>, rusqlite::Error> {
     let mut ids: Vec<Option<i64>> = vec![None; events.len()];
     // Index of the first event in this call carrying each key, for repeats within it.
     let mut first_with_key: std::collections::HashMap<&uuid::Uuid, usize> =
         std::collections::HashMap::new();
     let mut repeats: Vec<(usize, usize)> = Vec::new();
     let mut to_insert: Vec<usize> = Vec::with_capacity(events.len());
-    for (i, event) in events.iter().enumerate() {
+    for (i, event) in events.iter().map(|e| e.borrow()).enumerate() {
         if let Some(key) = &event.key {
             if let Some(&first) = first_with_key.get(key) {
                 repeats.push((i, first));
@@ -95,7 +99,7 @@ pub fn insert_events(conn: &Connection, events: &[NewEvent]) -> Result<Vec<i64>,
         let mut stmt = conn.prepare_cached(&insert_sql(rows))?;
         let mut params: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(rows * 6);
         for &i in chunk {
-            let e = &events[i];
+            let e: &NewEvent = events[i].borrow();
             params.extend_from_slice(&[
                 &e.aggregate_type as &dyn rusqlite::ToSql,
                 &e.aggregate_id,
@@ -116,7 +120,7 @@ pub fn insert_events(conn: &Connection, events: &[NewEvent]) -> Result<Vec<i64>,
         }
     }
     for &i in &to_insert {
-        if let (Some(key), Some(id)) = (&events[i].key, ids[i]) {
+        if let (Some(key), Some(id)) = (&events[i].borrow().key, ids[i]) {
             conn.prepare_cached(
                 "INSERT INTO dbwarden_event_keys (event_key, event_id) VALUES (?1, ?2)",
             )?

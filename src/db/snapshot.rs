@@ -42,16 +42,21 @@ pub fn integrity_problems(conn: &Connection, kind: CheckKind) -> Result<Vec<Stri
     Ok(problems)
 }
 
-/// Opens `path` read-only and runs the full integrity check on it.
-pub fn verify_file(path: &Path) -> Result<(), DbError> {
-    let conn = Connection::open_with_flags(
+/// Opens any SQLite file (a copy, a backup) read-only, without the service's settings.
+pub fn open_read_only(path: &Path) -> Result<Connection, DbError> {
+    Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|source| DbError::Open {
         path: path.to_path_buf(),
         source,
-    })?;
+    })
+}
+
+/// Opens `path` read-only and runs the full integrity check on it.
+pub fn verify_file(path: &Path) -> Result<(), DbError> {
+    let conn = open_read_only(path)?;
     let problems = integrity_problems(&conn, CheckKind::Full).map_err(|e| DbError::Copy {
         path: path.to_path_buf(),
         reason: format!("integrity_check could not run: {e}"),

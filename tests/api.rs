@@ -18,10 +18,6 @@ async fn body(res: reqwest::Response) -> Value {
     res.json().await.expect("json body")
 }
 
-async fn get_json(app: &TestApp, path: &str) -> Value {
-    body(app.client.get(app.url(path)).send().await.expect("get")).await
-}
-
 #[actix_rt::test]
 async fn appends_and_answers_from_the_summary() {
     let mut app = TestApp::spawn(&[]).await;
@@ -54,7 +50,7 @@ async fn appends_and_answers_from_the_summary() {
     let ids = body(res).await["ids"].as_array().expect("ids").clone();
     assert_eq!(ids.len(), 6);
 
-    let c1 = get_json(&app, "/api/corruptions/c1").await;
+    let c1 = app.get_json("/api/corruptions/c1").await;
     assert_eq!(
         c1["current_state"], "DeletionFailed",
         "notification events do not change the state"
@@ -64,7 +60,7 @@ async fn appends_and_answers_from_the_summary() {
     assert_eq!(c1["file_path"], "/tv/a.mkv");
     assert_eq!(c1["bucket"], "failed");
 
-    let history = get_json(&app, "/api/corruptions/c1/history").await;
+    let history = app.get_json("/api/corruptions/c1/history").await;
     let types: Vec<&str> = history["events"]
         .as_array()
         .expect("events")
@@ -91,7 +87,7 @@ async fn appends_and_answers_from_the_summary() {
     assert!(health["database"]["wal_bytes"].as_i64().expect("wal bytes") >= 0);
     assert!(health["database"]["size_bytes"].as_i64().expect("size") > 0);
 
-    let stats = get_json(&app, "/api/stats/dashboard").await;
+    let stats = app.get_json("/api/stats/dashboard").await;
     assert_eq!(stats["buckets"]["pending"], 1);
     assert_eq!(stats["buckets"]["failed"], 1);
     assert_eq!(stats["buckets"]["resolved"], 1);
@@ -99,13 +95,15 @@ async fn appends_and_answers_from_the_summary() {
     assert_eq!(stats["corruptions_today"], 3);
     assert_eq!(stats["success_rate"], 100);
 
-    let failed = get_json(&app, "/api/corruptions?status=failed").await;
+    let failed = app.get_json("/api/corruptions?status=failed").await;
     assert_eq!(failed["items"].as_array().expect("items").len(), 1);
-    let active = get_json(&app, "/api/corruptions?status=active").await;
+    let active = app.get_json("/api/corruptions?status=active").await;
     assert_eq!(active["items"].as_array().expect("items").len(), 2);
-    let exact = get_json(&app, "/api/corruptions?status=VerificationSuccess").await;
+    let exact = app
+        .get_json("/api/corruptions?status=VerificationSuccess")
+        .await;
     assert_eq!(exact["items"][0]["corruption_id"], "c3");
-    let by_path = get_json(&app, "/api/corruptions?path_id=2").await;
+    let by_path = app.get_json("/api/corruptions?path_id=2").await;
     assert_eq!(by_path["items"][0]["corruption_id"], "c2");
 
     app.stop().await;
@@ -211,7 +209,7 @@ async fn delete_removes_events_and_summary_row() {
         .await
         .expect("delete again");
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
-    let stats = get_json(&app, "/api/stats/dashboard").await;
+    let stats = app.get_json("/api/stats/dashboard").await;
     assert_eq!(stats["total"], 1);
     app.stop().await;
     common::assert_summary_exact(&app.open());

@@ -91,15 +91,7 @@ async fn backups_taken_while_writers_append_hold_a_prefix_of_acknowledged_events
     for w in writers {
         w.await.expect("writer");
     }
-    let listed: Value = app
-        .client
-        .get(app.url("/api/backups"))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let listed = app.get_json("/api/backups").await;
     assert!(!listed["backups"].as_array().expect("backups").is_empty());
     let dir = app.dir.path().join("backups");
     let acked = acked.lock().expect("lock").clone();
@@ -476,15 +468,7 @@ async fn the_backup_command_works_while_the_service_runs() {
         manifest.last_event_id, 1,
         "the copy holds what the running service committed"
     );
-    let listed: Value = app
-        .client
-        .get(app.url("/api/backups"))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let listed = app.get_json("/api/backups").await;
     assert_eq!(
         listed["backups"][0]["name"],
         manifest.name.as_str(),

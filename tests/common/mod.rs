@@ -90,6 +90,18 @@ impl TestApp {
             .expect("request")
     }
 
+    /// GET `path` and parse the JSON answer.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json body")
+    }
+
     pub async fn stop(&mut self) {
         if let Some(s) = self.service.take() {
             s.shutdown(true).await;

@@ -6,7 +6,7 @@
 //!
 //! A check can be interrupted at shutdown through SQLite's interrupt handle.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -15,6 +15,7 @@ use rusqlite::InterruptHandle;
 use serde::Serialize;
 
 use crate::config::DatabaseSettings;
+use crate::db::InterruptSlot;
 use crate::db::{
     self,
     snapshot::{integrity_problems, CheckKind},
@@ -112,7 +113,7 @@ pub struct IntegrityAuditor {
     db: DatabaseSettings,
     notifier: Notifier,
     board: Arc<IntegrityBoard>,
-    interrupt: Arc<Mutex<Option<InterruptHandle>>>,
+    interrupt: InterruptSlot,
 }
 
 impl Actor for IntegrityAuditor {
@@ -158,14 +159,8 @@ impl Handler<RunCheck> for IntegrityAuditor {
 
     fn handle(&mut self, msg: RunCheck, _: &mut Self::Context) -> Self::Result {
         let slot = self.interrupt.clone();
-        let result = check_database(&self.db, msg.0, &|h| {
-            if let Ok(mut s) = slot.lock() {
-                *s = Some(h);
-            }
-        });
-        if let Ok(mut s) = self.interrupt.lock() {
-            *s = None;
-        }
+        let result = check_database(&self.db, msg.0, &|h| slot.set(h));
+        self.interrupt.clear();
         let record = result?;
         let was_ok = self.board.record(msg.0, record.clone());
         let name = match msg.0 {
@@ -195,7 +190,7 @@ impl Handler<RunCheck> for IntegrityAuditor {
 #[derive(Clone)]
 pub struct AuditorHandle {
     addr: Addr<IntegrityAuditor>,
-    interrupt: Arc<Mutex<Option<InterruptHandle>>>,
+    interrupt: InterruptSlot,
     pub board: Arc<IntegrityBoard>,
 }
 
@@ -206,7 +201,7 @@ impl AuditorHandle {
         notifier: Notifier,
     ) -> (AuditorHandle, Arbiter) {
         let arbiter = Arbiter::new();
-        let interrupt = Arc::new(Mutex::new(None));
+        let interrupt = InterruptSlot::default();
         let actor = IntegrityAuditor {
             db,
             notifier,
@@ -233,10 +228,8 @@ impl AuditorHandle {
 
     /// Aborts a running check; used at shutdown.
     pub fn interrupt(&self) {
-        if let Ok(slot) = self.interrupt.lock() {
-            if let Some(h) = slot.as_ref() {
-                h.interrupt();
-            }
+        if self.interrupt.interrupt() {
+            tracing::warn!("interrupted the running integrity check for shutdown");
         }
     }
 }

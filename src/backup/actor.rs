@@ -6,15 +6,15 @@
 //! interrupted through SQLite's interrupt handle; its temporary file is removed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use actix::prelude::*;
-use rusqlite::InterruptHandle;
 
 use super::catalog::Manifest;
 use super::{reverify_all, take_backup, BackupError};
 use crate::auditor::IntegrityBoard;
 use crate::config::{BackupSettings, DatabaseSettings};
+use crate::db::InterruptSlot;
 use crate::notifier::{Notifier, Severity};
 
 /// Take one verified backup now.
@@ -32,7 +32,7 @@ pub struct BackupActor {
     cfg: BackupSettings,
     notifier: Notifier,
     busy: Arc<AtomicBool>,
-    interrupt: Arc<Mutex<Option<InterruptHandle>>>,
+    interrupt: InterruptSlot,
 }
 
 impl Actor for BackupActor {
@@ -43,15 +43,9 @@ impl Handler<TakeBackup> for BackupActor {
     type Result = Result<Manifest, BackupError>;
 
     fn handle(&mut self, _: TakeBackup, _: &mut Self::Context) -> Self::Result {
-        let interrupt = self.interrupt.clone();
-        let result = take_backup(&self.db, &self.cfg, &|handle| {
-            if let Ok(mut slot) = interrupt.lock() {
-                *slot = Some(handle);
-            }
-        });
-        if let Ok(mut slot) = self.interrupt.lock() {
-            *slot = None;
-        }
+        let slot = self.interrupt.clone();
+        let result = take_backup(&self.db, &self.cfg, &|h| slot.set(h));
+        self.interrupt.clear();
         self.busy.store(false, Ordering::Release);
         match &result {
             Ok(m) => {
@@ -108,7 +102,7 @@ impl Handler<Reverify> for BackupActor {
 pub struct BackupHandle {
     addr: Addr<BackupActor>,
     busy: Arc<AtomicBool>,
-    interrupt: Arc<Mutex<Option<InterruptHandle>>>,
+    interrupt: InterruptSlot,
     integrity: Arc<IntegrityBoard>,
     pub cfg: BackupSettings,
 }
@@ -124,7 +118,7 @@ impl BackupHandle {
     ) -> (BackupHandle, Arbiter) {
         let arbiter = Arbiter::new();
         let busy = Arc::new(AtomicBool::new(false));
-        let interrupt = Arc::new(Mutex::new(None));
+        let interrupt = InterruptSlot::default();
         let actor = BackupActor {
             db,
             cfg: cfg.clone(),
@@ -187,11 +181,8 @@ impl BackupHandle {
 
     /// Aborts a running backup (its temporary file is removed); used at shutdown.
     pub fn interrupt(&self) {
-        if let Ok(slot) = self.interrupt.lock() {
-            if let Some(handle) = slot.as_ref() {
-                tracing::warn!("interrupting the running backup for shutdown");
-                handle.interrupt();
-            }
+        if self.interrupt.interrupt() {
+            tracing::warn!("interrupted the running backup for shutdown");
         }
     }
 }

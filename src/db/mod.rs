@@ -214,6 +214,33 @@ fn apply_settings(
     Ok(())
 }
 
+/// Where a long-running SQLite job (a backup, an integrity check) publishes its
+/// connection's interrupt handle, so shutdown can abort it from another thread.
+#[derive(Clone, Default)]
+pub struct InterruptSlot(std::sync::Arc<std::sync::Mutex<Option<rusqlite::InterruptHandle>>>);
+
+impl InterruptSlot {
+    pub fn set(&self, handle: rusqlite::InterruptHandle) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(handle);
+        }
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = None;
+        }
+    }
+
+    /// Interrupts the job running now; false when none was.
+    pub fn interrupt(&self) -> bool {
+        match self.0.lock() {
+            Ok(slot) => slot.as_ref().map(|h| h.interrupt()).is_some(),
+            Err(_) => false,
+        }
+    }
+}
+
 /// Runs `PRAGMA wal_checkpoint(MODE)` and reads its row: a checkpoint that could not
 /// finish is reported as `busy = 1`, not as an error.
 pub fn wal_checkpoint(

@@ -52,13 +52,10 @@ impl BackupError {
     /// True when the failure was a full disk (SQLITE_FULL or ENOSPC) anywhere inside.
     pub fn is_disk_full(&self) -> bool {
         match self {
-            BackupError::Io { source, .. } => source.raw_os_error() == Some(28),
+            BackupError::Io { source, .. } => source.kind() == std::io::ErrorKind::StorageFull,
+            BackupError::Db(DbError::DiskFull { .. }) => true,
             BackupError::Db(DbError::Sqlite(e)) => {
                 e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
-            }
-            BackupError::Db(DbError::Copy { reason, .. }) => {
-                reason.contains("database or disk is full")
-                    || reason.contains("No space left on device")
             }
             _ => false,
         }

@@ -66,6 +66,8 @@ pub enum DbError {
     },
     #[error("verified copy {path} failed: {reason}")]
     Copy { path: PathBuf, reason: String },
+    #[error("verified copy {path} failed: the disk is full ({detail})")]
+    DiskFull { path: PathBuf, detail: String },
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
     #[error("reader pool task failed: {0}")]

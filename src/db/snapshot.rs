@@ -114,24 +114,43 @@ fn copy_verify_rename(
         path: final_path.to_path_buf(),
         reason,
     };
+    // A full disk is told apart, so callers can answer "insufficient storage".
+    let io_err = |what: &str, e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            DbError::DiskFull {
+                path: final_path.to_path_buf(),
+                detail: format!("{what}: {e}"),
+            }
+        } else {
+            copy_err(format!("{what}: {e}"))
+        }
+    };
     if temp_path.exists() {
-        fs::remove_file(temp_path).map_err(|e| copy_err(format!("stale temporary file: {e}")))?;
+        fs::remove_file(temp_path).map_err(|e| io_err("stale temporary file", e))?;
     }
     let temp_text = temp_path
         .to_str()
         .ok_or_else(|| copy_err("path is not valid UTF-8".into()))?;
     // The path is a bound parameter: never formatted into SQL text.
-    conn.execute("VACUUM INTO ?1", [temp_text])
-        .map_err(|e| copy_err(format!("VACUUM INTO failed: {e}")))?;
+    conn.execute("VACUUM INTO ?1", [temp_text]).map_err(|e| {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            DbError::DiskFull {
+                path: final_path.to_path_buf(),
+                detail: format!("VACUUM INTO: {e}"),
+            }
+        } else {
+            copy_err(format!("VACUUM INTO failed: {e}"))
+        }
+    })?;
     fs::set_permissions(temp_path, Permissions::from_mode(0o600))
-        .map_err(|e| copy_err(format!("chmod: {e}")))?;
+        .map_err(|e| io_err("chmod", e))?;
     verify_file(temp_path)?;
     File::open(temp_path)
         .and_then(|f| f.sync_all())
-        .map_err(|e| copy_err(format!("fsync: {e}")))?;
-    fs::rename(temp_path, final_path).map_err(|e| copy_err(format!("rename: {e}")))?;
+        .map_err(|e| io_err("fsync", e))?;
+    fs::rename(temp_path, final_path).map_err(|e| io_err("rename", e))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| copy_err(format!("fsync of directory: {e}")))?;
+        .map_err(|e| io_err("fsync of directory", e))?;
     Ok(())
 }

@@ -97,6 +97,10 @@ pub struct IntegritySettings {
 #[serde(deny_unknown_fields)]
 pub struct JobsSettings {
     pub dir: PathBuf,
+    /// Runs kept per job in the run history table.
+    pub history_keep: u32,
+    /// At shutdown, how long running jobs may take to finish before they are cancelled.
+    pub shutdown_wait_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -394,6 +398,18 @@ impl Settings {
                 ));
             }
         }
+        range(
+            "jobs.history_keep",
+            u64::from(self.jobs.history_keep),
+            1,
+            100_000,
+        )?;
+        range(
+            "jobs.shutdown_wait_secs",
+            self.jobs.shutdown_wait_secs,
+            0,
+            3600,
+        )?;
         range("backup.keep_last", self.backup.keep_last as u64, 0, 10_000)?;
         range(
             "backup.keep_daily",

@@ -73,8 +73,14 @@ enum Command {
 enum JobsCommand {
     /// Check every job file; report every mistake with its file and key.
     Validate,
-    /// Print each job with its kind, schedule and next run (UTC and local time).
+    /// Print each job (built-in and custom) with its kind, schedule and next run.
     List,
+    /// Run one job now, once, and exit with its result (0 ok, 1 not ok). Goes through
+    /// the running service when there is one.
+    Run {
+        /// The job's name, as `jobs list` shows it.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -174,51 +180,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Command::Jobs { command } => {
-            let jobs = match dbwarden::jobs::load_dir(&settings.jobs.dir) {
-                Ok(jobs) => jobs,
-                Err(errors) => {
-                    eprintln!("{errors}");
-                    eprintln!(
-                        "{} problem(s) in {}",
-                        errors.0.len(),
-                        settings.jobs.dir.display()
-                    );
-                    return Ok(1);
-                }
-            };
-            match command {
-                JobsCommand::Validate => {
-                    println!(
-                        "{} job(s) valid in {}",
-                        jobs.len(),
-                        settings.jobs.dir.display()
-                    );
-                }
-                JobsCommand::List => {
-                    eprintln!("note: this version validates custom jobs but the service does not run them yet");
-                    for job in &jobs {
-                        let next = match (job.enabled, dbwarden::jobs::next_run(&job.schedule)) {
-                            (false, _) => "disabled".to_string(),
-                            (true, Some(t)) => format!(
-                                "{} UTC ({} local)",
-                                t.format("%Y-%m-%d %H:%M:%S"),
-                                t.with_timezone(&chrono::Local)
-                                    .format("%Y-%m-%d %H:%M:%S %:z")
-                            ),
-                            (true, None) => "never".to_string(),
-                        };
-                        println!(
-                            "{:<24} {:<8} {:<18} next: {next}",
-                            job.name,
-                            job.kind.name(),
-                            job.schedule
-                        );
-                    }
-                }
-            }
-            Ok(0)
-        }
+        Command::Jobs { command } => jobs(settings, command),
         Command::Config {
             command: ConfigCommand::Check,
         } => {
@@ -227,6 +189,60 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+fn jobs(settings: Settings, command: JobsCommand) -> anyhow::Result<u8> {
+    let custom = match dbwarden::jobs::load_dir(&settings.jobs.dir) {
+        Ok(jobs) => jobs,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "{} problem(s) in {}",
+                errors.0.len(),
+                settings.jobs.dir.display()
+            );
+            return Ok(1);
+        }
+    };
+    match command {
+        JobsCommand::Validate => {
+            println!(
+                "{} job(s) valid in {}",
+                custom.len(),
+                settings.jobs.dir.display()
+            );
+        }
+        JobsCommand::List => {
+            let builtin = dbwarden::jobs::builtin::schedules(&settings)
+                .into_iter()
+                .map(|(name, schedule)| (name.to_string(), "builtin", schedule, true));
+            let custom = custom
+                .iter()
+                .map(|j| (j.name.clone(), j.kind.name(), j.schedule.clone(), j.enabled));
+            for (name, kind, schedule, enabled) in builtin.chain(custom) {
+                let next = match (enabled, dbwarden::jobs::next_run(&schedule)) {
+                    (false, _) => "disabled".to_string(),
+                    (true, Some(t)) => format!(
+                        "{} UTC ({} local)",
+                        t.format("%Y-%m-%d %H:%M:%S"),
+                        t.with_timezone(&chrono::Local)
+                            .format("%Y-%m-%d %H:%M:%S %:z")
+                    ),
+                    (true, None) => "never".to_string(),
+                };
+                println!("{name:<24} {kind:<8} {schedule:<18} next: {next}");
+            }
+        }
+        JobsCommand::Run { name } => {
+            let _guard = dbwarden::logging::init(&settings.logging)?;
+            let run = actix_rt::System::new()
+                .block_on(dbwarden::jobs::run_now::run_now(settings, &name))
+                .with_context(|| format!("job {name}"))?;
+            println!("{}", serde_json::to_string_pretty(&run)?);
+            return Ok(u8::from(run.outcome != dbwarden::jobs::Outcome::Ok));
+        }
+    }
+    Ok(0)
 }
 
 fn check(settings: &Settings, summary_only: bool, full: bool) -> anyhow::Result<u8> {

@@ -1,9 +1,13 @@
 //! Starts the service's parts in order and stops them in reverse, explicitly.
 //!
-//! Start: database (open, adopt, migrate) → reader pool → DbWriter → HTTP.
-//! Stop: refuse new writes (503) → let HTTP requests in flight finish (bounded by
-//! `api.shutdown_grace_secs`) → the writer commits everything it accepted, runs a
-//! final TRUNCATE checkpoint and closes the connection → its thread is joined.
+//! Start: job files (invalid ones stop startup) → database lock → notifier →
+//! database (open, adopt, migrate) → reader pool → DbWriter → Checkpointer,
+//! IntegrityAuditor, BackupActor → job registry → cron scheduler → HTTP.
+//! Stop: refuse new writes (503) → stop the scheduler → running jobs finish or are
+//! cancelled (`jobs.shutdown_wait_secs`) while HTTP requests in flight finish
+//! (`api.shutdown_grace_secs`) → backups and checks are interrupted → the writer
+//! commits everything it accepted, runs a final TRUNCATE checkpoint and closes the
+//! connection → its thread is joined → notifications are flushed.
 //!
 //! actix does not restart an actor that panicked, and `System::stop` neither drains
 //! mailboxes nor joins threads, so nothing here relies on either: a panic anywhere
@@ -23,10 +27,11 @@ use crate::auditor::{AuditorHandle, IntegrityBoard};
 use crate::backup::{self, actor::BackupHandle, catalog};
 use crate::checkpointer::Checkpointer;
 use crate::config::Settings;
-use crate::db::snapshot::CheckKind;
 use crate::db::{self, readers::ReaderPool, CheckpointResult, DbError};
+use crate::jobs::registry::{JobDeps, Registry, RegistryError};
+use crate::jobs::{self, builtin, JobErrors, JobSpec, Trigger};
 use crate::notifier::{Notifier, Severity};
-use crate::scheduler::{JobSpec, Scheduler, SchedulerError};
+use crate::scheduler::{Scheduler, SchedulerError};
 use crate::writer::{DbWriter, WriterHandle};
 
 /// Exit code after a panic (EX_SOFTWARE).
@@ -42,6 +47,10 @@ pub enum StartError {
     Lock(#[from] db::lock::LockError),
     #[error(transparent)]
     Scheduler(#[from] SchedulerError),
+    #[error("invalid job files:\n{0}")]
+    Jobs(#[from] JobErrors),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -50,19 +59,57 @@ pub enum StartError {
     },
 }
 
+/// How much of the service to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Everything: HTTP API, cron scheduler, startup backup and check.
+    Serve,
+    /// Only the database, the actors and the job registry, for `dbwarden jobs run`:
+    /// no HTTP, no schedule, no startup tasks.
+    OneShot,
+}
+
+/// Configures a service before it starts: extra (Rust) jobs and the mode.
+pub struct ServiceBuilder {
+    settings: Settings,
+    jobs: Vec<JobSpec>,
+    mode: Mode,
+}
+
+impl ServiceBuilder {
+    /// Registers a job beside the built-in and `jobs/*.toml` ones.
+    pub fn job(mut self, spec: JobSpec) -> ServiceBuilder {
+        self.jobs.push(spec);
+        self
+    }
+
+    pub fn mode(mut self, mode: Mode) -> ServiceBuilder {
+        self.mode = mode;
+        self
+    }
+
+    /// Starts everything; must run inside an actix `System`.
+    pub async fn start(self) -> Result<Service, StartError> {
+        Service::start_with(self.settings, self.jobs, self.mode).await
+    }
+}
+
 /// A running service.
 pub struct Service {
+    /// Where the API listens (`0.0.0.0:0` in [`Mode::OneShot`], which serves nothing).
     pub addr: SocketAddr,
     pub writer: WriterHandle,
-    server: ServerHandle,
+    pub jobs: Arc<Registry>,
+    server: Option<ServerHandle>,
     writer_arbiter: Arbiter,
     backups: BackupHandle,
     backup_arbiter: Arbiter,
     auditor: AuditorHandle,
     auditor_arbiter: Arbiter,
-    scheduler: Scheduler,
+    scheduler: Option<Scheduler>,
     notifier: Notifier,
     flush_bound: std::time::Duration,
+    jobs_wait: std::time::Duration,
     /// Released last, when the service is dropped.
     _lock: db::lock::DatabaseLock,
     accepting: Arc<AtomicBool>,
@@ -74,8 +121,25 @@ pub struct ShutdownReport {
 }
 
 impl Service {
-    /// Starts everything; must run inside an actix `System`.
+    /// Starts everything with the configured jobs; must run inside an actix `System`.
     pub async fn start(settings: Settings) -> Result<Service, StartError> {
+        Service::builder(settings).start().await
+    }
+
+    pub fn builder(settings: Settings) -> ServiceBuilder {
+        ServiceBuilder {
+            settings,
+            jobs: Vec::new(),
+            mode: Mode::Serve,
+        }
+    }
+
+    async fn start_with(
+        settings: Settings,
+        extra_jobs: Vec<JobSpec>,
+        mode: Mode,
+    ) -> Result<Service, StartError> {
+        let custom_jobs = jobs::load_dir(&settings.jobs.dir)?;
         let settings = Arc::new(settings);
         let notifier = Notifier::start(&settings.notify);
         let _ = PANIC_NOTIFIER.set(notifier.clone());
@@ -118,20 +182,52 @@ impl Service {
             integrity.clone(),
             notifier.clone(),
         );
-        if settings.integrity.quick_at_startup {
-            let startup = auditor.clone();
-            actix_rt::spawn(async move {
-                if let Err(e) = startup.check(CheckKind::Quick).await {
-                    tracing::error!(error = %e, "startup quick_check could not run");
-                }
+        let (backups, backup_arbiter) = start_backups(&settings, integrity.clone(), &notifier)?;
+        let mut specs = builtin::specs(&settings, &backups, &auditor, &checkpointer);
+        specs.extend(custom_jobs.into_iter().map(jobs::custom::spec));
+        specs.extend(extra_jobs);
+        let registry = Registry::new(
+            specs,
+            JobDeps {
+                writer: writer.clone(),
+                readers: readers.clone(),
+                notifier: notifier.clone(),
+                database: settings.database.path.clone(),
+                history_keep: settings.jobs.history_keep,
+            },
+        )?;
+        let jobs_wait = std::time::Duration::from_secs(settings.jobs.shutdown_wait_secs);
+        let flush_bound = std::time::Duration::from_secs(settings.notify.shutdown_flush_secs);
+        if mode == Mode::OneShot {
+            return Ok(Service {
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                writer,
+                jobs: registry,
+                server: None,
+                writer_arbiter,
+                backups,
+                backup_arbiter,
+                auditor,
+                auditor_arbiter,
+                scheduler: None,
+                flush_bound,
+                jobs_wait,
+                notifier,
+                accepting: Arc::new(AtomicBool::new(true)),
+                _lock: lock,
             });
         }
-        let (backups, backup_arbiter) = start_backups(&settings, integrity.clone(), &notifier)?;
-        let scheduler = Scheduler::start(
-            scheduled_jobs(&settings, &backups, &auditor, &checkpointer),
-            notifier.clone(),
-        )
-        .await?;
+        for (wanted, job) in [
+            (settings.integrity.quick_at_startup, builtin::QUICK_CHECK),
+            (settings.backup.at_startup, builtin::BACKUP),
+        ] {
+            if wanted {
+                if let Err(e) = registry.trigger(job, Trigger::Startup) {
+                    tracing::error!(job, error = %e, "startup run could not start");
+                }
+            }
+        }
+        let scheduler = Scheduler::start(registry.clone()).await?;
         let wanted = settings.listen_addr();
         let listener = TcpListener::bind(wanted).map_err(|source| StartError::Listen {
             addr: wanted,
@@ -152,6 +248,7 @@ impl Service {
             backups: backups.clone(),
             integrity,
             checkpoints: checkpointer.board.clone(),
+            jobs: registry.clone(),
             started: Instant::now(),
             accepting: accepting.clone(),
         };
@@ -169,14 +266,16 @@ impl Service {
         Ok(Service {
             addr,
             writer,
-            server: handle,
+            jobs: registry,
+            server: Some(handle),
             writer_arbiter,
             backups,
             backup_arbiter,
             auditor,
             auditor_arbiter,
-            scheduler,
-            flush_bound: std::time::Duration::from_secs(settings.notify.shutdown_flush_secs),
+            scheduler: Some(scheduler),
+            flush_bound,
+            jobs_wait,
             notifier,
             accepting,
             _lock: lock,
@@ -187,8 +286,15 @@ impl Service {
     /// are cut, but the writer still commits everything it accepted.
     pub async fn shutdown(self, graceful: bool) -> ShutdownReport {
         self.accepting.store(false, Ordering::Release);
-        self.server.stop(graceful).await;
-        self.scheduler.shutdown().await;
+        if let Some(scheduler) = self.scheduler {
+            scheduler.shutdown().await;
+        }
+        let server = self.server.clone();
+        tokio::join!(self.jobs.shutdown(self.jobs_wait), async move {
+            if let Some(server) = server {
+                server.stop(graceful).await;
+            }
+        });
         self.backups.interrupt();
         self.auditor.interrupt();
         for arbiter in [self.backup_arbiter, self.auditor_arbiter] {
@@ -199,12 +305,14 @@ impl Service {
         self.writer_arbiter.stop();
         let arbiter = self.writer_arbiter;
         let _ = tokio::task::spawn_blocking(move || arbiter.join()).await;
-        self.notifier.alert(
-            "service_stopped",
-            Severity::Info,
-            "dbwarden stopped in order",
-            serde_json::json!({ "final_checkpoint": format!("{final_checkpoint:?}") }),
-        );
+        if self.server.is_some() {
+            self.notifier.alert(
+                "service_stopped",
+                Severity::Info,
+                "dbwarden stopped in order",
+                serde_json::json!({ "final_checkpoint": format!("{final_checkpoint:?}") }),
+            );
+        }
         self.notifier.flush(self.flush_bound).await;
         tracing::info!(?final_checkpoint, "dbwarden stopped");
         ShutdownReport { final_checkpoint }
@@ -216,13 +324,12 @@ impl Service {
     }
 
     /// Stops the HTTP server at once; used when a second signal arrives.
-    pub fn server_handle(&self) -> ServerHandle {
+    pub fn server_handle(&self) -> Option<ServerHandle> {
         self.server.clone()
     }
 }
 
-/// Starts the BackupActor after cleaning up what an interrupted backup left, and
-/// queues the startup backup in the background (the service answers meanwhile).
+/// Starts the BackupActor after cleaning up what an interrupted backup left.
 fn start_backups(
     settings: &Settings,
     integrity: Arc<IntegrityBoard>,
@@ -247,111 +354,7 @@ fn start_backups(
         integrity,
         notifier.clone(),
     );
-    if settings.backup.at_startup {
-        let startup = handle.clone();
-        actix_rt::spawn(async move {
-            if let Err(e) = startup.take().await {
-                tracing::error!(error = %e, "startup backup failed");
-            }
-        });
-    }
     Ok((handle, arbiter))
-}
-
-/// The built-in maintenance, each tick a message to the actor that owns the work.
-fn scheduled_jobs(
-    settings: &Settings,
-    backups: &BackupHandle,
-    auditor: &AuditorHandle,
-    checkpointer: &Arc<Checkpointer>,
-) -> Vec<JobSpec> {
-    let take = backups.clone();
-    let reverify = backups.clone();
-    let check = |kind: CheckKind| {
-        let auditor = auditor.clone();
-        Arc::new(move || {
-            let auditor = auditor.clone();
-            Box::pin(async move {
-                match auditor.check(kind).await {
-                    Ok(r) if r.ok => Ok(format!("ok in {} ms", r.duration_ms)),
-                    Ok(r) => Err(format!("FAILED: {}", r.problems.join("; "))),
-                    Err(e) => Err(e.to_string()),
-                }
-            }) as crate::scheduler::JobFuture
-        }) as Arc<dyn Fn() -> crate::scheduler::JobFuture + Send + Sync>
-    };
-    let checkpoint = checkpointer.clone();
-    vec![
-        JobSpec {
-            name: "checkpoint".into(),
-            schedule: settings.checkpoint.schedule.clone(),
-            run: Arc::new(move || {
-                let checkpoint = checkpoint.clone();
-                Box::pin(async move {
-                    match checkpoint.tick().await {
-                        Ok(r) if r.starved => Err(format!(
-                            "starved: {} bytes of WAL held by a reader",
-                            r.pending_bytes
-                        )),
-                        Ok(r) => Ok(format!(
-                            "{} frames, {} checkpointed",
-                            r.log_frames, r.checkpointed_frames
-                        )),
-                        Err(e) => Err(e.to_string()),
-                    }
-                })
-            }),
-        },
-        JobSpec {
-            name: "quick-check".into(),
-            schedule: settings.integrity.quick_schedule.clone(),
-            run: check(CheckKind::Quick),
-        },
-        JobSpec {
-            name: "full-check".into(),
-            schedule: settings.integrity.full_schedule.clone(),
-            run: check(CheckKind::Full),
-        },
-        JobSpec {
-            name: "backup".into(),
-            schedule: settings.backup.schedule.clone(),
-            run: Arc::new(move || {
-                let take = take.clone();
-                Box::pin(async move {
-                    take.take()
-                        .await
-                        .map(|m| {
-                            format!(
-                                "{} ({} bytes, events up to {})",
-                                m.name, m.size_bytes, m.last_event_id
-                            )
-                        })
-                        .map_err(|e| e.to_string())
-                })
-            }),
-        },
-        JobSpec {
-            name: "backup-reverify".into(),
-            schedule: settings.backup.reverify_schedule.clone(),
-            run: Arc::new(move || {
-                let reverify = reverify.clone();
-                Box::pin(async move {
-                    match reverify.reverify().await {
-                        Ok(bad) if bad.is_empty() => Ok("every stored backup verified".to_string()),
-                        Ok(bad) => Err(format!(
-                            "{} backup(s) failed re-verification and were marked bad: {}",
-                            bad.len(),
-                            bad.iter()
-                                .map(|m| m.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )),
-                        Err(e) => Err(e.to_string()),
-                    }
-                })
-            }),
-        },
-    ]
 }
 
 /// The notifier the panic hook reports to, once the service started.
@@ -413,7 +416,9 @@ pub async fn run(settings: Settings) -> Result<i32, StartError> {
             _ = int.recv() => {},
         }
         tracing::warn!("second signal: not waiting for requests in flight");
-        server.stop(false).await;
+        if let Some(server) = server {
+            server.stop(false).await;
+        }
     });
     let report = service.shutdown(true).await;
     hurry.abort();

@@ -19,14 +19,27 @@ use actix::prelude::*;
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use tokio::sync::oneshot;
 
+use crate::db::jobsql::{self, JobSqlError, StopWhen};
 use crate::db::{self, queries, CheckpointMode, CheckpointResult};
 use crate::events::NewEvent;
+use crate::jobs::JobRun;
 
 /// A write the service asks for.
 #[derive(Debug)]
 pub enum WriteRequest {
     Append(Vec<NewEvent>),
     DeleteCorruption(String),
+    /// A `sql` job's statements: run alone in their own transaction, never batched
+    /// with other writes, so their failure or interruption cannot touch anyone else's.
+    Statements {
+        statements: Vec<String>,
+        stop: StopWhen,
+    },
+    /// One finished job run for the history table (keeping `keep` runs per job).
+    RecordJobRun {
+        run: JobRun,
+        keep: u32,
+    },
 }
 
 /// What a successful write returns.
@@ -36,6 +49,9 @@ pub enum WriteReply {
     Appended(Vec<i64>),
     /// Number of events deleted.
     Deleted(usize),
+    /// Rows changed by a job's statements.
+    Executed(u64),
+    Recorded,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -137,10 +153,50 @@ impl DbWriter {
 
     fn flush(&mut self) {
         self.flush_scheduled = false;
-        if self.pending.is_empty() {
+        let mut batch = std::mem::take(&mut self.pending);
+        // Job statements run alone; the writes around them are committed in order.
+        while !batch.is_empty() {
+            match batch
+                .iter()
+                .position(|p| matches!(p.request, WriteRequest::Statements { .. }))
+            {
+                Some(0) => {
+                    let rest = batch.split_off(1);
+                    if let Some(job) = batch.pop() {
+                        self.run_statements(job);
+                    }
+                    batch = rest;
+                }
+                Some(n) => {
+                    let rest = batch.split_off(n);
+                    self.commit(batch);
+                    batch = rest;
+                }
+                None => self.commit(std::mem::take(&mut batch)),
+            }
+        }
+    }
+
+    fn run_statements(&mut self, job: Pending) {
+        let WriteRequest::Statements { statements, stop } = &job.request else {
+            return;
+        };
+        let Some(conn) = self.conn.as_mut() else {
+            let _ = job.reply.send(Err(WriteError::Unavailable));
+            return;
+        };
+        let result = jobsql::execute(conn, statements, stop).map_err(|e| match e {
+            JobSqlError::DiskFull(m) => WriteError::DiskFull(m),
+            JobSqlError::Storage(m) => WriteError::Storage(m),
+            other => WriteError::Rejected(other.to_string()),
+        });
+        let _ = job.reply.send(result.map(WriteReply::Executed));
+    }
+
+    fn commit(&mut self, batch: Vec<Pending>) {
+        if batch.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.pending);
         let Some(conn) = self.conn.as_mut() else {
             for p in batch {
                 let _ = p.reply.send(Err(WriteError::Unavailable));
@@ -255,7 +311,7 @@ fn append_run(tx: &Connection, run: &[Pending]) -> Result<Option<Vec<WriteReply>
         .iter()
         .flat_map(|p| match &p.request {
             WriteRequest::Append(events) => events.as_slice(),
-            WriteRequest::DeleteCorruption(_) => &[],
+            _ => &[],
         })
         .collect();
     tx.execute_batch("SAVEPOINT run")
@@ -270,7 +326,7 @@ fn append_run(tx: &Connection, run: &[Pending]) -> Result<Option<Vec<WriteReply>
                         WriteRequest::Append(events) => {
                             WriteReply::Appended(ids.by_ref().take(events.len()).collect())
                         }
-                        WriteRequest::DeleteCorruption(_) => WriteReply::Deleted(0),
+                        _ => WriteReply::Deleted(0),
                     })
                     .collect(),
             ))
@@ -316,6 +372,12 @@ fn apply(conn: &Connection, request: &WriteRequest) -> Result<WriteReply, WriteE
         WriteRequest::DeleteCorruption(id) => queries::delete_corruption(conn, id)
             .map(WriteReply::Deleted)
             .map_err(|e| classify(&e)),
+        WriteRequest::RecordJobRun { run, keep } => queries::insert_job_run(conn, run, *keep)
+            .map(|()| WriteReply::Recorded)
+            .map_err(|e| classify(&e)),
+        WriteRequest::Statements { .. } => Err(WriteError::Storage(
+            "job statements are never part of a batch".into(),
+        )),
     }
 }
 
@@ -418,14 +480,32 @@ impl WriterHandle {
         }
         match self.write(WriteRequest::Append(events)).await? {
             WriteReply::Appended(ids) => Ok(ids),
-            WriteReply::Deleted(_) => Err(WriteError::Storage("unexpected reply".into())),
+            _ => Err(WriteError::Storage("unexpected reply".into())),
         }
     }
 
     pub async fn delete_corruption(&self, id: String) -> Result<usize, WriteError> {
         match self.write(WriteRequest::DeleteCorruption(id)).await? {
             WriteReply::Deleted(n) => Ok(n),
-            WriteReply::Appended(_) => Err(WriteError::Storage("unexpected reply".into())),
+            _ => Err(WriteError::Storage("unexpected reply".into())),
+        }
+    }
+
+    /// Runs a job's statements in one transaction of their own (see [`jobsql`]),
+    /// stopped and rolled back on cancellation or at `deadline`.
+    pub async fn execute_statements(
+        &self,
+        statements: Vec<String>,
+        cancel: tokio_util::sync::CancellationToken,
+        deadline: Option<Instant>,
+    ) -> Result<u64, WriteError> {
+        let stop = StopWhen { cancel, deadline };
+        match self
+            .write(WriteRequest::Statements { statements, stop })
+            .await?
+        {
+            WriteReply::Executed(n) => Ok(n),
+            _ => Err(WriteError::Storage("unexpected reply".into())),
         }
     }
 

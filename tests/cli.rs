@@ -151,7 +151,7 @@ fn migrate_then_check_the_summary() {
     let out = dbwarden(dir.path(), &["migrate"], &env);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("2 migration(s) applied"),
+        text(&out).contains("3 migration(s) applied"),
         "{}",
         text(&out)
     );

@@ -22,7 +22,10 @@ use crate::events::MAX_NAME_BYTES;
 const DEFAULT_LIMIT: u32 = 50;
 
 /// Parses the query string, refusing unknown and repeated parameters by name.
-fn query_params(req: &HttpRequest, allowed: &[&str]) -> Result<HashMap<String, String>, ApiError> {
+pub(super) fn query_params(
+    req: &HttpRequest,
+    allowed: &[&str],
+) -> Result<HashMap<String, String>, ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string())
         .map_err(|e| ApiError::bad("query", format!("is not a valid query string ({e})")))?;
     let mut out = HashMap::new();
@@ -40,7 +43,7 @@ fn query_params(req: &HttpRequest, allowed: &[&str]) -> Result<HashMap<String, S
     Ok(out)
 }
 
-fn parse_limit(params: &HashMap<String, String>, max: u32) -> Result<u32, ApiError> {
+pub(super) fn parse_limit(params: &HashMap<String, String>, max: u32) -> Result<u32, ApiError> {
     match params.get("limit") {
         None => Ok(DEFAULT_LIMIT.min(max)),
         Some(v) => match v.parse::<u32>() {

@@ -7,6 +7,7 @@ mod corruptions;
 pub mod error;
 mod events;
 mod health;
+mod jobs;
 
 use std::net::TcpListener;
 use std::sync::atomic::AtomicBool;
@@ -21,6 +22,7 @@ use crate::backup::actor::BackupHandle;
 use crate::checkpointer::CheckpointBoard;
 use crate::config::Settings;
 use crate::db::readers::ReaderPool;
+use crate::jobs::registry::Registry;
 use crate::writer::WriterHandle;
 use error::ApiError;
 
@@ -32,6 +34,7 @@ pub struct AppState {
     pub backups: BackupHandle,
     pub integrity: Arc<IntegrityBoard>,
     pub checkpoints: Arc<CheckpointBoard>,
+    pub jobs: Arc<Registry>,
     pub started: Instant,
     /// Cleared when shutdown begins: new writes get 503 while requests in flight finish.
     pub accepting: Arc<AtomicBool>,
@@ -68,6 +71,21 @@ fn routes(cfg: &mut web::ServiceConfig) {
         web::resource("/api/corruptions/{id}")
             .route(web::get().to(corruptions::get))
             .route(web::delete().to(corruptions::delete))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/jobs")
+            .route(web::get().to(jobs::list))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/jobs/{name}/runs")
+            .route(web::get().to(jobs::runs))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/api/jobs/{name}/run")
+            .route(web::post().to(jobs::run))
             .default_service(web::to(method_not_allowed)),
     )
     .service(

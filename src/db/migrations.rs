@@ -23,6 +23,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_corruption_summary",
         sql: include_str!("../../migrations/0002_corruption_summary.sql"),
     },
+    Migration {
+        name: "0003_job_runs",
+        sql: include_str!("../../migrations/0003_job_runs.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS dbwarden_migrations (

@@ -7,6 +7,7 @@
 //! journal size) so that no code path quietly runs with weaker durability.
 
 pub mod adopt;
+pub mod jobsql;
 pub mod lock;
 pub mod migrations;
 pub mod queries;

@@ -416,3 +416,80 @@ pub fn summary_differences(conn: &Connection) -> Result<Vec<String>, DbError> {
     }
     Ok(out)
 }
+
+/// Records one job run and deletes that job's runs beyond the newest `keep`.
+pub fn insert_job_run(
+    conn: &Connection,
+    run: &crate::jobs::JobRun,
+    keep: u32,
+) -> Result<(), rusqlite::Error> {
+    conn.prepare_cached(
+        "INSERT INTO dbwarden_job_runs
+             (job, trigger, started_at, duration_ms, outcome, message, output)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        run.job,
+        run.trigger.as_str(),
+        run.started_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        i64::try_from(run.duration_ms).unwrap_or(i64::MAX),
+        run.outcome.as_str(),
+        run.message,
+        run.output,
+    ])?;
+    conn.prepare_cached(
+        "DELETE FROM dbwarden_job_runs
+          WHERE job = ?1
+            AND id <= (SELECT id FROM dbwarden_job_runs WHERE job = ?1
+                        ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+    )?
+    .execute(params![run.job, keep])?;
+    Ok(())
+}
+
+fn job_run_from_row(r: &Row<'_>) -> Result<crate::jobs::JobRun, rusqlite::Error> {
+    use crate::jobs::{Outcome, Trigger};
+    let started: String = r.get(2)?;
+    Ok(crate::jobs::JobRun {
+        job: r.get(0)?,
+        trigger: Trigger::parse(&r.get::<_, String>(1)?),
+        started_at: chrono::DateTime::parse_from_rfc3339(&started)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .unwrap_or_default(),
+        duration_ms: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+        outcome: Outcome::parse(&r.get::<_, String>(4)?),
+        message: r.get(5)?,
+        output: r.get(6)?,
+    })
+}
+
+const JOB_RUN_COLUMNS: &str = "job, trigger, started_at, duration_ms, outcome, message, output";
+
+/// The newest run of every job that has one.
+pub fn last_job_runs(conn: &Connection) -> Result<BTreeMap<String, crate::jobs::JobRun>, DbError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {JOB_RUN_COLUMNS} FROM dbwarden_job_runs
+          WHERE id IN (SELECT max(id) FROM dbwarden_job_runs GROUP BY job)"
+    ))?;
+    let runs = stmt
+        .query_map([], job_run_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(runs.into_iter().map(|r| (r.job.clone(), r)).collect())
+}
+
+/// A job's newest runs, newest first.
+pub fn job_runs(
+    conn: &Connection,
+    job: &str,
+    limit: u32,
+) -> Result<Vec<crate::jobs::JobRun>, DbError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {JOB_RUN_COLUMNS} FROM dbwarden_job_runs
+          WHERE job = ?1 ORDER BY id DESC LIMIT ?2"
+    ))?;
+    let runs = stmt
+        .query_map(params![job, limit], job_run_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(runs)
+}

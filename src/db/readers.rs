@@ -31,7 +31,7 @@ impl ReaderPool {
     /// Runs `f` with a reader connection on the blocking pool.
     pub async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T, DbError>
     where
-        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
         T: Send + 'static,
     {
         let _permit = self
@@ -50,7 +50,8 @@ impl ReaderPool {
             None => open_reader(&self.settings)?,
         };
         let (conn, result) = tokio::task::spawn_blocking(move || {
-            let result = f(&conn);
+            let mut conn = conn;
+            let result = f(&mut conn);
             (conn, result)
         })
         .await

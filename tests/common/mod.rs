@@ -11,7 +11,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use std::path::{Path, PathBuf};
 
 use dbwarden::config::{ConfigSource, Settings};
-use dbwarden::supervisor::Service;
+use dbwarden::supervisor::{Service, ServiceBuilder};
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 use serde_json::Value;
@@ -46,6 +46,10 @@ pub fn settings_in(dir: &Path, extra: &[(&str, &str)]) -> Settings {
             "DBWARDEN__BACKUP__AT_STARTUP".to_string(),
             "false".to_string(),
         ),
+        (
+            "DBWARDEN__JOBS__DIR".to_string(),
+            dir.join("jobs").display().to_string(),
+        ),
     ];
     for (k, v) in extra {
         env.push((k.to_string(), v.to_string()));
@@ -66,8 +70,13 @@ impl TestApp {
     pub async fn spawn(extra: &[(&str, &str)]) -> TestApp {
         let dir = tempfile::tempdir().expect("tempdir");
         let settings = settings_in(dir.path(), extra);
-        let db_path = settings.database.path.clone();
-        let service = Service::start(settings).await.expect("service starts");
+        TestApp::start(dir, Service::builder(settings)).await
+    }
+
+    /// Starts a configured service whose settings point into `dir`.
+    pub async fn start(dir: tempfile::TempDir, builder: ServiceBuilder) -> TestApp {
+        let db_path = dir.path().join("db").join("events.db");
+        let service = builder.start().await.expect("service starts");
         TestApp {
             base: format!("http://{}", service.addr),
             dir,
@@ -120,6 +129,13 @@ impl TestApp {
         Connection::open_with_flags(&self.db_path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .expect("open db")
     }
+}
+
+/// Writes a job file into `dir/jobs` (the directory `settings_in` points at).
+pub fn write_job(dir: &Path, file: &str, text: &str) {
+    let jobs = dir.join("jobs");
+    std::fs::create_dir_all(&jobs).expect("jobs dir");
+    std::fs::write(jobs.join(file), text).expect("write job file");
 }
 
 /// Overwrites the root page of `index` with garbage (the database closed); returns the

@@ -1,0 +1,95 @@
+//! `/api/jobs`: the registry's jobs with their last and next run, their history, and
+//! running one now.
+//!
+//! `POST /api/jobs/{name}/run` answers 202 at once with the run's start, or with
+//! `?wait=true` 200 with the finished run (its `outcome` says whether it worked: the
+//! request succeeded even when the job failed). A job already running answers 409.
+
+use std::collections::BTreeMap;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use super::corruptions::{parse_limit, query_params};
+use super::error::ApiError;
+use super::AppState;
+use crate::db::queries;
+use crate::jobs::registry::TriggerError;
+use crate::jobs::{JobRun, Trigger};
+
+impl From<TriggerError> for ApiError {
+    fn from(e: TriggerError) -> ApiError {
+        match e {
+            TriggerError::Unknown(name) => ApiError::NotFound(format!("job `{name}`")),
+            TriggerError::AlreadyRunning { .. } => ApiError::Conflict(e.to_string()),
+            TriggerError::ShuttingDown => ApiError::ShuttingDown,
+        }
+    }
+}
+
+pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    query_params(&req, &[])?;
+    let mut last: BTreeMap<String, JobRun> = state
+        .readers
+        .run(|conn| queries::last_job_runs(conn))
+        .await?;
+    let jobs: Vec<serde_json::Value> = state
+        .jobs
+        .list()
+        .into_iter()
+        .map(|info| {
+            let last_run = last.remove(&info.name);
+            let mut value = json!(info);
+            value["last_run"] = json!(last_run);
+            value
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "jobs": jobs })))
+}
+
+fn known(state: &AppState, name: &str) -> Result<(), ApiError> {
+    if state.jobs.list().iter().any(|j| j.name == name) {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(format!("job `{name}`")))
+    }
+}
+
+pub async fn runs(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let params = query_params(&req, &["limit"])?;
+    let limit = parse_limit(&params, state.settings.api.max_page_size)?;
+    let name = path.into_inner();
+    known(&state, &name)?;
+    let job = name.clone();
+    let runs = state
+        .readers
+        .run(move |conn| queries::job_runs(conn, &job, limit))
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({ "job": name, "runs": runs })))
+}
+
+pub async fn run(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let params = query_params(&req, &["wait"])?;
+    let wait = match params.get("wait").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::bad("wait", "must be true or false")),
+    };
+    let name = path.into_inner();
+    let finished = state.jobs.trigger(&name, Trigger::Api)?;
+    if !wait {
+        return Ok(HttpResponse::Accepted().json(json!({ "job": name, "started": true })));
+    }
+    let run = finished.await.map_err(|_| {
+        ApiError::Unavailable(format!("job `{name}` was stopped before it reported"))
+    })?;
+    Ok(HttpResponse::Ok().json(run))
+}

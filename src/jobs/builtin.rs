@@ -1,0 +1,158 @@
+//! dbwarden's own maintenance as jobs, with schedules from `config.toml`.
+//!
+//! Each run only sends a message to the actor that owns the work. They have no
+//! timeout (their actors bound the work), never overlap, and do not notify through
+//! the registry: the actors already raise precise alerts of their own. When a run
+//! is cancelled (shutdown), the actor's SQLite work is interrupted.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use super::{Job, JobContext, JobFuture, JobReport, JobResult, JobSpec, NotifyOn, Overlap};
+use crate::auditor::AuditorHandle;
+use crate::backup::actor::BackupHandle;
+use crate::checkpointer::Checkpointer;
+use crate::config::Settings;
+use crate::db::snapshot::CheckKind;
+
+pub const BACKUP: &str = "backup";
+pub const BACKUP_REVERIFY: &str = "backup-reverify";
+pub const CHECKPOINT: &str = "checkpoint";
+pub const QUICK_CHECK: &str = "quick-check";
+pub const FULL_CHECK: &str = "full-check";
+
+/// (name, schedule) of each built-in job, as configured.
+pub fn schedules(settings: &Settings) -> Vec<(&'static str, String)> {
+    vec![
+        (CHECKPOINT, settings.checkpoint.schedule.clone()),
+        (QUICK_CHECK, settings.integrity.quick_schedule.clone()),
+        (FULL_CHECK, settings.integrity.full_schedule.clone()),
+        (BACKUP, settings.backup.schedule.clone()),
+        (BACKUP_REVERIFY, settings.backup.reverify_schedule.clone()),
+    ]
+}
+
+/// The built-in jobs, bound to the actors that do the work.
+pub fn specs(
+    settings: &Settings,
+    backups: &BackupHandle,
+    auditor: &AuditorHandle,
+    checkpointer: &Arc<Checkpointer>,
+) -> Vec<JobSpec> {
+    schedules(settings)
+        .into_iter()
+        .map(|(name, schedule)| {
+            let job: Arc<dyn Job> = match name {
+                CHECKPOINT => Arc::new(CheckpointJob(checkpointer.clone())),
+                QUICK_CHECK => Arc::new(CheckJob(auditor.clone(), CheckKind::Quick)),
+                FULL_CHECK => Arc::new(CheckJob(auditor.clone(), CheckKind::Full)),
+                BACKUP => Arc::new(BackupJob(backups.clone())),
+                _ => Arc::new(ReverifyJob(backups.clone())),
+            };
+            JobSpec {
+                name: name.to_string(),
+                schedule,
+                kind: "builtin".into(),
+                timeout: None,
+                enabled: true,
+                overlap: Overlap::Skip,
+                notify_on: NotifyOn::Never,
+                job,
+            }
+        })
+        .collect()
+}
+
+/// Awaits `work`; on cancellation calls `interrupt` once and still awaits the answer,
+/// so the actor is never left mid-task.
+async fn interruptible<T>(
+    ctx: &JobContext,
+    work: impl Future<Output = T>,
+    interrupt: impl Fn(),
+) -> T {
+    tokio::pin!(work);
+    tokio::select! {
+        result = &mut work => result,
+        _ = ctx.cancelled() => {
+            interrupt();
+            work.await
+        }
+    }
+}
+
+struct CheckpointJob(Arc<Checkpointer>);
+
+impl Job for CheckpointJob {
+    fn run<'a>(&'a self, _ctx: &'a JobContext) -> JobFuture<'a> {
+        Box::pin(async move {
+            match self.0.tick().await {
+                Ok(r) if r.starved => Err(JobReport::from(format!(
+                    "starved: {} bytes of WAL held by a reader",
+                    r.pending_bytes
+                ))),
+                Ok(r) => Ok(JobReport::from(format!(
+                    "{} frames, {} checkpointed",
+                    r.log_frames, r.checkpointed_frames
+                ))),
+                Err(e) => Err(JobReport::from(e.to_string())),
+            }
+        })
+    }
+}
+
+struct CheckJob(AuditorHandle, CheckKind);
+
+impl Job for CheckJob {
+    fn run<'a>(&'a self, ctx: &'a JobContext) -> JobFuture<'a> {
+        Box::pin(async move {
+            let result = interruptible(ctx, self.0.check(self.1), || self.0.interrupt()).await;
+            match result {
+                Ok(r) if r.ok => Ok(JobReport::from(format!("ok in {} ms", r.duration_ms))),
+                Ok(r) => Err(JobReport::from(format!(
+                    "FAILED: {}",
+                    r.problems.join("; ")
+                ))),
+                Err(e) => Err(JobReport::from(e.to_string())),
+            }
+        })
+    }
+}
+
+struct BackupJob(BackupHandle);
+
+impl Job for BackupJob {
+    fn run<'a>(&'a self, ctx: &'a JobContext) -> JobFuture<'a> {
+        Box::pin(async move {
+            let result: JobResult =
+                match interruptible(ctx, self.0.take(), || self.0.interrupt()).await {
+                    Ok(m) => Ok(JobReport::from(format!(
+                        "{} ({} bytes, events up to {})",
+                        m.name, m.size_bytes, m.last_event_id
+                    ))),
+                    Err(e) => Err(JobReport::from(e.to_string())),
+                };
+            result
+        })
+    }
+}
+
+struct ReverifyJob(BackupHandle);
+
+impl Job for ReverifyJob {
+    fn run<'a>(&'a self, ctx: &'a JobContext) -> JobFuture<'a> {
+        Box::pin(async move {
+            match interruptible(ctx, self.0.reverify(), || self.0.interrupt()).await {
+                Ok(bad) if bad.is_empty() => Ok(JobReport::from("every stored backup verified")),
+                Ok(bad) => Err(JobReport::from(format!(
+                    "{} backup(s) failed re-verification and were marked bad: {}",
+                    bad.len(),
+                    bad.iter()
+                        .map(|m| m.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))),
+                Err(e) => Err(JobReport::from(e.to_string())),
+            }
+        })
+    }
+}

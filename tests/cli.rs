@@ -228,3 +228,115 @@ fn logging_dir_gets_a_rolled_file() {
         "the guard flushed the file: {content}"
     );
 }
+
+fn write_jobs(dir: &Path) {
+    let jobs = dir.join("jobs");
+    std::fs::create_dir_all(&jobs).expect("jobs dir");
+    std::fs::write(
+        jobs.join("count.toml"),
+        "name = \"count\"\nkind = \"query\"\nschedule = \"0 0 3 * * *\"\nsql = \"SELECT count(*) FROM events\"\nalert_above = 100\n",
+    )
+    .expect("write");
+    std::fs::write(
+        jobs.join("fail.toml"),
+        "name = \"fail\"\nkind = \"command\"\nschedule = \"0 0 3 * * *\"\nargv = [\"sh\", \"-c\", \"echo nope; exit 4\"]\n",
+    )
+    .expect("write");
+}
+
+const JOB_ENV: &[(&str, &str)] = &[
+    ("DBWARDEN__DATABASE__PATH", "state/events.db"),
+    ("DBWARDEN__BACKUP__DIR", "state/backups"),
+    ("DBWARDEN__BACKUP__AT_STARTUP", "false"),
+    ("DBWARDEN__JOBS__DIR", "jobs"),
+];
+
+#[test]
+fn jobs_validate_and_list_show_every_job() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_jobs(dir.path());
+    let out = dbwarden(dir.path(), &["jobs", "validate"], JOB_ENV);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("2 job(s) valid"), "{}", text(&out));
+
+    let out = dbwarden(dir.path(), &["jobs", "list"], JOB_ENV);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    for line in ["backup ", "checkpoint ", "quick-check ", "count ", "fail "] {
+        assert!(shown.contains(line), "{line} in {shown}");
+    }
+    let count = shown
+        .lines()
+        .find(|l| l.starts_with("count "))
+        .expect("count listed");
+    assert!(
+        count.contains("query") && count.contains("03:00:00 UTC") && count.contains("local"),
+        "{count}"
+    );
+
+    std::fs::write(
+        dir.path().join("jobs").join("broken.toml"),
+        "name = \"broken\"\nkind = \"sql\"\nschedule = \"0 0 3 * * *\"\nstatements = \"DELETE\"\n",
+    )
+    .expect("write");
+    let out = dbwarden(dir.path(), &["jobs", "validate"], JOB_ENV);
+    assert_eq!(out.status.code(), Some(1));
+    let shown = text(&out);
+    assert!(
+        shown.contains("broken.toml") && shown.contains("`statements`"),
+        "{shown}"
+    );
+    // The service refuses to start with it, naming the file and key too.
+    let out = dbwarden(dir.path(), &["run"], JOB_ENV);
+    assert!(!out.status.success());
+    let shown = text(&out);
+    assert!(
+        shown.contains("broken.toml") && shown.contains("`statements`"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn jobs_run_runs_one_job_once_and_exits_with_its_result() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_jobs(dir.path());
+    let out = dbwarden(dir.path(), &["jobs", "run", "count"], JOB_ENV);
+    assert!(out.status.success(), "{}", text(&out));
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).expect("run as JSON");
+    assert_eq!(run["outcome"], "ok");
+    assert_eq!(run["trigger"], "cli");
+    assert!(run["message"].as_str().unwrap_or("").contains("value 0"));
+
+    let out = dbwarden(dir.path(), &["jobs", "run", "fail"], JOB_ENV);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).expect("run as JSON");
+    assert_eq!(run["outcome"], "failed");
+    assert_eq!(run["output"], "nope\n");
+
+    // Built-in jobs run the same way.
+    let out = dbwarden(dir.path(), &["jobs", "run", "backup"], JOB_ENV);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("state/backups"))
+            .expect("backups")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".db"))
+            .count(),
+        1
+    );
+
+    let out = dbwarden(dir.path(), &["jobs", "run", "nope"], JOB_ENV);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("no job is named `nope`"),
+        "{}",
+        text(&out)
+    );
+
+    // Each run is in the history.
+    let conn = rusqlite::Connection::open(dir.path().join("state/events.db")).expect("open");
+    let runs: i64 = conn
+        .query_row("SELECT count(*) FROM dbwarden_job_runs", [], |r| r.get(0))
+        .expect("history");
+    assert_eq!(runs, 3);
+}

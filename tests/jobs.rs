@@ -92,45 +92,7 @@ fn duplicate_names_and_unreadable_files_are_reported_with_the_rest() {
     assert!(text.contains("d.toml: `-`: cannot be read"), "{text}");
 }
 
-#[test]
-fn the_retention_example_prunes_old_finished_corruptions_and_keeps_the_summary_exact() {
-    let job = load_file(&repo_jobs().join("prune-resolved.toml")).expect("example");
-    let JobKind::Sql { statements } = job.kind else {
-        panic!("sql job")
-    };
-    let mut conn = Connection::open_in_memory().expect("db");
-    migrations::migrate(&mut conn).expect("migrate");
-    let insert = |agg: &str, event: &str, at: &str| {
-        conn.execute(
-            "INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, created_at) VALUES ('corruption', ?1, ?2, '{}', ?3)",
-            params![agg, event, at],
-        )
-        .expect("insert");
-    };
-    let old = "2020-01-01 00:00:00.000000000 +0000 UTC"; // Go's format, as Healarr writes
-    let recent = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string();
-    insert("old-resolved", "CorruptionDetected", old);
-    insert("old-resolved", "VerificationSuccess", old);
-    insert("old-ignored", "CorruptionDetected", old);
-    insert("old-ignored", "CorruptionIgnored", old);
-    insert("old-pending", "CorruptionDetected", old);
-    insert("new-resolved", "CorruptionDetected", &recent);
-    insert("new-resolved", "VerificationSuccess", &recent);
-    let tx = conn.transaction().expect("tx");
-    for statement in &statements {
-        tx.execute_batch(statement).expect("statement");
-    }
-    tx.commit().expect("commit");
-    let left: Vec<String> = conn
-        .prepare("SELECT DISTINCT aggregate_id FROM events ORDER BY 1")
-        .expect("prepare")
-        .query_map([], |r| r.get(0))
-        .expect("query")
-        .map(|r| r.expect("row"))
-        .collect();
-    assert_eq!(left, ["new-resolved", "old-pending"]);
-    common::assert_summary_exact(&conn);
-}
+// The retention example runs end to end through the service in tests/custom_jobs.rs.
 
 #[test]
 fn the_query_example_counts_the_failed_bucket() {

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, ErrorCode, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode};
 use tokio_util::sync::CancellationToken;
 
 /// When a job's SQL must stop.
@@ -147,40 +147,64 @@ fn statement_error(
 /// Runs `statements` in order in one IMMEDIATE transaction and commits it
 /// (the connection's `synchronous=FULL` makes the commit durable). Any failure rolls
 /// everything back. Returns the number of rows changed.
+///
+/// The transaction is opened and closed outside the fence, since the fence refuses
+/// transaction control.
 pub fn execute(
     conn: &mut Connection,
     statements: &[String],
     stop: &StopWhen,
 ) -> Result<u64, JobSqlError> {
-    let refused = fence(conn, stop).map_err(|e| JobSqlError::Storage(e.to_string()))?;
-    let result = execute_fenced(conn, statements, &refused);
-    unfence(conn);
-    result
-}
-
-fn execute_fenced(
-    conn: &mut Connection,
-    statements: &[String],
-    refused: &Mutex<Option<String>>,
-) -> Result<u64, JobSqlError> {
     let storage = |e: rusqlite::Error| match e.sqlite_error_code() {
         Some(ErrorCode::DiskFull) => JobSqlError::DiskFull(e.to_string()),
         _ => JobSqlError::Storage(e.to_string()),
     };
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(storage)?;
-    let before = tx.total_changes();
-    for (index, sql) in statements.iter().enumerate() {
-        // execute_batch: one entry may hold several `;`-separated statements.
-        if let Err(e) = tx.execute_batch(sql) {
-            // Dropping `tx` rolls back (if SQLite has not already done so).
-            return Err(statement_error(&e, index, refused));
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(storage)?;
+    let before = conn.total_changes();
+    let ran = match fence(conn, stop) {
+        Ok(refused) => {
+            let ran = run_fenced(conn, statements, &refused);
+            unfence(conn);
+            ran
+        }
+        Err(e) => Err(storage(e)),
+    };
+    let changed = conn.total_changes() - before;
+    match ran {
+        Ok(()) => match conn.execute_batch("COMMIT") {
+            Ok(()) => Ok(changed),
+            Err(e) => {
+                rollback(conn);
+                Err(storage(e))
+            }
+        },
+        Err(e) => {
+            rollback(conn);
+            Err(e)
         }
     }
-    let changed = tx.total_changes() - before;
-    tx.commit().map_err(storage)?;
-    Ok(changed)
+}
+
+/// Rolls back unless SQLite already did (some errors end the transaction themselves).
+fn rollback(conn: &Connection) {
+    if !conn.is_autocommit() {
+        if let Err(e) = conn.execute_batch("ROLLBACK") {
+            tracing::error!(error = %e, "rolling back a job's transaction failed");
+        }
+    }
+}
+
+fn run_fenced(
+    conn: &Connection,
+    statements: &[String],
+    refused: &Mutex<Option<String>>,
+) -> Result<(), JobSqlError> {
+    for (index, sql) in statements.iter().enumerate() {
+        // execute_batch: one entry may hold several `;`-separated statements.
+        conn.execute_batch(sql)
+            .map_err(|e| statement_error(&e, index, refused))?;
+    }
+    Ok(())
 }
 
 /// Runs a query that must answer one number (first column of the first row).

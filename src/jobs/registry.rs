@@ -98,11 +98,15 @@ pub struct Registry {
     deps: JobDeps,
     cancel_all: CancellationToken,
     tracker: TaskTracker,
+    /// The runtime runs are spawned on: the service's own, never the caller's (an HTTP
+    /// worker's runtime stops with the server, and would drop a run mid-way).
+    runtime: tokio::runtime::Handle,
     closing: AtomicBool,
 }
 
 impl Registry {
     /// Checks names and schedules; nothing runs until something triggers a job.
+    /// Must be called on the runtime that should run the jobs.
     pub fn new(specs: Vec<JobSpec>, deps: JobDeps) -> Result<Arc<Registry>, RegistryError> {
         let mut entries: Vec<Entry> = Vec::new();
         for spec in specs {
@@ -129,6 +133,7 @@ impl Registry {
             deps,
             cancel_all: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            runtime: tokio::runtime::Handle::current(),
             closing: AtomicBool::new(false),
         }))
     }
@@ -253,29 +258,32 @@ impl Registry {
         waiter: Option<oneshot::Sender<JobRun>>,
     ) {
         let registry = self.clone();
-        self.tracker.spawn(async move {
-            let mut waiter = waiter;
-            let mut trigger = trigger;
-            loop {
-                let run = registry.run_once(index, trigger).await;
-                if let Some(w) = waiter.take() {
-                    let _ = w.send(run);
-                }
-                let again = match registry.entries[index].state.lock() {
-                    Ok(mut state) => {
-                        let again = state.queued && !registry.closing.load(Ordering::Acquire);
-                        state.queued = false;
-                        state.running = again.then(|| (Utc::now(), Trigger::Schedule));
-                        again
+        self.tracker.spawn_on(
+            async move {
+                let mut waiter = waiter;
+                let mut trigger = trigger;
+                loop {
+                    let run = registry.run_once(index, trigger).await;
+                    if let Some(w) = waiter.take() {
+                        let _ = w.send(run);
                     }
-                    Err(_) => false,
-                };
-                if !again {
-                    break;
+                    let again = match registry.entries[index].state.lock() {
+                        Ok(mut state) => {
+                            let again = state.queued && !registry.closing.load(Ordering::Acquire);
+                            state.queued = false;
+                            state.running = again.then(|| (Utc::now(), Trigger::Schedule));
+                            again
+                        }
+                        Err(_) => false,
+                    };
+                    if !again {
+                        break;
+                    }
+                    trigger = Trigger::Schedule;
                 }
-                trigger = Trigger::Schedule;
-            }
-        });
+            },
+            &self.runtime,
+        );
     }
 
     async fn run_once(&self, index: usize, trigger: Trigger) -> JobRun {

@@ -61,6 +61,7 @@ async fn ask_service(settings: &Settings, name: &str) -> Result<JobRun, RunNowEr
         .map_err(|e| fail(e.to_string()))?;
     url.path_segments_mut()
         .map_err(|_| fail("bad URL".into()))?
+        .pop_if_empty()
         .push(name)
         .push("run");
     url.set_query(Some("wait=true"));

@@ -25,6 +25,15 @@ struct QuietStore {
     seen: Mutex<(i64, u32)>,
 }
 
+impl QuietStore {
+    fn new(quiet_runs: u32) -> QuietStore {
+        QuietStore {
+            quiet_runs,
+            seen: Mutex::new((-1, 0)),
+        }
+    }
+}
+
 impl Job for QuietStore {
     fn run<'a>(&'a self, ctx: &'a JobContext) -> JobFuture<'a> {
         Box::pin(async move {
@@ -80,10 +89,7 @@ fn main() -> anyhow::Result<()> {
     let job = JobSpec::new(
         "quiet-store",
         env_or("QUIET_SCHEDULE", "0 0 * * * *".to_string())?,
-        QuietStore {
-            quiet_runs: env_or("QUIET_RUNS", 24)?,
-            seen: Mutex::new((-1, 0)),
-        },
+        QuietStore::new(env_or("QUIET_RUNS", 24)?),
     );
     actix_rt::System::new().block_on(async move {
         let service = Service::builder(settings)

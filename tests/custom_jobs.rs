@@ -172,7 +172,7 @@ statements = ["DELETE FROM events WHERE aggregate_id = 'c1'", "ANALYZE"]
         run["message"]
             .as_str()
             .unwrap_or("")
-            .contains("row(s) changed"),
+            .contains("row change(s)"),
         "{run}"
     );
     app.stop().await;
@@ -302,12 +302,7 @@ alert_above = 1
         .as_str()
         .unwrap_or("")
         .contains("value 2 is above 1"));
-    let got = common::wait_for(&alerts.got, 2, Duration::from_secs(5)).await;
-    let alert = got
-        .iter()
-        .map(|r| serde_json::from_str::<Value>(&r.body).expect("json alert"))
-        .find(|a| a["key"] == "job:too-many")
-        .unwrap_or_else(|| panic!("job alert sent: {got:?}"));
+    let alert = common::wait_for_alert(&alerts, |a| a["key"] == "job:too-many").await;
     assert_eq!(alert["resolved"], false, "{alert}");
     assert!(alert["message"]
         .as_str()
@@ -323,18 +318,49 @@ alert_above = 1
         .expect("delete");
     assert!(res.status().is_success());
     assert_eq!(run_now(&app, "too-many").await["outcome"], "ok");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let resolved = alerts.got.lock().expect("lock").iter().any(|r| {
-            serde_json::from_str::<Value>(&r.body)
-                .is_ok_and(|a| a["key"] == "job:too-many" && a["resolved"] == true)
-        });
-        if resolved {
-            break;
-        }
-        assert!(Instant::now() < deadline, "resolution never sent");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_for_alert(&alerts, |a| {
+        a["key"] == "job:too-many" && a["resolved"] == true
+    })
+    .await;
+    app.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_query_job_alerts_from_its_schedule() {
+    let alerts = common::receiver(0, Duration::ZERO);
+    let job = r#"
+name = "bloat"
+kind = "query"
+schedule = "* * * * * *"
+sql = "SELECT (SELECT count(*) FROM corruption_summary) + (SELECT freelist_count FROM pragma_freelist_count())"
+alert_above = 1
+"#;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let now = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string();
+    seed(
+        dir.path(),
+        &[
+            ("c1", "CorruptionDetected", &now),
+            ("c2", "CorruptionDetected", &now),
+        ],
+    );
+    write_job(dir.path(), "bloat.toml", job);
+    let mut settings = settings_in(dir.path(), &[]);
+    settings.notify.channels = vec![ChannelSettings::Webhook {
+        url: format!("{}/alerts", alerts.base),
+        secret: None,
+    }];
+    let mut app = TestApp::start(dir, Service::builder(settings)).await;
+    let run = wait_for_scheduled_run(&app, "bloat").await;
+    assert_eq!(run["outcome"], "failed", "{run}");
+    let alert = common::wait_for_alert(&alerts, |a| a["key"] == "job:bloat").await;
+    assert!(
+        alert["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("is above 1"),
+        "{alert}"
+    );
     app.stop().await;
 }
 

@@ -7,7 +7,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -66,22 +66,7 @@ async fn the_example_rust_job_runs_on_the_schedule_and_alerts() {
         .expect("the example reported its address");
 
     // No events arrive: after two quiet runs the job alerts.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let alert = loop {
-        let found = alerts.got.lock().expect("lock").iter().find_map(|r| {
-            serde_json::from_str::<Value>(&r.body)
-                .ok()
-                .filter(|a| a["key"] == "quiet-store:quiet-store")
-        });
-        if let Some(a) = found {
-            break a;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the quiet-store alert never came"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let alert = common::wait_for_alert(&alerts, |a| a["key"] == "quiet-store:quiet-store").await;
     assert!(
         alert["message"]
             .as_str()

@@ -8,7 +8,10 @@
 //!   every `PRAGMA` except `incremental_vacuum` and `optimize` (a `PRAGMA synchronous`
 //!   would silently weaken every later acknowledgement), and direct writes to the
 //!   tables the summary triggers derive (`corruption_summary`, `corruption_state_counts`)
-//!   and to dbwarden's own `dbwarden_*` tables; triggers may still write them;
+//!   and to dbwarden's own `dbwarden_*` tables; triggers may still write them. Query
+//!   jobs run on pooled reader connections the API shares, so they get only the
+//!   pragmas that report without changing anything (`page_count`, `freelist_count`,
+//!   `quick_check`, `table_info`, ...), e.g. to alert on a bloated file;
 //! - a **progress handler** interrupts the statement once the job's deadline passed or
 //!   the job was cancelled, so a runaway query never holds the writer hostage.
 
@@ -49,7 +52,47 @@ pub enum JobSqlError {
     Storage(String),
 }
 
-const ALLOWED_PRAGMAS: &[&str] = &["incremental_vacuum", "optimize"];
+/// Pragmas a `sql` job may run on the writer's connection.
+const WRITE_PRAGMAS: &[&str] = &["incremental_vacuum", "optimize"];
+/// Pragmas a `query` job may run, with any argument: they report and change nothing.
+const READ_PRAGMAS: &[&str] = &[
+    "page_count",
+    "page_size",
+    "freelist_count",
+    "schema_version",
+    "data_version",
+    "quick_check",
+    "integrity_check",
+    "foreign_key_check",
+    "table_list",
+    "table_info",
+    "table_xinfo",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+];
+/// Pragmas a `query` job may read but not set.
+const READ_ONLY_UNLESS_SET: &[&str] = &["user_version", "journal_mode", "auto_vacuum"];
+
+/// Which SQL a job's connection accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Policy {
+    /// A `sql` job on the writer's connection.
+    Write,
+    /// A `query` job on a shared reader connection.
+    Read,
+}
+
+fn pragma_allowed(policy: Policy, name: &str, value: Option<&str>) -> bool {
+    let name = name.to_ascii_lowercase();
+    match policy {
+        Policy::Write => WRITE_PRAGMAS.contains(&name.as_str()),
+        Policy::Read => {
+            READ_PRAGMAS.contains(&name.as_str())
+                || (value.is_none() && READ_ONLY_UNLESS_SET.contains(&name.as_str()))
+        }
+    }
+}
 const DERIVED_TABLES: &[&str] = &["corruption_summary", "corruption_state_counts"];
 
 fn protected_table(name: &str) -> bool {
@@ -57,7 +100,7 @@ fn protected_table(name: &str) -> bool {
 }
 
 /// Why the policy refuses an action, or `None` to allow it.
-fn refusal(ctx: &AuthContext<'_>) -> Option<String> {
+fn refusal(policy: Policy, ctx: &AuthContext<'_>) -> Option<String> {
     let top_level = ctx.accessor.is_none();
     match ctx.action {
         AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => Some(
@@ -68,14 +111,20 @@ fn refusal(ctx: &AuthContext<'_>) -> Option<String> {
         AuthAction::Attach { .. } | AuthAction::Detach { .. } => {
             Some("ATTACH and DETACH are not allowed in a job".into())
         }
-        AuthAction::Pragma { pragma_name, .. }
-            if !ALLOWED_PRAGMAS.contains(&pragma_name.to_ascii_lowercase().as_str()) =>
-        {
-            Some(format!(
-                "PRAGMA {pragma_name} is not allowed in a job (allowed: {})",
-                ALLOWED_PRAGMAS.join(", ")
-            ))
-        }
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value,
+        } if !pragma_allowed(policy, pragma_name, pragma_value) => Some(match policy {
+            Policy::Write => format!(
+                "PRAGMA {pragma_name} is not allowed in a sql job (allowed: {})",
+                WRITE_PRAGMAS.join(", ")
+            ),
+            Policy::Read => format!(
+                "PRAGMA {pragma_name} is not allowed in a query job (allowed: {}, and reading {})",
+                READ_PRAGMAS.join(", "),
+                READ_ONLY_UNLESS_SET.join(", ")
+            ),
+        }),
         AuthAction::Insert { table_name }
         | AuthAction::Delete { table_name }
         | AuthAction::Update { table_name, .. }
@@ -96,17 +145,23 @@ fn refusal(ctx: &AuthContext<'_>) -> Option<String> {
 
 /// Installs the policy and the stop check; the returned cell holds the reason of the
 /// last refusal, so the error names it instead of SQLite's bare "not authorized".
-fn fence(conn: &mut Connection, stop: &StopWhen) -> rusqlite::Result<Arc<Mutex<Option<String>>>> {
+fn fence(
+    conn: &mut Connection,
+    policy: Policy,
+    stop: &StopWhen,
+) -> rusqlite::Result<Arc<Mutex<Option<String>>>> {
     let refused = Arc::new(Mutex::new(None));
     let cell = refused.clone();
-    conn.authorizer(Some(move |ctx: AuthContext<'_>| match refusal(&ctx) {
-        Some(reason) => {
-            if let Ok(mut slot) = cell.lock() {
-                *slot = Some(reason);
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+        match refusal(policy, &ctx) {
+            Some(reason) => {
+                if let Ok(mut slot) = cell.lock() {
+                    *slot = Some(reason);
+                }
+                Authorization::Deny
             }
-            Authorization::Deny
+            None => Authorization::Allow,
         }
-        None => Authorization::Allow,
     }))?;
     let stop = stop.clone();
     conn.progress_handler(1000, Some(move || stop.reached()))?;
@@ -146,7 +201,8 @@ fn statement_error(
 
 /// Runs `statements` in order in one IMMEDIATE transaction and commits it
 /// (the connection's `synchronous=FULL` makes the commit durable). Any failure rolls
-/// everything back. Returns the number of rows changed.
+/// everything back. Returns the number of row changes, those made by triggers included
+/// (SQLite's `total_changes`).
 ///
 /// The transaction is opened and closed outside the fence, since the fence refuses
 /// transaction control.
@@ -161,7 +217,7 @@ pub fn execute(
     };
     conn.execute_batch("BEGIN IMMEDIATE").map_err(storage)?;
     let before = conn.total_changes();
-    let ran = match fence(conn, stop) {
+    let ran = match fence(conn, Policy::Write, stop) {
         Ok(refused) => {
             let ran = run_fenced(conn, statements, &refused);
             unfence(conn);
@@ -209,7 +265,8 @@ fn run_fenced(
 
 /// Runs a query that must answer one number (first column of the first row).
 pub fn query_number(conn: &mut Connection, sql: &str, stop: &StopWhen) -> Result<f64, JobSqlError> {
-    let refused = fence(conn, stop).map_err(|e| JobSqlError::Storage(e.to_string()))?;
+    let refused =
+        fence(conn, Policy::Read, stop).map_err(|e| JobSqlError::Storage(e.to_string()))?;
     let result = query_fenced(conn, sql, &refused);
     unfence(conn);
     result
@@ -244,5 +301,99 @@ fn query_fenced(
             .parse::<f64>()
             .map_err(|_| fail("the query returned text, not a number".into())),
         ValueRef::Blob(_) => Err(fail("the query returned a blob, not a number".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> Connection {
+        let mut conn = Connection::open_in_memory().expect("db");
+        crate::db::migrations::migrate(&mut conn).expect("migrate");
+        conn.execute_batch(
+            "INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data)
+             VALUES ('corruption', 'c1', 'CorruptionDetected', '{}')",
+        )
+        .expect("seed");
+        conn
+    }
+
+    fn no_stop() -> StopWhen {
+        StopWhen {
+            cancel: CancellationToken::new(),
+            deadline: None,
+        }
+    }
+
+    fn events(conn: &Connection) -> i64 {
+        conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .expect("count")
+    }
+
+    #[test]
+    fn query_jobs_may_read_reporting_pragmas_but_set_nothing() {
+        let mut conn = db();
+        for sql in [
+            "PRAGMA freelist_count",
+            "SELECT count(*) FROM pragma_table_info('events')",
+            "PRAGMA user_version",
+            "SELECT count(*) FROM corruption_summary",
+        ] {
+            query_number(&mut conn, sql, &no_stop()).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        for (sql, reason) in [
+            ("PRAGMA cache_size = 1", "PRAGMA cache_size is not allowed"),
+            (
+                "PRAGMA user_version = 3",
+                "PRAGMA user_version is not allowed",
+            ),
+            ("DELETE FROM events", "must only read"),
+        ] {
+            let err = query_number(&mut conn, sql, &no_stop()).expect_err(sql);
+            assert!(err.to_string().contains(reason), "{sql}: {err}");
+        }
+        assert_eq!(events(&conn), 1);
+        // The fence is gone afterwards: the connection's own pragmas work again.
+        conn.execute_batch("PRAGMA cache_size = 100")
+            .expect("unfenced");
+    }
+
+    #[test]
+    fn a_stopped_job_is_interrupted_and_rolled_back() {
+        let mut conn = db();
+        let cancelled = StopWhen {
+            cancel: CancellationToken::new(),
+            deadline: None,
+        };
+        cancelled.cancel.cancel();
+        // Enough work for the progress handler to run.
+        let statements = vec![
+            "DELETE FROM events".to_string(),
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000)
+             SELECT count(*) FROM n"
+                .to_string(),
+        ];
+        let err = execute(&mut conn, &statements, &cancelled).expect_err("stopped");
+        assert!(matches!(err, JobSqlError::Stopped { .. }), "{err}");
+        assert!(conn.is_autocommit(), "no transaction left open");
+        assert_eq!(events(&conn), 1, "the DELETE was rolled back");
+
+        let past = StopWhen {
+            cancel: CancellationToken::new(),
+            deadline: Some(Instant::now()),
+        };
+        let err = query_number(
+            &mut conn,
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000) SELECT count(*) FROM n",
+            &past,
+        )
+        .expect_err("stopped");
+        assert!(matches!(err, JobSqlError::Stopped { .. }), "{err}");
+
+        // Unstopped, the same DELETE commits; trigger changes count too.
+        let changed = execute(&mut conn, &statements[..1], &no_stop()).expect("runs");
+        assert!(changed >= 1, "{changed}");
+        assert_eq!(events(&conn), 0);
     }
 }

@@ -64,7 +64,7 @@ async fn run_sql(ctx: &JobContext, statements: &[String]) -> JobResult {
         .await
         .map_err(|e| JobReport::from(e.to_string()))?;
     Ok(JobReport::from(format!(
-        "{} statement(s) committed; {changed} row(s) changed",
+        "{} statement(s) committed; {changed} row change(s), triggers included",
         statements.len()
     )))
 }

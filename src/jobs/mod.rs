@@ -147,7 +147,7 @@ impl JobContext {
     }
 
     /// Runs SQL statements through the DbWriter in one transaction, stopped (and rolled
-    /// back) by this run's deadline or cancellation. Returns the rows changed.
+    /// back) by this run's deadline or cancellation. Returns the row changes (triggers included).
     pub async fn execute(&self, statements: Vec<String>) -> Result<u64, WriteError> {
         self.writer
             .execute_statements(statements, self.cancel.clone(), self.deadline)

@@ -405,3 +405,22 @@ pub async fn wait_for(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Waits (up to 10 s) for an alert at the receiver that matches `wanted`.
+pub async fn wait_for_alert(alerts: &Receiver, wanted: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = alerts
+            .got
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|r| serde_json::from_str::<Value>(&r.body).ok())
+            .find(|a| wanted(a));
+        if let Some(alert) = found {
+            return alert;
+        }
+        assert!(Instant::now() < deadline, "the alert never came");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -24,6 +24,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use chrono::Timelike;
 use toml::{Table, Value};
 
 use crate::scheduler::validate_schedule;
@@ -451,7 +452,7 @@ fn parse(t: &Table, path: &Path) -> Field<JobDefinition> {
     })
 }
 
-/// The next time `schedule` fires after now, in UTC.
+/// The next time `schedule` fires after now, in UTC, to the second.
 pub fn next_run(schedule: &str) -> Option<chrono::DateTime<chrono::Utc>> {
     croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Required)
@@ -461,4 +462,6 @@ pub fn next_run(schedule: &str) -> Option<chrono::DateTime<chrono::Utc>> {
         .ok()?
         .find_next_occurrence(&chrono::Utc::now(), false)
         .ok()
+        // Ticks are whole seconds; croner keeps the fraction of `now`.
+        .and_then(|t| t.with_nanosecond(0))
 }

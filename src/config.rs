@@ -57,6 +57,10 @@ pub struct DatabaseSettings {
     pub journal_size_limit_bytes: i64,
     pub wal_autocheckpoint_pages: u32,
     pub readers: usize,
+    /// Hidden, for the power-loss tests only: `"dbwarden-crash"` opens every connection
+    /// through the crash-simulating VFS (`db::crashvfs`). Unset: SQLite's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vfs: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -336,6 +340,17 @@ impl Settings {
             1,
             100_000,
         )?;
+        if let Some(vfs) = &self.database.vfs {
+            if vfs != crate::db::crashvfs::NAME {
+                return Err(invalid(
+                    "database.vfs",
+                    format!(
+                        "`{vfs}` is not a known VFS (only `{}`, for tests)",
+                        crate::db::crashvfs::NAME
+                    ),
+                ));
+            }
+        }
         if self.backup.dir.as_os_str().is_empty() {
             return Err(invalid("backup.dir", "must not be empty".into()));
         }
@@ -547,7 +562,7 @@ fn check_known(
     known: &BTreeMap<String, ()>,
     origin: &str,
 ) -> Result<(), ConfigError> {
-    const OPTIONAL: &[&str] = &["api.token", "logging.dir"];
+    const OPTIONAL: &[&str] = &["api.token", "logging.dir", "database.vfs"];
     let table = match layer.cache.clone().into_table() {
         Ok(t) => t,
         Err(_) => return Ok(()),

@@ -6,14 +6,14 @@
 //! → copy the backup to a temporary name beside the database and fsync it → remove the
 //! stale `-wal`/`-shm` → rename into place → fsync the directory → run migrations.
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
 
 use crate::backup::{self, catalog, BackupError};
 use crate::config::Settings;
-use crate::db::{self, lock, snapshot};
+use crate::db::{self, durable, lock, snapshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -126,9 +126,7 @@ pub fn restore(settings: &Settings, backup_file: &Path) -> Result<RestorePlan, R
     let temp = dir.join(format!(".restore{}", snapshot::TEMP_SUFFIX));
     let staged = (|| {
         fs::copy(backup_file, &temp).map_err(io(&temp))?;
-        File::open(&temp)
-            .and_then(|f| f.sync_all())
-            .map_err(io(&temp))?;
+        durable::sync_file(&temp).map_err(io(&temp))?;
         for suffix in ["-wal", "-shm"] {
             let mut stale = db_path.as_os_str().to_owned();
             stale.push(suffix);
@@ -143,10 +141,8 @@ pub fn restore(settings: &Settings, backup_file: &Path) -> Result<RestorePlan, R
                 }
             }
         }
-        fs::rename(&temp, db_path).map_err(io(db_path))?;
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&dir))
+        durable::rename(&temp, db_path).map_err(io(db_path))?;
+        durable::sync_dir(&dir).map_err(io(&dir))
     })();
     if staged.is_err() {
         let _ = fs::remove_file(&temp);

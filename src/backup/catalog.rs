@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::BackupError;
+use crate::db::durable;
 use crate::db::snapshot::TEMP_SUFFIX;
 
 pub const PREFIX: &str = "dbwarden-";
@@ -94,11 +95,10 @@ pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), BackupError
             .open(&temp)
             .map_err(io_err(&temp))?;
         f.write_all(&body).map_err(io_err(&temp))?;
-        f.sync_all().map_err(io_err(&temp))?;
-        fs::rename(&temp, &path).map_err(io_err(&path))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))
+        drop(f);
+        durable::sync_file(&temp).map_err(io_err(&temp))?;
+        durable::rename(&temp, &path).map_err(io_err(&path))?;
+        durable::sync_dir(dir).map_err(io_err(dir))
     })();
     if result.is_err() {
         let _ = fs::remove_file(&temp);

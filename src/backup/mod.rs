@@ -17,7 +17,7 @@ pub mod actor;
 pub mod catalog;
 pub mod retention;
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
@@ -184,12 +184,10 @@ pub fn apply_retention(cfg: &BackupSettings) -> Result<Vec<String>, BackupError>
         deleted.push(name);
     }
     if !deleted.is_empty() {
-        File::open(&cfg.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| BackupError::Io {
-                path: cfg.dir.clone(),
-                source,
-            })?;
+        crate::db::durable::sync_dir(&cfg.dir).map_err(|source| BackupError::Io {
+            path: cfg.dir.clone(),
+            source,
+        })?;
     }
     Ok(deleted)
 }

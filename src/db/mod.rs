@@ -7,6 +7,8 @@
 //! journal size) so that no code path quietly runs with weaker durability.
 
 pub mod adopt;
+pub mod crashvfs;
+pub mod durable;
 pub mod jobsql;
 pub mod lock;
 pub mod migrations;
@@ -141,11 +143,7 @@ pub fn open_writer(settings: &DatabaseSettings) -> Result<Connection, DbError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn =
-        Connection::open_with_flags(&settings.path, flags).map_err(|source| DbError::Open {
-            path: settings.path.clone(),
-            source,
-        })?;
+    let conn = open_with(settings, flags)?;
     apply_settings(&conn, settings, false)?;
     Ok(conn)
 }
@@ -154,13 +152,32 @@ pub fn open_writer(settings: &DatabaseSettings) -> Result<Connection, DbError> {
 pub fn open_reader(settings: &DatabaseSettings) -> Result<Connection, DbError> {
     check_sqlite_version()?;
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn =
-        Connection::open_with_flags(&settings.path, flags).map_err(|source| DbError::Open {
-            path: settings.path.clone(),
-            source,
-        })?;
+    let conn = open_with(settings, flags)?;
     apply_settings(&conn, settings, true)?;
     Ok(conn)
+}
+
+/// Opens through the configured VFS (the crash VFS in power-loss tests).
+fn open_with(settings: &DatabaseSettings, flags: OpenFlags) -> Result<Connection, DbError> {
+    let opened = match settings.vfs.as_deref() {
+        Some(vfs) => {
+            crashvfs::register()?;
+            Connection::open_with_flags_and_vfs(&settings.path, flags, vfs)
+        }
+        None => Connection::open_with_flags(&settings.path, flags),
+    };
+    opened.map_err(|source| DbError::Open {
+        path: settings.path.clone(),
+        source,
+    })
+}
+
+/// FULL, except under the crash VFS when a power-loss self-test asks for less.
+fn wanted_synchronous(settings: &DatabaseSettings) -> &'static str {
+    match settings.vfs {
+        Some(_) => crashvfs::plan().synchronous,
+        None => "FULL",
+    }
 }
 
 fn apply_settings(
@@ -185,7 +202,8 @@ fn apply_settings(
             got: mode,
         });
     }
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    let wanted = wanted_synchronous(settings);
+    conn.pragma_update(None, "synchronous", wanted)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     let _: i64 = conn.query_row(
@@ -207,10 +225,15 @@ fn apply_settings(
         )?;
     }
     let synchronous: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
-    if synchronous != 2 {
+    let wanted_level = match wanted {
+        "OFF" => 0,
+        "NORMAL" => 1,
+        _ => 2,
+    };
+    if synchronous != wanted_level {
         return Err(DbError::Pragma {
             pragma: "synchronous",
-            wanted: "2 (FULL)".into(),
+            wanted: format!("{wanted_level} ({wanted})"),
             got: synchronous.to_string(),
         });
     }

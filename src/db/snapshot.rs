@@ -4,13 +4,13 @@
 //! `VACUUM INTO` is not atomic (a crash can leave a partial file), so nothing ever
 //! appears under a final name before it passed the integrity check and reached disk.
 
-use std::fs::{self, File, Permissions};
+use std::fs::{self, Permissions};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::DbError;
+use super::{durable, DbError};
 
 /// Suffix of copies being written; a file with it was never verified.
 pub const TEMP_SUFFIX: &str = ".dbwarden-tmp";
@@ -145,12 +145,8 @@ fn copy_verify_rename(
     fs::set_permissions(temp_path, Permissions::from_mode(0o600))
         .map_err(|e| io_err("chmod", e))?;
     verify_file(temp_path)?;
-    File::open(temp_path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io_err("fsync", e))?;
-    fs::rename(temp_path, final_path).map_err(|e| io_err("rename", e))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_err("fsync of directory", e))?;
+    durable::sync_file(temp_path).map_err(|e| io_err("fsync", e))?;
+    durable::rename(temp_path, final_path).map_err(|e| io_err("rename", e))?;
+    durable::sync_dir(dir).map_err(|e| io_err("fsync of directory", e))?;
     Ok(())
 }

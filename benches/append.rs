@@ -168,7 +168,8 @@ fn library_path(dir: &Path, n: usize, concurrent_singles: usize) -> Vec<Row> {
     let (conn, _) = fresh_db(dir, "c-library");
     let system = actix_rt::System::new();
     system.block_on(async move {
-        let (writer, arbiter) = DbWriter::start(conn, 1024, 512);
+        let (writer, arbiter) =
+            DbWriter::start(conn, 1024, 512, dbwarden::notifier::Notifier::log_only());
         let mut rows = Vec::new();
 
         let events: Vec<NewEvent> = (0..n).map(|i| nth_event("c", i)).collect();

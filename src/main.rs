@@ -133,6 +133,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Check { summary, full } => check(&settings, summary, full),
         Command::Backup => {
+            dbwarden::backup::ensure_dir(&settings.backup.dir)
+                .context("creating the backup directory")?;
             let manifest =
                 dbwarden::backup::take_backup(&settings.database, &settings.backup, &|_| {})
                     .context("backup failed")?;

@@ -169,6 +169,7 @@ impl Service {
             conn,
             settings.writer.mailbox_capacity,
             settings.writer.max_batch_requests,
+            notifier.clone(),
         );
         let checkpointer = Arc::new(Checkpointer::new(
             writer.clone(),

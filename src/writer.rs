@@ -23,6 +23,7 @@ use crate::db::jobsql::{self, JobSqlError, StopWhen};
 use crate::db::{self, queries, CheckpointMode, CheckpointResult};
 use crate::events::NewEvent;
 use crate::jobs::JobRun;
+use crate::notifier::{Notifier, Severity};
 
 /// A write the service asks for.
 #[derive(Debug)]
@@ -120,6 +121,9 @@ pub struct DbWriter {
     max_batch: usize,
     mailbox_capacity: usize,
     stats: Arc<WriterStats>,
+    /// Told when writes start failing on storage (disk full, I/O error) and when they
+    /// succeed again.
+    notifier: Notifier,
 }
 
 impl Actor for DbWriter {
@@ -136,6 +140,7 @@ impl DbWriter {
         conn: Connection,
         mailbox_capacity: usize,
         max_batch: usize,
+        notifier: Notifier,
     ) -> (WriterHandle, Arbiter) {
         let stats = Arc::new(WriterStats::default());
         let arbiter = Arbiter::new();
@@ -147,6 +152,7 @@ impl DbWriter {
             max_batch,
             mailbox_capacity,
             stats: actor_stats,
+            notifier,
         });
         (WriterHandle { addr, stats }, arbiter)
     }
@@ -219,7 +225,10 @@ impl DbWriter {
                 self.stats
                     .events
                     .fetch_add(events as u64, Ordering::Relaxed);
-                self.stats.storage_failing.store(false, Ordering::Relaxed);
+                if self.stats.storage_failing.swap(false, Ordering::Relaxed) {
+                    self.notifier
+                        .resolve("storage_failing", "writes are committed again");
+                }
                 for (p, result) in batch.into_iter().zip(results) {
                     let _ = p.reply.send(result);
                 }
@@ -233,7 +242,15 @@ impl DbWriter {
             Err(err) => {
                 tracing::error!(requests = n, error = %err, "write batch failed; nothing of it was committed");
                 self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
-                self.stats.storage_failing.store(true, Ordering::Relaxed);
+                if !self.stats.storage_failing.swap(true, Ordering::Relaxed) {
+                    let severity = Severity::Critical;
+                    self.notifier.alert(
+                        "storage_failing",
+                        severity,
+                        format!("writes are failing and are refused: {err}"),
+                        serde_json::json!({ "requests": n }),
+                    );
+                }
                 if let Ok(mut last) = self.stats.last_error.lock() {
                     *last = Some(err.to_string());
                 }

@@ -17,7 +17,9 @@ use dbwarden::db;
 use rusqlite::Connection;
 use serde_json::{json, Value};
 
+/// A backup as `dbwarden backup` takes it: the directory is created first.
 fn take(settings: &Settings) -> Result<catalog::Manifest, BackupError> {
+    backup::ensure_dir(&settings.backup.dir)?;
     backup::take_backup(&settings.database, &settings.backup, &|_| {})
 }
 

@@ -32,7 +32,8 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        // Lazy: a connection the test still holds must not leave the mount behind.
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
 
@@ -94,4 +95,276 @@ async fn a_backup_into_a_full_filesystem_fails_cleanly_and_writes_go_on() {
         .expect("append");
     assert_eq!(res.status(), 201, "the service keeps taking writes");
     service.shutdown(true).await;
+}
+
+/// A service over `dir` whose alerts go to `alerts`, with extra settings.
+async fn service_with_alerts(
+    dir: &Path,
+    alerts: &common::Receiver,
+    extra: &[(&str, &str)],
+) -> dbwarden::supervisor::Service {
+    let mut settings = common::settings_in(dir, extra);
+    settings.notify.channels = vec![dbwarden::config::ChannelSettings::Webhook {
+        url: format!("{}/alerts", alerts.base),
+        secret: None,
+    }];
+    settings.notify.cooldown_secs = 0;
+    dbwarden::supervisor::Service::start(settings)
+        .await
+        .expect("start")
+}
+
+async fn append(client: &reqwest::Client, base: &str, id: &str) -> reqwest::StatusCode {
+    client
+        .post(format!("{base}/api/events"))
+        .json(&json!({"aggregate_type": "corruption", "aggregate_id": id, "event_type": "CorruptionDetected", "event_data": {"pad": "y".repeat(2000)}}))
+        .send()
+        .await
+        .expect("append")
+        .status()
+}
+
+#[actix_rt::test]
+#[ignore = "needs root: mounts a tmpfs"]
+async fn a_full_database_disk_refuses_writes_clearly_and_recovers_when_space_returns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db_dir = dir.path().join("db");
+    let _fs = Tmpfs::mount(&db_dir, "2m");
+    let alerts = common::receiver(0, std::time::Duration::ZERO);
+    let service = service_with_alerts(dir.path(), &alerts, &[]).await;
+    let base = format!("http://{}", service.addr);
+    let client = reqwest::Client::new();
+    // Fill the file system but for a little room.
+    let filler = db_dir.join("filler");
+    let mut size = 0u64;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        while f.write_all(&[0u8; 64 * 1024]).is_ok() {
+            size += 64 * 1024;
+        }
+        let _ = f.sync_all();
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .expect("filler")
+        .set_len(size.saturating_sub(96 * 1024))
+        .expect("make a little room");
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for i in 0..400 {
+        let id = format!("fill-{i}");
+        match append(&client, &base, &id).await {
+            s if s == 201 => acked.push(id),
+            s => {
+                refused = Some(s);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("the disk filled up");
+    assert_eq!(refused, 507, "a full disk is a clear 507");
+    let health: serde_json::Value = client
+        .get(format!("{base}/api/health"))
+        .send()
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(
+        health["reasons"].to_string().contains("full"),
+        "health says why: {health}"
+    );
+    common::wait_for_alert(&alerts, |a| {
+        a["key"] == "storage_failing" && a["resolved"] == false
+    })
+    .await;
+
+    // Space comes back: the service recovers by itself.
+    std::fs::remove_file(&filler).expect("free space");
+    assert_eq!(append(&client, &base, "after").await, 201);
+    acked.push("after".into());
+    let health: serde_json::Value = client
+        .get(format!("{base}/api/health"))
+        .send()
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(health["status"], "healthy", "{health}");
+    common::wait_for_alert(&alerts, |a| {
+        a["key"] == "storage_failing" && a["resolved"] == true
+    })
+    .await;
+    service.shutdown(true).await;
+    let conn = rusqlite::Connection::open(dir.path().join("db/events.db")).expect("open");
+    for id in &acked {
+        let n: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM events WHERE aggregate_id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(n, 1, "acknowledged {id} is on disk");
+    }
+    common::assert_summary_exact(&conn);
+}
+
+#[actix_rt::test]
+#[ignore = "needs root: mounts and remounts a tmpfs"]
+async fn a_backup_directory_removed_or_read_only_fails_backups_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backups = dir.path().join("bk");
+    let fs = Tmpfs::mount(&backups, "64m");
+    let alerts = common::receiver(0, std::time::Duration::ZERO);
+    let service = service_with_alerts(
+        dir.path(),
+        &alerts,
+        &[("DBWARDEN__BACKUP__DIR", &backups.display().to_string())],
+    )
+    .await;
+    let base = format!("http://{}", service.addr);
+    let client = reqwest::Client::new();
+    assert_eq!(append(&client, &base, "a").await, 201);
+    let backup = |client: reqwest::Client, base: String| async move {
+        client
+            .post(format!("{base}/api/backups"))
+            .send()
+            .await
+            .expect("backup")
+            .status()
+    };
+    assert_eq!(backup(client.clone(), base.clone()).await, 201);
+
+    // Read-only (root ignores permission bits, so the mount itself goes read-only).
+    let status = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&backups)
+        .status()
+        .expect("remount");
+    assert!(status.success());
+    let status = backup(client.clone(), base.clone()).await;
+    assert!(status.is_server_error(), "{status}");
+    common::wait_for_alert(&alerts, |a| a["key"] == "backup_failed").await;
+    assert_eq!(append(&client, &base, "b").await, 201, "writes go on");
+    let status = Command::new("mount")
+        .args(["-o", "remount,rw"])
+        .arg(&backups)
+        .status()
+        .expect("remount");
+    assert!(status.success());
+
+    // Removed: the directory is not silently recreated (it may be an unmounted
+    // mount point); backups fail and say so.
+    drop(fs);
+    std::fs::remove_dir_all(&backups).expect("remove the backup dir");
+    let status = backup(client.clone(), base.clone()).await;
+    assert!(status.is_server_error(), "{status}");
+    assert!(!backups.exists(), "not recreated");
+    assert_eq!(append(&client, &base, "c").await, 201, "writes go on");
+    let health: serde_json::Value = client
+        .get(format!("{base}/api/health"))
+        .send()
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("json");
+    assert_ne!(health["status"], "failing", "{health}");
+    service.shutdown(true).await;
+}
+
+/// Enables or disables libfiu failure points in a process started under `fiu-run`.
+fn fiu_ctrl(pid: u32, commands: &[String]) {
+    let mut cmd = Command::new("fiu-ctrl");
+    for c in commands {
+        cmd.args(["-c", c]);
+    }
+    let status = cmd.arg(pid.to_string()).status().expect("run fiu-ctrl");
+    assert!(status.success(), "fiu-ctrl {commands:?}");
+}
+
+const FAULTS: &[(&str, &str)] = &[
+    ("posix/io/rw/pwrite", "0.02"),
+    ("posix/io/sync/fsync", "0.2"),
+    ("posix/io/sync/fdatasync", "0.2"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs fiu-utils (libfiu), which .ci/run installs as root"]
+async fn io_errors_on_write_and_fsync_lose_nothing_acknowledged() {
+    assert!(
+        Command::new("fiu-run").arg("-h").output().is_ok(),
+        "fiu-run is missing: apt-get install fiu-utils"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("data/events.db");
+    let env = [
+        ("DBWARDEN__BACKUP__DIR", "backups"),
+        ("DBWARDEN__BACKUP__SCHEDULE", "*/2 * * * * *"),
+        ("DBWARDEN__CHECKPOINT__SCHEDULE", "* * * * * *"),
+        ("DBWARDEN__JOBS__DIR", "no-jobs"),
+    ];
+    let mut running = common::process::start_under(&["fiu-run", "-x"], dir.path(), &env);
+    let pid = running.child.id();
+    fiu_ctrl(
+        pid,
+        &FAULTS
+            .iter()
+            .map(|(name, p)| format!("enable_random name={name},probability={p}"))
+            .collect::<Vec<_>>(),
+    );
+    let mut acked =
+        common::process::load(running.base.clone(), 4, std::time::Duration::from_secs(3)).await;
+    let client = reqwest::Client::new();
+    let health: serde_json::Value = client
+        .get(format!("{}/api/health", running.base))
+        .send()
+        .await
+        .expect("the service still answers")
+        .json()
+        .await
+        .expect("json");
+    assert!(health["status"].is_string(), "{health}");
+    fiu_ctrl(
+        pid,
+        &FAULTS
+            .iter()
+            .map(|(name, _)| format!("disable name={name}"))
+            .collect::<Vec<_>>(),
+    );
+    // Without faults the same process writes again: it recovered by itself.
+    acked.extend(
+        common::process::load(
+            running.base.clone(),
+            2,
+            std::time::Duration::from_millis(500),
+        )
+        .await,
+    );
+    let health: serde_json::Value = client
+        .get(format!("{}/api/health", running.base))
+        .send()
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(health["status"], "healthy", "{health}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let exit = running.child.wait().expect("wait");
+    assert!(exit.code().is_some(), "no crash by signal: {exit:?}");
+    assert!(!acked.is_empty());
+    common::process::assert_all_present(&db, &acked);
+    println!(
+        "libfiu: {} acknowledged events all present after I/O errors",
+        acked.len()
+    );
 }

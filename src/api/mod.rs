@@ -113,6 +113,7 @@ pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Server> 
         App::new()
             .app_data(state.clone())
             .wrap(from_fn(auth::require_token))
+            .wrap(from_fn(auth::limit_headers))
             .wrap(ErrorHandlers::new().default_handler(error::json_error_fallback))
             .configure(routes)
             .default_service(web::to(not_found))

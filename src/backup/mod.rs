@@ -91,7 +91,18 @@ pub fn take_backup(
     cfg: &BackupSettings,
     on_open: &dyn Fn(rusqlite::InterruptHandle),
 ) -> Result<Manifest, BackupError> {
-    ensure_dir(&cfg.dir)?;
+    // Created at startup (and by the CLI) only: a directory that vanished while we run
+    // may be an unmounted disk, and a backup that silently lands on the system disk
+    // instead is the surprise to avoid.
+    if !cfg.dir.is_dir() {
+        return Err(BackupError::Io {
+            path: cfg.dir.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the backup directory is missing (removed or unmounted?); dbwarden creates it only at startup",
+            ),
+        });
+    }
     let source = db::open_reader(db)?;
     on_open(source.get_interrupt_handle());
     let problems = snapshot::integrity_problems(&source, snapshot::CheckKind::Quick)?;

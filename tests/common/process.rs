@@ -23,7 +23,21 @@ pub fn start(dir: &Path) -> Running {
 
 /// Starts the binary over `dir` with extra environment settings.
 pub fn start_with(dir: &Path, env: &[(&str, &str)]) -> Running {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dbwarden"))
+    start_under(&[], dir, env)
+}
+
+/// Starts the binary behind a wrapper command (e.g. `fiu-run -x`), which must exec it.
+pub fn start_under(wrapper: &[&str], dir: &Path, env: &[(&str, &str)]) -> Running {
+    let binary = env!("CARGO_BIN_EXE_dbwarden");
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(binary);
+            c
+        }
+        None => Command::new(binary),
+    };
+    let mut child = command
         .current_dir(dir)
         .env("DBWARDEN__DATABASE__PATH", dir.join("data/events.db"))
         .env("DBWARDEN__API__LISTEN", "127.0.0.1:0")

@@ -114,6 +114,17 @@ async fn service_with_alerts(
         .expect("start")
 }
 
+async fn health_of(client: &reqwest::Client, base: &str) -> serde_json::Value {
+    client
+        .get(format!("{base}/api/health"))
+        .send()
+        .await
+        .expect("the service answers")
+        .json()
+        .await
+        .expect("json")
+}
+
 async fn append(client: &reqwest::Client, base: &str, id: &str) -> reqwest::StatusCode {
     client
         .post(format!("{base}/api/events"))
@@ -165,14 +176,7 @@ async fn a_full_database_disk_refuses_writes_clearly_and_recovers_when_space_ret
     }
     let refused = refused.expect("the disk filled up");
     assert_eq!(refused, 507, "a full disk is a clear 507");
-    let health: serde_json::Value = client
-        .get(format!("{base}/api/health"))
-        .send()
-        .await
-        .expect("health")
-        .json()
-        .await
-        .expect("json");
+    let health = health_of(&client, &base).await;
     assert_eq!(health["status"], "degraded", "{health}");
     assert!(
         health["reasons"].to_string().contains("full"),
@@ -187,14 +191,7 @@ async fn a_full_database_disk_refuses_writes_clearly_and_recovers_when_space_ret
     std::fs::remove_file(&filler).expect("free space");
     assert_eq!(append(&client, &base, "after").await, 201);
     acked.push("after".into());
-    let health: serde_json::Value = client
-        .get(format!("{base}/api/health"))
-        .send()
-        .await
-        .expect("health")
-        .json()
-        .await
-        .expect("json");
+    let health = health_of(&client, &base).await;
     assert_eq!(health["status"], "healthy", "{health}");
     common::wait_for_alert(&alerts, |a| {
         a["key"] == "storage_failing" && a["resolved"] == true
@@ -267,14 +264,7 @@ async fn a_backup_directory_removed_or_read_only_fails_backups_cleanly() {
     assert!(status.is_server_error(), "{status}");
     assert!(!backups.exists(), "not recreated");
     assert_eq!(append(&client, &base, "c").await, 201, "writes go on");
-    let health: serde_json::Value = client
-        .get(format!("{base}/api/health"))
-        .send()
-        .await
-        .expect("health")
-        .json()
-        .await
-        .expect("json");
+    let health = health_of(&client, &base).await;
     assert_ne!(health["status"], "failing", "{health}");
     service.shutdown(true).await;
 }
@@ -322,14 +312,7 @@ async fn io_errors_on_write_and_fsync_lose_nothing_acknowledged() {
     let mut acked =
         common::process::load(running.base.clone(), 4, std::time::Duration::from_secs(3)).await;
     let client = reqwest::Client::new();
-    let health: serde_json::Value = client
-        .get(format!("{}/api/health", running.base))
-        .send()
-        .await
-        .expect("the service still answers")
-        .json()
-        .await
-        .expect("json");
+    let health = health_of(&client, &running.base).await;
     assert!(health["status"].is_string(), "{health}");
     fiu_ctrl(
         pid,
@@ -347,14 +330,7 @@ async fn io_errors_on_write_and_fsync_lose_nothing_acknowledged() {
         )
         .await,
     );
-    let health: serde_json::Value = client
-        .get(format!("{}/api/health", running.base))
-        .send()
-        .await
-        .expect("health")
-        .json()
-        .await
-        .expect("json");
+    let health = health_of(&client, &running.base).await;
     assert_eq!(health["status"], "healthy", "{health}");
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])

@@ -241,6 +241,7 @@ fn start_service(dir: &Path) -> Service {
         .env("DBWARDEN__DATABASE__PATH", dir.join("d-http.db"))
         .env("DBWARDEN__API__LISTEN", "127.0.0.1:0")
         .env("DBWARDEN__API__MAX_BODY_BYTES", "4194304")
+        .env("DBWARDEN__API__RATE_LIMIT_PER_SECOND", "0")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -185,6 +185,10 @@ pub struct ApiSettings {
     pub max_page_size: u32,
     pub workers: usize,
     pub shutdown_grace_secs: u64,
+    /// Requests per second per client address; 0 turns rate limiting off.
+    pub rate_limit_per_second: u64,
+    /// Requests a client may make at once before the rate applies.
+    pub rate_limit_burst: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -471,6 +475,18 @@ impl Settings {
             10_000,
         )?;
         range("api.workers", self.api.workers as u64, 1, 64)?;
+        range(
+            "api.rate_limit_per_second",
+            self.api.rate_limit_per_second,
+            0,
+            1_000_000,
+        )?;
+        range(
+            "api.rate_limit_burst",
+            u64::from(self.api.rate_limit_burst),
+            1,
+            1_000_000,
+        )?;
         range(
             "api.shutdown_grace_secs",
             self.api.shutdown_grace_secs,

@@ -98,6 +98,12 @@ fn load(cli_config: &Option<PathBuf>) -> anyhow::Result<Settings> {
 }
 
 fn main() -> ExitCode {
+    // Everything dbwarden creates (database, WAL, backups, manifests, logs, lock) is
+    // for its own user only, whatever umask it was started with.
+    // SAFETY: umask only sets this process's file mode creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(code) => ExitCode::from(code),

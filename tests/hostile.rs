@@ -497,3 +497,57 @@ async fn headers_beyond_the_http_parser_get_a_bare_431_and_the_service_goes_on()
     assert_eq!(health["status"], "healthy", "{health}");
     app.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_flood_from_one_client_is_held_to_its_rate_with_json_429s() {
+    let (rate, burst) = (20u64, 20u64);
+    let mut app = TestApp::spawn(&[
+        ("DBWARDEN__API__RATE_LIMIT_PER_SECOND", &rate.to_string()),
+        ("DBWARDEN__API__RATE_LIMIT_BURST", &burst.to_string()),
+    ])
+    .await;
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let (client, url) = (app.client.clone(), app.url("/api/events"));
+        tasks.push(actix_rt::spawn(async move {
+            let mut seen = Vec::new();
+            for i in 0..25 {
+                let event = serde_json::json!({"aggregate_type": "corruption", "aggregate_id": format!("f{t}-{i}"), "event_type": "CorruptionDetected", "event_data": {}});
+                let res = client.post(&url).json(&event).send().await.expect("answer");
+                let status = res.status().as_u16();
+                let retry = res.headers().get("retry-after").is_some();
+                let body: Value = res.json().await.unwrap_or(Value::Null);
+                seen.push((status, retry, body));
+            }
+            seen
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.extend(t.await.expect("task"));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let accepted = answers.iter().filter(|(s, _, _)| *s == 201).count() as u64;
+    let limited: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 429).collect();
+    assert_eq!(
+        accepted + limited.len() as u64,
+        answers.len() as u64,
+        "only 201 or 429, never a 5xx"
+    );
+    assert!(
+        accepted <= burst + (rate as f64 * elapsed).ceil() as u64 + 1,
+        "{accepted} accepted in {elapsed:.2} s"
+    );
+    assert!(!limited.is_empty());
+    for (_, retry_after, body) in &limited {
+        assert!(*retry_after, "429 carries Retry-After");
+        assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    }
+    app.stop().await;
+    assert_eq!(
+        app.event_count() as u64,
+        accepted,
+        "exactly the accepted requests were written"
+    );
+}

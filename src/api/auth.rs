@@ -15,30 +15,6 @@ use subtle::ConstantTimeEq;
 use super::error::ApiError;
 use super::AppState;
 
-/// Largest total size of a request's headers the API serves, in bytes. Larger ones get
-/// a JSON 431 here; headers beyond what the HTTP parser itself buffers (far more) get
-/// its bare 431 before any route runs.
-pub const MAX_HEADER_BYTES: usize = 16 * 1024;
-
-/// Refuses requests whose headers add up to more than [`MAX_HEADER_BYTES`].
-pub async fn limit_headers(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let size: usize = req
-        .headers()
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    if size > MAX_HEADER_BYTES {
-        return Err(ApiError::HeadersTooLarge {
-            limit: MAX_HEADER_BYTES,
-        }
-        .into());
-    }
-    next.call(req).await
-}
-
 pub fn token_matches(expected: &str, presented: &str) -> bool {
     let a = Sha256::digest(expected.as_bytes());
     let b = Sha256::digest(presented.as_bytes());

@@ -8,13 +8,15 @@ pub mod error;
 mod events;
 mod health;
 mod jobs;
+mod limits;
 
 use std::net::TcpListener;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::middleware::{from_fn, ErrorHandlers};
+use actix_governor::Governor;
+use actix_web::middleware::{from_fn, Condition, ErrorHandlers};
 use actix_web::{dev::Server, web, App, HttpRequest, HttpResponse, HttpServer};
 
 use crate::auditor::IntegrityBoard;
@@ -108,12 +110,21 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
 pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Server> {
     let workers = state.settings.api.workers;
     let grace = state.settings.api.shutdown_grace_secs;
+    let rate_limit = limits::rate_limit(&state.settings.api);
+    let unlimited = actix_governor::GovernorConfigBuilder::default()
+        .key_extractor(limits::ClientAddress)
+        .finish()
+        .ok_or_else(|| std::io::Error::other("rate limiter configuration"))?;
     let state = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .wrap(from_fn(auth::require_token))
-            .wrap(from_fn(auth::limit_headers))
+            .wrap(Condition::new(
+                rate_limit.is_some(),
+                Governor::new(rate_limit.as_ref().unwrap_or(&unlimited)),
+            ))
+            .wrap(from_fn(limits::limit_headers))
             .wrap(ErrorHandlers::new().default_handler(error::json_error_fallback))
             .configure(routes)
             .default_service(web::to(not_found))

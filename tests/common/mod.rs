@@ -28,8 +28,8 @@ pub const RETRY_TYPES: &[&str] = &[
 ];
 
 /// Settings from the embedded defaults plus `extra` environment-style overrides,
-/// with the database and backups in `dir`, no startup backup, and the API on an
-/// ephemeral port.
+/// with the database, backups and jobs in `dir`, no startup backup, no rate limit,
+/// and the API on an ephemeral port.
 pub fn settings_in(dir: &Path, extra: &[(&str, &str)]) -> Settings {
     let mut env = vec![
         (
@@ -51,6 +51,11 @@ pub fn settings_in(dir: &Path, extra: &[(&str, &str)]) -> Settings {
         (
             "DBWARDEN__JOBS__DIR".to_string(),
             dir.join("jobs").display().to_string(),
+        ),
+        // Tests load the service hard; the limiter is tested on its own (tests/hostile.rs).
+        (
+            "DBWARDEN__API__RATE_LIMIT_PER_SECOND".to_string(),
+            "0".to_string(),
         ),
     ];
     for (k, v) in extra {

@@ -42,6 +42,8 @@ pub fn start_under(wrapper: &[&str], dir: &Path, env: &[(&str, &str)]) -> Runnin
         .env("DBWARDEN__DATABASE__PATH", dir.join("data/events.db"))
         .env("DBWARDEN__API__LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "info")
+        // These tests load the writer as hard as they can; the rate limiter has its own.
+        .env("DBWARDEN__API__RATE_LIMIT_PER_SECOND", "0")
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

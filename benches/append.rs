@@ -168,8 +168,13 @@ fn library_path(dir: &Path, n: usize, concurrent_singles: usize) -> Vec<Row> {
     let (conn, _) = fresh_db(dir, "c-library");
     let system = actix_rt::System::new();
     system.block_on(async move {
-        let (writer, arbiter) =
-            DbWriter::start(conn, 1024, 512, dbwarden::notifier::Notifier::log_only());
+        let (writer, arbiter) = DbWriter::start(
+            conn,
+            1024,
+            512,
+            dbwarden::notifier::Notifier::log_only(),
+            std::sync::Arc::new(dbwarden::metrics::Metrics::new().expect("metrics")),
+        );
         let mut rows = Vec::new();
 
         let events: Vec<NewEvent> = (0..n).map(|i| nth_event("c", i)).collect();

@@ -21,6 +21,7 @@ use crate::db::{
     snapshot::{integrity_problems, CheckKind},
     DbError,
 };
+use crate::metrics::Metrics;
 use crate::notifier::{Notifier, Severity};
 
 /// The outcome of one check.
@@ -191,6 +192,7 @@ impl Handler<RunCheck> for IntegrityAuditor {
 pub struct AuditorHandle {
     addr: Addr<IntegrityAuditor>,
     interrupt: InterruptSlot,
+    metrics: Arc<Metrics>,
     pub board: Arc<IntegrityBoard>,
 }
 
@@ -199,6 +201,7 @@ impl AuditorHandle {
         db: DatabaseSettings,
         board: Arc<IntegrityBoard>,
         notifier: Notifier,
+        metrics: Arc<Metrics>,
     ) -> (AuditorHandle, Arbiter) {
         let arbiter = Arbiter::new();
         let interrupt = InterruptSlot::default();
@@ -213,6 +216,7 @@ impl AuditorHandle {
             AuditorHandle {
                 addr,
                 interrupt,
+                metrics,
                 board,
             },
             arbiter,
@@ -220,10 +224,34 @@ impl AuditorHandle {
     }
 
     pub async fn check(&self, kind: CheckKind) -> Result<CheckRecord, DbError> {
-        self.addr
+        let result = self
+            .addr
             .send(RunCheck(kind))
             .await
-            .map_err(|e| DbError::Task(e.to_string()))?
+            .map_err(|e| DbError::Task(e.to_string()))?;
+        let label = match kind {
+            CheckKind::Quick => "quick",
+            CheckKind::Full => "full",
+        };
+        let outcome = match &result {
+            Ok(r) => {
+                self.metrics
+                    .integrity_check_seconds
+                    .with_label_values(&[label])
+                    .observe(r.duration_ms as f64 / 1000.0);
+                if r.ok {
+                    "ok"
+                } else {
+                    "failed"
+                }
+            }
+            Err(_) => "error",
+        };
+        self.metrics
+            .integrity_checks
+            .with_label_values(&[label, outcome])
+            .inc();
+        result
     }
 
     /// Aborts a running check; used at shutdown.

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::db::{CheckpointMode, CheckpointResult};
+use crate::metrics::Metrics;
 use crate::notifier::{Notifier, Severity};
 use crate::writer::{WriteError, WriterHandle};
 
@@ -51,6 +52,7 @@ pub struct Checkpointer {
     alert_bytes: i64,
     notifier: Notifier,
     pub board: Arc<CheckpointBoard>,
+    metrics: Arc<Metrics>,
 }
 
 fn pending_bytes(r: &CheckpointResult, page_size: i64) -> i64 {
@@ -63,19 +65,40 @@ impl Checkpointer {
         page_size: i64,
         alert_bytes: i64,
         notifier: Notifier,
+        metrics: Arc<Metrics>,
     ) -> Checkpointer {
         Checkpointer {
             writer,
             page_size,
             alert_bytes,
             notifier,
+            metrics,
             board: Arc::default(),
         }
     }
 
+    /// One checkpoint through the writer, counted by mode and result.
+    async fn run(
+        &self,
+        mode: CheckpointMode,
+        label: &str,
+    ) -> Result<crate::db::CheckpointResult, WriteError> {
+        let result = self.writer.checkpoint(mode).await;
+        let outcome = match &result {
+            Ok(r) if r.busy => "busy",
+            Ok(_) => "ok",
+            Err(_) => "error",
+        };
+        self.metrics
+            .checkpoints
+            .with_label_values(&[label, outcome])
+            .inc();
+        result
+    }
+
     /// One scheduled pass.
     pub async fn tick(&self) -> Result<CheckpointRecord, WriteError> {
-        let passive = self.writer.checkpoint(CheckpointMode::Passive).await?;
+        let passive = self.run(CheckpointMode::Passive, "passive").await?;
         let pending = pending_bytes(&passive, self.page_size);
         let mut record = CheckpointRecord {
             at: Utc::now(),
@@ -94,7 +117,7 @@ impl Checkpointer {
                 format!("{pending} bytes of WAL are not checkpointed (threshold {}); trying a RESTART checkpoint", self.alert_bytes),
                 serde_json::json!({ "pending_bytes": pending, "threshold": self.alert_bytes }),
             );
-            let restart = self.writer.checkpoint(CheckpointMode::Restart).await?;
+            let restart = self.run(CheckpointMode::Restart, "restart").await?;
             let still = pending_bytes(&restart, self.page_size);
             record = CheckpointRecord {
                 at: Utc::now(),

@@ -46,6 +46,7 @@ pub struct Settings {
     pub notify: NotifySettings,
     pub jobs: JobsSettings,
     pub api: ApiSettings,
+    pub metrics: MetricsSettings,
     pub logging: LoggingSettings,
 }
 
@@ -105,6 +106,13 @@ pub struct JobsSettings {
     pub history_keep: u32,
     /// At shutdown, how long running jobs may take to finish before they are cancelled.
     pub shutdown_wait_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Serve `GET /metrics` without the API token (for a scraper on a trusted network).
+    pub public: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -14,6 +14,7 @@ pub mod db;
 pub mod events;
 pub mod jobs;
 pub mod logging;
+pub mod metrics;
 pub mod notifier;
 pub mod restore;
 pub mod scheduler;

@@ -30,6 +30,7 @@ use crate::config::Settings;
 use crate::db::{self, readers::ReaderPool, CheckpointResult, DbError};
 use crate::jobs::registry::{JobDeps, Registry, RegistryError};
 use crate::jobs::{self, builtin, JobErrors, JobSpec, Trigger};
+use crate::metrics::Metrics;
 use crate::notifier::{Notifier, Severity};
 use crate::scheduler::{Scheduler, SchedulerError};
 use crate::writer::{DbWriter, WriterHandle};
@@ -51,6 +52,8 @@ pub enum StartError {
     Jobs(#[from] JobErrors),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -165,25 +168,30 @@ impl Service {
             .query_row("PRAGMA page_size", [], |r| r.get(0))
             .map_err(DbError::from)?;
         let readers = ReaderPool::open(&settings.database)?;
+        let metrics = Arc::new(Metrics::new()?);
         let (writer, writer_arbiter) = DbWriter::start(
             conn,
             settings.writer.mailbox_capacity,
             settings.writer.max_batch_requests,
             notifier.clone(),
+            metrics.clone(),
         );
         let checkpointer = Arc::new(Checkpointer::new(
             writer.clone(),
             page_size,
             settings.checkpoint.wal_alert_bytes,
             notifier.clone(),
+            metrics.clone(),
         ));
         let integrity = Arc::new(IntegrityBoard::default());
         let (auditor, auditor_arbiter) = AuditorHandle::start(
             settings.database.clone(),
             integrity.clone(),
             notifier.clone(),
+            metrics.clone(),
         );
-        let (backups, backup_arbiter) = start_backups(&settings, integrity.clone(), &notifier)?;
+        let (backups, backup_arbiter) =
+            start_backups(&settings, integrity.clone(), &notifier, &metrics)?;
         let mut specs = builtin::specs(&settings, &backups, &auditor, &checkpointer);
         specs.extend(custom_jobs.into_iter().map(jobs::custom::spec));
         specs.extend(extra_jobs);
@@ -195,6 +203,7 @@ impl Service {
                 notifier: notifier.clone(),
                 database: settings.database.path.clone(),
                 history_keep: settings.jobs.history_keep,
+                metrics: metrics.clone(),
             },
         )?;
         let jobs_wait = std::time::Duration::from_secs(settings.jobs.shutdown_wait_secs);
@@ -250,6 +259,8 @@ impl Service {
             integrity,
             checkpoints: checkpointer.board.clone(),
             jobs: registry.clone(),
+            metrics: metrics.clone(),
+            notifier: notifier.clone(),
             started: Instant::now(),
             accepting: accepting.clone(),
         };
@@ -335,6 +346,7 @@ fn start_backups(
     settings: &Settings,
     integrity: Arc<IntegrityBoard>,
     notifier: &Notifier,
+    metrics: &Arc<Metrics>,
 ) -> Result<(BackupHandle, Arbiter), StartError> {
     backup::ensure_dir(&settings.backup.dir)?;
     let leftovers = catalog::remove_leftovers(&settings.backup.dir)?;
@@ -354,6 +366,7 @@ fn start_backups(
         settings.backup.clone(),
         integrity,
         notifier.clone(),
+        metrics.clone(),
     );
     Ok((handle, arbiter))
 }

@@ -23,6 +23,7 @@ use crate::db::jobsql::{self, JobSqlError, StopWhen};
 use crate::db::{self, queries, CheckpointMode, CheckpointResult};
 use crate::events::NewEvent;
 use crate::jobs::JobRun;
+use crate::metrics::Metrics;
 use crate::notifier::{Notifier, Severity};
 
 /// A write the service asks for.
@@ -124,6 +125,7 @@ pub struct DbWriter {
     /// Told when writes start failing on storage (disk full, I/O error) and when they
     /// succeed again.
     notifier: Notifier,
+    metrics: Arc<Metrics>,
 }
 
 impl Actor for DbWriter {
@@ -141,10 +143,12 @@ impl DbWriter {
         mailbox_capacity: usize,
         max_batch: usize,
         notifier: Notifier,
+        metrics: Arc<Metrics>,
     ) -> (WriterHandle, Arbiter) {
         let stats = Arc::new(WriterStats::default());
         let arbiter = Arbiter::new();
         let actor_stats = stats.clone();
+        let actor_metrics = metrics.clone();
         let addr = DbWriter::start_in_arbiter(&arbiter.handle(), move |_| DbWriter {
             conn: Some(conn),
             pending: Vec::new(),
@@ -153,8 +157,17 @@ impl DbWriter {
             mailbox_capacity,
             stats: actor_stats,
             notifier,
+            metrics: actor_metrics,
         });
-        (WriterHandle { addr, stats }, arbiter)
+        (
+            WriterHandle {
+                addr,
+                stats,
+                metrics,
+                in_flight: Arc::default(),
+            },
+            arbiter,
+        )
     }
 
     fn flush(&mut self) {
@@ -225,6 +238,10 @@ impl DbWriter {
                 self.stats
                     .events
                     .fetch_add(events as u64, Ordering::Relaxed);
+                self.metrics.write_batch_requests.observe(n as f64);
+                self.metrics
+                    .write_commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 if self.stats.storage_failing.swap(false, Ordering::Relaxed) {
                     self.notifier
                         .resolve("storage_failing", "writes are committed again");
@@ -470,10 +487,48 @@ impl Handler<Shutdown> for DbWriter {
 pub struct WriterHandle {
     addr: Addr<DbWriter>,
     stats: Arc<WriterStats>,
+    metrics: Arc<Metrics>,
+    /// Writes sent and not answered yet: the writer's queue, for `/metrics`.
+    in_flight: Arc<std::sync::atomic::AtomicI64>,
+}
+
+/// Counts a write as in flight until it is answered (or its future dropped).
+struct InFlight(Arc<std::sync::atomic::AtomicI64>);
+
+impl InFlight {
+    fn new(counter: &Arc<std::sync::atomic::AtomicI64>) -> InFlight {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn refusal_reason(e: &WriteError) -> &'static str {
+    match e {
+        WriteError::Rejected(_) => "invalid",
+        WriteError::Busy => "busy",
+        WriteError::DiskFull(_) => "disk_full",
+        WriteError::Storage(_) => "storage",
+        WriteError::Unavailable => "unavailable",
+    }
 }
 
 impl WriterHandle {
     pub async fn write(&self, request: WriteRequest) -> Result<WriteReply, WriteError> {
+        let result = self.send(request).await;
+        if let Err(e) = &result {
+            self.metrics.refused(refusal_reason(e));
+        }
+        result
+    }
+
+    async fn send(&self, request: WriteRequest) -> Result<WriteReply, WriteError> {
+        let _in_flight = InFlight::new(&self.in_flight);
         let (reply, answer) = oneshot::channel();
         self.addr
             .try_send(Write { request, reply })
@@ -491,12 +546,28 @@ impl WriterHandle {
     /// never spends time on validation; this handle is the only way to reach the writer.
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<i64>, WriteError> {
         for (i, event) in events.iter().enumerate() {
-            event
-                .check()
-                .map_err(|e| WriteError::Rejected(format!("events[{i}].{e}")))?;
+            if let Err(e) = event.check() {
+                self.metrics.refused("invalid");
+                return Err(WriteError::Rejected(format!("events[{i}].{e}")));
+            }
+        }
+        let mut by_type: Vec<(String, u64)> = Vec::new();
+        for event in &events {
+            match by_type.iter_mut().find(|(t, _)| *t == event.aggregate_type) {
+                Some((_, n)) => *n += 1,
+                None => by_type.push((event.aggregate_type.clone(), 1)),
+            }
         }
         match self.write(WriteRequest::Append(events)).await? {
-            WriteReply::Appended(ids) => Ok(ids),
+            WriteReply::Appended(ids) => {
+                for (aggregate_type, n) in by_type {
+                    self.metrics
+                        .events_appended
+                        .with_label_values(&[&aggregate_type])
+                        .inc_by(n);
+                }
+                Ok(ids)
+            }
             _ => Err(WriteError::Storage("unexpected reply".into())),
         }
     }
@@ -547,5 +618,10 @@ impl WriterHandle {
 
     pub fn stats(&self) -> &Arc<WriterStats> {
         &self.stats
+    }
+
+    /// Writes sent to the writer and not answered yet.
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed)
     }
 }

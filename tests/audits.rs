@@ -129,7 +129,13 @@ async fn a_corrupt_database_fails_health_blocks_backups_and_recovers() {
 async fn a_reader_that_never_lets_go_is_reported_as_starvation() {
     let mut app = common::TestApp::spawn(&[("DBWARDEN__DATABASE__BUSY_TIMEOUT_MS", "200")]).await;
     let writer = app.service.as_ref().expect("service").writer.clone();
-    let checkpointer = Checkpointer::new(writer, 4096, 1, dbwarden::notifier::Notifier::log_only());
+    let checkpointer = Checkpointer::new(
+        writer,
+        4096,
+        1,
+        dbwarden::notifier::Notifier::log_only(),
+        std::sync::Arc::new(dbwarden::metrics::Metrics::new().expect("metrics")),
+    );
     app.post_json("/api/events", &json!({"aggregate_type": "corruption", "aggregate_id": "a", "event_type": "CorruptionDetected", "event_data": {}}))
         .await;
     let reader = Connection::open(&app.db_path).expect("reader");

@@ -1,5 +1,6 @@
 //! Bearer-token authentication: when `api.token` is set, every request except
-//! `GET /api/health` needs `Authorization: Bearer <token>`.
+//! `GET /api/health` (and `GET /metrics` with `metrics.public = true`) needs
+//! `Authorization: Bearer <token>`.
 //!
 //! Both sides are hashed before the constant-time comparison, so neither the content
 //! nor the length of the token leaks through timing.
@@ -25,11 +26,12 @@ pub async fn require_token(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let expected = req
+    let settings = req
         .app_data::<web::Data<AppState>>()
-        .and_then(|s| s.settings.api.token.clone());
-    if let Some(expected) = expected {
-        let open = req.method() == Method::GET && req.path() == "/api/health";
+        .map(|s| (s.settings.api.token.clone(), s.settings.metrics.public));
+    if let Some((Some(expected), metrics_public)) = settings {
+        let open = req.method() == Method::GET
+            && (req.path() == "/api/health" || (metrics_public && req.path() == "/metrics"));
         if !open {
             let presented = req
                 .headers()

@@ -9,6 +9,7 @@ mod events;
 mod health;
 mod jobs;
 mod limits;
+mod metrics;
 
 use std::net::TcpListener;
 use std::sync::atomic::AtomicBool;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub integrity: Arc<IntegrityBoard>,
     pub checkpoints: Arc<CheckpointBoard>,
     pub jobs: Arc<Registry>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub notifier: crate::notifier::Notifier,
     pub started: Instant,
     /// Cleared when shutdown begins: new writes get 503 while requests in flight finish.
     pub accepting: Arc<AtomicBool>,
@@ -44,6 +47,11 @@ pub struct AppState {
 
 fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
+        web::resource("/metrics")
+            .route(web::get().to(metrics::metrics))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource("/api/events")
             .route(web::post().to(events::append))
             .default_service(web::to(method_not_allowed)),
@@ -125,6 +133,7 @@ pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Server> 
                 Governor::new(rate_limit.as_ref().unwrap_or(&unlimited)),
             ))
             .wrap(from_fn(limits::limit_headers))
+            .wrap(from_fn(metrics::count_requests))
             .wrap(ErrorHandlers::new().default_handler(error::json_error_fallback))
             .configure(routes)
             .default_service(web::to(not_found))

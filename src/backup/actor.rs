@@ -15,6 +15,7 @@ use super::{reverify_all, take_backup, BackupError};
 use crate::auditor::IntegrityBoard;
 use crate::config::{BackupSettings, DatabaseSettings};
 use crate::db::InterruptSlot;
+use crate::metrics::Metrics;
 use crate::notifier::{Notifier, Severity};
 
 /// Take one verified backup now.
@@ -104,6 +105,7 @@ pub struct BackupHandle {
     busy: Arc<AtomicBool>,
     interrupt: InterruptSlot,
     integrity: Arc<IntegrityBoard>,
+    metrics: Arc<Metrics>,
     pub cfg: BackupSettings,
 }
 
@@ -115,6 +117,7 @@ impl BackupHandle {
         cfg: BackupSettings,
         integrity: Arc<IntegrityBoard>,
         notifier: Notifier,
+        metrics: Arc<Metrics>,
     ) -> (BackupHandle, Arbiter) {
         let arbiter = Arbiter::new();
         let busy = Arc::new(AtomicBool::new(false));
@@ -133,6 +136,7 @@ impl BackupHandle {
                 busy,
                 interrupt,
                 integrity,
+                metrics,
                 cfg,
             },
             arbiter,
@@ -171,7 +175,19 @@ impl BackupHandle {
                 "the last integrity check failed: {reason}"
             )]));
         }
-        self.run_exclusive(TakeBackup).await
+        let started = std::time::Instant::now();
+        let result = self.run_exclusive(TakeBackup).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            // Refused before any work: not an attempt.
+            Err(BackupError::AlreadyRunning) => return result,
+            Err(_) => "failed",
+        };
+        self.metrics.backups.with_label_values(&[outcome]).inc();
+        self.metrics
+            .backup_seconds
+            .observe(started.elapsed().as_secs_f64());
+        result
     }
 
     /// Re-verifies every good backup; answers with the ones that turned bad.

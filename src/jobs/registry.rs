@@ -66,6 +66,7 @@ pub struct JobDeps {
     pub notifier: Notifier,
     pub database: std::path::PathBuf,
     pub history_keep: u32,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Default)]
@@ -366,6 +367,16 @@ impl Registry {
                 tracing::error!(job = %run.job, outcome = outcome.as_str(), duration_ms = run.duration_ms, message = %run.message, "job did not succeed")
             }
         }
+        self.deps
+            .metrics
+            .job_runs
+            .with_label_values(&[&run.job, run.outcome.as_str()])
+            .inc();
+        self.deps
+            .metrics
+            .job_run_seconds
+            .with_label_values(&[&run.job])
+            .observe(run.duration_ms as f64 / 1000.0);
         self.record(&run).await;
         self.notify(spec.notify_on, &run);
         run

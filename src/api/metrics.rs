@@ -1,0 +1,129 @@
+//! `GET /metrics`: the Prometheus text exposition, plus the middleware that counts
+//! every HTTP request by route pattern (never the raw path, so ids do not multiply
+//! series), method and status.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
+use actix_web::middleware::Next;
+use actix_web::{web, HttpResponse};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::backup::catalog::{self, BackupStatus};
+use crate::db::queries;
+use crate::metrics::Snapshot;
+
+/// Counts and times each request once it is answered.
+pub async fn count_requests(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        _ => "other",
+    };
+    let result = next.call(req).await;
+    if let Some(state) = state {
+        // An error from an inner middleware (before routing) has no route pattern.
+        let (route, status) = match &result {
+            Ok(response) => (
+                response
+                    .request()
+                    .match_pattern()
+                    .unwrap_or_else(|| "unmatched".to_string()),
+                response.status(),
+            ),
+            Err(e) => ("unmatched".to_string(), e.as_response_error().status_code()),
+        };
+        let status = status.as_u16().to_string();
+        state
+            .metrics
+            .http_requests
+            .with_label_values(&[&route, method, &status])
+            .inc();
+        state
+            .metrics
+            .http_request_seconds
+            .with_label_values(&[&route, method])
+            .observe(started.elapsed().as_secs_f64());
+    }
+    result
+}
+
+fn file_len(path: std::path::PathBuf) -> Option<i64> {
+    std::fs::metadata(path)
+        .ok()
+        .and_then(|m| i64::try_from(m.len()).ok())
+}
+
+pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let db = state.settings.database.path.clone();
+    let backup_dir = state.backups.cfg.dir.clone();
+    let (database_bytes, wal_bytes, backups) = web::block(move || {
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
+        (
+            file_len(db),
+            file_len(wal.into()),
+            catalog::list(&backup_dir).unwrap_or_default(),
+        )
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let good: Vec<_> = backups
+        .iter()
+        .filter(|m| m.status == BackupStatus::Good)
+        .collect();
+    let newest_backup = good.iter().max_by_key(|m| m.verified_at).map(|m| {
+        (
+            i64::try_from(m.size_bytes).unwrap_or(i64::MAX),
+            (chrono::Utc::now() - m.verified_at).num_seconds().max(0),
+        )
+    });
+    let corruptions = state
+        .readers
+        .run(|conn| queries::bucket_counts(conn))
+        .await?
+        .into_iter()
+        .collect();
+    let snapshot = Snapshot {
+        writes_in_flight: state.writer.in_flight(),
+        wal_bytes,
+        wal_frames: state.checkpoints.last().map(|c| c.log_frames),
+        database_bytes,
+        newest_backup,
+        backups_stored: good.len() as i64,
+        notifications: state
+            .notifier
+            .stats()
+            .into_iter()
+            .map(|(name, s)| {
+                use std::sync::atomic::Ordering::Relaxed;
+                (
+                    name,
+                    s.sent.load(Relaxed),
+                    s.failed.load(Relaxed),
+                    s.dropped.load(Relaxed),
+                )
+            })
+            .collect(),
+        corruptions,
+    };
+    let text = state
+        .metrics
+        .render(&snapshot)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(text))
+}

@@ -1,0 +1,225 @@
+//! Prometheus metrics (`GET /metrics`, text format 0.0.4).
+//!
+//! Each service owns its own registry (no process-wide recorder), so several services
+//! in one process, as in the tests, never mix their figures. Two kinds of metrics:
+//! - **live** ones, counted where things happen: events appended, write batches and
+//!   commit latency, refused writes, HTTP requests, checkpoints, backups, integrity
+//!   checks, job runs;
+//! - **scrape-time** ones, read from state that already exists when `/metrics` is asked:
+//!   writes in flight, WAL size, the newest verified backup, notifications per channel,
+//!   corruptions per bucket (from the count table, never the slow view).
+//!
+//! Names follow Prometheus conventions: a `dbwarden_` prefix, base units in the name
+//! (`_seconds`, `_bytes`), `_total` on counters.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Live metrics, shared by every part of one service.
+pub struct Metrics {
+    registry: Registry,
+    pub events_appended: IntCounterVec,
+    pub write_batch_requests: Histogram,
+    pub write_commit_seconds: Histogram,
+    pub writes_refused: IntCounterVec,
+    pub http_requests: IntCounterVec,
+    pub http_request_seconds: HistogramVec,
+    pub checkpoints: IntCounterVec,
+    pub backups: IntCounterVec,
+    pub backup_seconds: Histogram,
+    pub integrity_checks: IntCounterVec,
+    pub integrity_check_seconds: HistogramVec,
+    pub job_runs: IntCounterVec,
+    pub job_run_seconds: HistogramVec,
+}
+
+/// Latency buckets from 100 µs to 10 s.
+const LATENCY: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+/// Durations of maintenance work, from 10 ms to an hour.
+const LONG: &[f64] = &[
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+/// Requests per committed batch.
+const BATCH: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+#[derive(Debug, thiserror::Error)]
+#[error("metrics: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+) -> Result<Histogram, prometheus::Error> {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?;
+    r.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> Result<HistogramVec, prometheus::Error> {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )?;
+    r.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, MetricsError> {
+        let r = Registry::new();
+        Ok(Metrics {
+            events_appended: counter_vec(&r, "dbwarden_events_appended_total", "Events committed, by aggregate type.", &["aggregate_type"])?,
+            write_batch_requests: histogram(&r, "dbwarden_write_batch_requests", "Write requests committed together in one transaction.", BATCH)?,
+            write_commit_seconds: histogram(&r, "dbwarden_write_commit_duration_seconds", "Time to write and commit one batch (synchronous=FULL).", LATENCY)?,
+            writes_refused: counter_vec(&r, "dbwarden_writes_refused_total", "Write requests not committed, by reason (busy, invalid, disk_full, storage, unavailable).", &["reason"])?,
+            http_requests: counter_vec(&r, "dbwarden_http_requests_total", "HTTP requests answered, by route, method and status.", &["route", "method", "status"])?,
+            http_request_seconds: histogram_vec(&r, "dbwarden_http_request_duration_seconds", "HTTP request latency, by route and method.", &["route", "method"], LATENCY)?,
+            checkpoints: counter_vec(&r, "dbwarden_checkpoints_total", "Scheduled checkpoints, by mode (passive, restart) and result (ok, busy, error).", &["mode", "result"])?,
+            backups: counter_vec(&r, "dbwarden_backups_total", "Backups attempted, by outcome (ok, failed).", &["outcome"])?,
+            backup_seconds: histogram(&r, "dbwarden_backup_duration_seconds", "Time to take one verified backup.", LONG)?,
+            integrity_checks: counter_vec(&r, "dbwarden_integrity_checks_total", "Integrity checks, by kind (quick, full) and outcome (ok, failed, error).", &["kind", "outcome"])?,
+            integrity_check_seconds: histogram_vec(&r, "dbwarden_integrity_check_duration_seconds", "Integrity check duration, by kind.", &["kind"], LONG)?,
+            job_runs: counter_vec(&r, "dbwarden_job_runs_total", "Job runs, by job and outcome (ok, failed, timed_out, cancelled).", &["job", "outcome"])?,
+            job_run_seconds: histogram_vec(&r, "dbwarden_job_run_duration_seconds", "Job run duration, by job.", &["job"], LONG)?,
+            registry: r,
+        })
+    }
+
+    /// Counts a refused write by its kind.
+    pub fn refused(&self, reason: &str) {
+        self.writes_refused.with_label_values(&[reason]).inc();
+    }
+}
+
+/// Values read when `/metrics` is asked.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub writes_in_flight: i64,
+    pub wal_bytes: Option<i64>,
+    pub wal_frames: Option<i64>,
+    pub database_bytes: Option<i64>,
+    /// (size in bytes, seconds since it was verified) of the newest verified backup.
+    pub newest_backup: Option<(i64, i64)>,
+    pub backups_stored: i64,
+    /// (channel, sent, failed, dropped)
+    pub notifications: Vec<(String, u64, u64, u64)>,
+    /// (bucket, corruptions)
+    pub corruptions: Vec<(String, i64)>,
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, value: i64) -> Result<(), prometheus::Error> {
+    let g = IntGauge::new(name, help)?;
+    g.set(value);
+    r.register(Box::new(g))
+}
+
+impl Metrics {
+    /// The text exposition of the live metrics plus `snapshot`.
+    pub fn render(&self, snapshot: &Snapshot) -> Result<String, MetricsError> {
+        // Scrape-time values go into a registry of their own, built for this scrape.
+        let now = Registry::new();
+        gauge(
+            &now,
+            "dbwarden_writer_in_flight_requests",
+            "Write requests sent to the DbWriter and not answered yet (its queue).",
+            snapshot.writes_in_flight,
+        )?;
+        if let Some(v) = snapshot.wal_bytes {
+            gauge(&now, "dbwarden_wal_bytes", "Size of the -wal file.", v)?;
+        }
+        if let Some(v) = snapshot.wal_frames {
+            gauge(
+                &now,
+                "dbwarden_wal_frames",
+                "Frames in the WAL at the last checkpoint.",
+                v,
+            )?;
+        }
+        if let Some(v) = snapshot.database_bytes {
+            gauge(
+                &now,
+                "dbwarden_database_bytes",
+                "Size of the database file.",
+                v,
+            )?;
+        }
+        gauge(
+            &now,
+            "dbwarden_backups_stored",
+            "Verified backups under their final names.",
+            snapshot.backups_stored,
+        )?;
+        if let Some((size, age)) = snapshot.newest_backup {
+            gauge(
+                &now,
+                "dbwarden_last_verified_backup_bytes",
+                "Size of the newest verified backup.",
+                size,
+            )?;
+            gauge(
+                &now,
+                "dbwarden_last_verified_backup_age_seconds",
+                "Seconds since the newest backup was verified.",
+                age,
+            )?;
+        }
+        let notified = IntCounterVec::new(
+            Opts::new(
+                "dbwarden_notifications_total",
+                "Notifications per channel, by result (sent, failed, dropped).",
+            ),
+            &["channel", "result"],
+        )?;
+        for (channel, sent, failed, dropped) in &snapshot.notifications {
+            for (result, n) in [("sent", sent), ("failed", failed), ("dropped", dropped)] {
+                let c: IntCounter = notified.with_label_values(&[channel, result]);
+                c.inc_by(*n);
+            }
+        }
+        now.register(Box::new(notified))?;
+        let buckets = IntGaugeVec::new(
+            Opts::new(
+                "dbwarden_corruptions",
+                "Corruptions per bucket, from the count table.",
+            ),
+            &["bucket"],
+        )?;
+        for (bucket, n) in &snapshot.corruptions {
+            buckets.with_label_values(&[bucket]).set(*n);
+        }
+        now.register(Box::new(buckets))?;
+
+        let mut families = self.registry.gather();
+        families.extend(now.gather());
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&families, &mut out)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}

@@ -9,6 +9,7 @@ pub mod api;
 pub mod auditor;
 pub mod backup;
 pub mod checkpointer;
+pub mod client;
 pub mod config;
 pub mod db;
 pub mod events;

@@ -67,6 +67,16 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Print the health summary of the running service (exit 0 healthy, 1 degraded or
+    /// failing, 2 unreachable).
+    Status,
+    /// Print a shell completion script, e.g. `dbwarden completions bash > /etc/bash_completion.d/dbwarden`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `dbwarden manpage > /usr/local/share/man/man1/dbwarden.1`.
+    Manpage,
 }
 
 #[derive(Subcommand)]
@@ -115,6 +125,21 @@ fn main() -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    // These two need no settings.
+    match &cli.command {
+        Some(Command::Completions { shell }) => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "dbwarden", &mut std::io::stdout());
+            return Ok(0);
+        }
+        Some(Command::Manpage) => {
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut std::io::stdout())
+                .context("writing the manual page")?;
+            return Ok(0);
+        }
+        _ => {}
+    }
     let settings = load(&cli.config)?;
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
@@ -189,6 +214,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Jobs { command } => jobs(settings, command),
+        Command::Status => status(&settings),
+        Command::Completions { .. } | Command::Manpage => Ok(0),
         Command::Config {
             command: ConfigCommand::Check,
         } => {
@@ -251,6 +278,45 @@ fn jobs(settings: Settings, command: JobsCommand) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+fn status(settings: &Settings) -> anyhow::Result<u8> {
+    let client = dbwarden::client::ServiceClient::new(settings);
+    let (_, health) = actix_rt::System::new().block_on(client.get(&["api", "health"]))?;
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let state = text(&health["status"]);
+    println!(
+        "dbwarden {} at {}: {state}",
+        text(&health["version"]),
+        client.addr()
+    );
+    println!("  uptime               {}", text(&health["uptime"]));
+    println!(
+        "  database             {} ({} bytes, WAL {} bytes)",
+        text(&health["database"]["status"]),
+        text(&health["database"]["size_bytes"]),
+        text(&health["database"]["wal_bytes"])
+    );
+    println!(
+        "  pending corruptions  {}",
+        text(&health["pending_corruptions"])
+    );
+    println!(
+        "  integrity            {} (last check {})",
+        text(&health["integrity"]["result"]),
+        text(&health["integrity"]["at"])
+    );
+    if let Some(reasons) = health["reasons"].as_array().filter(|r| !r.is_empty()) {
+        println!("  why:");
+        for reason in reasons {
+            println!("    - {}", text(reason));
+        }
+    }
+    Ok(u8::from(state != "healthy"))
 }
 
 fn check(settings: &Settings, summary_only: bool, full: bool) -> anyhow::Result<u8> {

@@ -575,3 +575,25 @@ async fn a_request_the_database_rejects_fails_alone_within_a_group_commit() {
     assert_eq!(aggregate_ids_in_order(&app), ["first", "a", "c"]);
     common::assert_summary_exact(&app.open());
 }
+
+#[actix_rt::test]
+async fn dbwarden_status_prints_the_running_services_health() {
+    let mut app = TestApp::spawn(&[("DBWARDEN__API__TOKEN", "status-token")]).await;
+    let listen = app.base.trim_start_matches("http://").to_string();
+    let run = |token: &'static str| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_dbwarden"))
+            .arg("status")
+            .env("DBWARDEN__API__LISTEN", &listen)
+            .env("DBWARDEN__API__TOKEN", token)
+            .env_remove("RUST_LOG")
+            .output()
+    };
+    let out = run("status-token").await.expect("run");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert!(
+        shown.contains(": healthy") && shown.contains("pending corruptions"),
+        "{shown}"
+    );
+    app.stop().await;
+}

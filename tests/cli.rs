@@ -340,3 +340,62 @@ fn jobs_run_runs_one_job_once_and_exits_with_its_result() {
         .expect("history");
     assert_eq!(runs, 3);
 }
+
+#[test]
+fn completions_and_manpage_come_from_the_command_definition() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dbwarden(dir.path(), &["completions", "bash"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let script = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "_dbwarden",
+        "backup",
+        "restore",
+        "jobs",
+        "status",
+        "completions",
+    ] {
+        assert!(script.contains(word), "{word} in the bash completion");
+    }
+    let out = dbwarden(dir.path(), &["completions", "zsh"], &[]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("#compdef dbwarden")
+    );
+    let out = dbwarden(dir.path(), &["completions", "tcsh"], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+    assert!(text(&out).contains("tcsh"), "{}", text(&out));
+    let out = dbwarden(dir.path(), &["manpage"], &[]);
+    assert!(out.status.success());
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        page.starts_with(".ie") && page.contains(".TH dbwarden 1"),
+        "{page}"
+    );
+    assert!(page.contains("restore"), "subcommands are listed");
+}
+
+#[test]
+fn status_without_a_service_says_so_and_exits_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let out = dbwarden(
+        dir.path(),
+        &["status"],
+        &[("DBWARDEN__API__LISTEN", &listen)],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("no dbwarden service answers"),
+        "{}",
+        text(&out)
+    );
+}

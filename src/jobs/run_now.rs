@@ -6,10 +6,9 @@
 //! DbWriter, so the command asks it over HTTP (`POST /api/jobs/NAME/run?wait=true`,
 //! with `api.token`), on `api.listen` (loopback when it listens on all addresses).
 
-use std::net::SocketAddr;
-
 use super::registry::TriggerError;
 use super::{JobRun, Trigger};
+use crate::client::{ClientError, ServiceClient};
 use crate::config::Settings;
 use crate::db::lock::{self, LockError};
 use crate::supervisor::{Mode, Service, StartError};
@@ -24,8 +23,10 @@ pub enum RunNowError {
     Lock(#[from] LockError),
     #[error("the job was stopped before it reported")]
     Lost,
-    #[error("asking the running service at {addr}: {reason}")]
-    Service { addr: SocketAddr, reason: String },
+    #[error(transparent)]
+    Service(#[from] ClientError),
+    #[error("the running service answered something that is not a job run: {0}")]
+    Answer(String),
 }
 
 /// Runs `name` once and returns the finished run.
@@ -52,32 +53,9 @@ pub async fn run_now(settings: Settings, name: &str) -> Result<JobRun, RunNowErr
 }
 
 async fn ask_service(settings: &Settings, name: &str) -> Result<JobRun, RunNowError> {
-    let mut addr = settings.listen_addr();
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let fail = |reason: String| RunNowError::Service { addr, reason };
-    let mut url = reqwest::Url::parse(&format!("http://{addr}/api/jobs/"))
-        .map_err(|e| fail(e.to_string()))?;
-    url.path_segments_mut()
-        .map_err(|_| fail("bad URL".into()))?
-        .pop_if_empty()
-        .push(name)
-        .push("run");
-    url.set_query(Some("wait=true"));
-    let mut request = reqwest::Client::new().post(url);
-    if let Some(token) = &settings.api.token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.map_err(|e| fail(e.to_string()))?;
-    let status = response.status();
-    let body: serde_json::Value = response.json().await.map_err(|e| fail(e.to_string()))?;
-    if !status.is_success() {
-        let message = body["error"]["message"]
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| body.to_string());
-        return Err(fail(format!("HTTP {status}: {message}")));
-    }
-    serde_json::from_value(body).map_err(|e| fail(format!("unexpected answer: {e}")))
+    let client = ServiceClient::new(settings);
+    let body = client
+        .post(&["api", "jobs", name, "run"], Some("wait=true"))
+        .await?;
+    serde_json::from_value(body).map_err(|e| RunNowError::Answer(e.to_string()))
 }

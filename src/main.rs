@@ -166,15 +166,25 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Backup => {
             dbwarden::backup::ensure_dir(&settings.backup.dir)
                 .context("creating the backup directory")?;
+            let working = spinner(format!(
+                "backing up {} (check, copy, verify, hash)",
+                settings.database.path.display()
+            ));
             let manifest =
-                dbwarden::backup::take_backup(&settings.database, &settings.backup, &|_| {})
-                    .context("backup failed")?;
+                dbwarden::backup::take_backup(&settings.database, &settings.backup, &|_| {});
+            working.finish_and_clear();
+            let manifest = manifest.context("backup failed")?;
             println!("{}", serde_json::to_string_pretty(&manifest)?);
             Ok(0)
         }
         Command::Verify { file } => {
-            let report = dbwarden::backup::verify_file(&file)
-                .with_context(|| format!("verifying {}", file.display()))?;
+            let working = spinner(format!(
+                "verifying {} (hash, integrity_check)",
+                file.display()
+            ));
+            let report = dbwarden::backup::verify_file(&file);
+            working.finish_and_clear();
+            let report = report.with_context(|| format!("verifying {}", file.display()))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             if report.is_ok() {
                 eprintln!("{}: ok", file.display());
@@ -194,13 +204,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 (Some(f), _) => f,
                 (None, _) => dbwarden::restore::latest(&settings)?,
             };
+            let working = spinner(format!("verifying {} and restoring it", backup.display()));
             let plan = if dry_run {
                 // A dry run is refused too while the service holds the database.
-                let _lock = dbwarden::db::lock::acquire(&settings.database.path)?;
-                dbwarden::restore::plan(&settings, &backup)?
+                dbwarden::db::lock::acquire(&settings.database.path)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|_lock| Ok(dbwarden::restore::plan(&settings, &backup)?))
             } else {
-                dbwarden::restore::restore(&settings, &backup)?
+                dbwarden::restore::restore(&settings, &backup).map_err(anyhow::Error::from)
             };
+            working.finish_and_clear();
+            let plan = plan?;
             let verb = if dry_run { "would restore" } else { "restored" };
             println!(
                 "{verb} {} into {}",
@@ -280,6 +294,22 @@ fn jobs(settings: Settings, command: JobsCommand) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// A spinner with the elapsed time on a terminal; nothing at all when stderr is not one
+/// (pipes, logs, cron).
+fn spinner(message: String) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+        bar.set_style(style);
+    }
+    bar.set_message(message);
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
 fn status(settings: &Settings) -> anyhow::Result<u8> {
     let client = dbwarden::client::ServiceClient::new(settings);
     let (_, health) = actix_rt::System::new().block_on(client.get(&["api", "health"]))?;
@@ -342,7 +372,10 @@ fn check(settings: &Settings, summary_only: bool, full: bool) -> anyhow::Result<
         } else {
             (snapshot::CheckKind::Quick, "quick_check")
         };
-        let record = dbwarden::auditor::check_database(&settings.database, kind, &|_| {})?;
+        let working = spinner(format!("{name} of {}", path.display()));
+        let record = dbwarden::auditor::check_database(&settings.database, kind, &|_| {});
+        working.finish_and_clear();
+        let record = record?;
         if record.ok {
             println!("{name}: ok ({} ms)", record.duration_ms);
         } else {

@@ -399,3 +399,27 @@ fn status_without_a_service_says_so_and_exits_2() {
         text(&out)
     );
 }
+
+#[test]
+fn long_commands_show_progress_on_a_terminal_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = [
+        ("DBWARDEN__DATABASE__PATH", "db/events.db"),
+        ("DBWARDEN__BACKUP__DIR", "backups"),
+    ];
+    assert!(dbwarden(dir.path(), &["migrate"], &env).status.success());
+    // Through a pipe: the output is the result only.
+    let out = dbwarden(dir.path(), &["backup"], &env);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("backing up"), "{}", text(&out));
+    // On a terminal (a pty from util-linux `script`): a spinner with the phase.
+    let binary = env!("CARGO_BIN_EXE_dbwarden");
+    let out = Command::new("script")
+        .args(["-qec", &format!("{binary} backup"), "/dev/null"])
+        .current_dir(dir.path())
+        .envs(env)
+        .output()
+        .expect("run script(1)");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("backing up"), "{}", text(&out));
+}

@@ -12,10 +12,11 @@ use std::sync::atomic::Ordering;
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use serde_json::json;
 
 use super::error::ApiError;
+use super::schema::{CorruptionPage, Deleted, HistoryPage};
 use super::AppState;
+use crate::db::queries::CorruptionSummary;
 use crate::db::queries::{self, StatusFilter, BUCKETS};
 use crate::events::MAX_NAME_BYTES;
 
@@ -103,6 +104,18 @@ fn check_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/corruptions",
+    tag = "corruptions",
+    params(
+        ("status" = Option<String>, Query, description = "A bucket, `active`, `other`, `all` (default) or a state name"),
+        ("path_id" = Option<i64>, Query, description = "Only this scan path"),
+        ("limit" = Option<u32>, Query, description = "1 to `api.max_page_size` (default 50)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")
+    ),
+    responses((status = 200, description = "Summary rows by corruption_id", body = CorruptionPage))
+)]
 pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let params = query_params(&req, &["status", "path_id", "limit", "cursor"])?;
     let limit = parse_limit(&params, state.settings.api.max_page_size)?;
@@ -122,9 +135,16 @@ pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRe
     let next_cursor = (items.len() == limit as usize)
         .then(|| items.last().map(|s| encode_cursor(&s.corruption_id)))
         .flatten();
-    Ok(HttpResponse::Ok().json(json!({ "items": items, "next_cursor": next_cursor })))
+    Ok(HttpResponse::Ok().json(CorruptionPage { items, next_cursor }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/corruptions/{id}",
+    tag = "corruptions",
+    params(("id" = String, Path, description = "corruption_id")),
+    responses((status = 200, description = "One summary row", body = CorruptionSummary))
+)]
 pub async fn get(
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -142,6 +162,17 @@ pub async fn get(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/corruptions/{id}/history",
+    tag = "corruptions",
+    params(
+        ("id" = String, Path, description = "corruption_id"),
+        ("limit" = Option<u32>, Query, description = "1 to `api.max_page_size` (default 50)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")
+    ),
+    responses((status = 200, description = "The aggregate's events in id order", body = HistoryPage))
+)]
 pub async fn history(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -168,9 +199,19 @@ pub async fn history(
     let next_cursor = (events.len() == limit as usize)
         .then(|| events.last().map(|e| encode_cursor(&e.id.to_string())))
         .flatten();
-    Ok(HttpResponse::Ok().json(json!({ "events": events, "next_cursor": next_cursor })))
+    Ok(HttpResponse::Ok().json(HistoryPage {
+        events,
+        next_cursor,
+    }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/corruptions/{id}",
+    tag = "corruptions",
+    params(("id" = String, Path, description = "corruption_id")),
+    responses((status = 200, description = "Its events were deleted; the summary followed", body = Deleted))
+)]
 pub async fn delete(
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -184,5 +225,8 @@ pub async fn delete(
     if deleted == 0 {
         return Err(ApiError::NotFound(format!("corruption {id}")));
     }
-    Ok(HttpResponse::Ok().json(json!({ "corruption_id": id, "deleted_events": deleted })))
+    Ok(HttpResponse::Ok().json(Deleted {
+        corruption_id: id,
+        deleted_events: deleted,
+    }))
 }

@@ -6,7 +6,6 @@ use actix_web::dev::ServiceResponse;
 use actix_web::http::{header, StatusCode};
 use actix_web::middleware::ErrorHandlerResponse;
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
 
 use crate::db::DbError;
 use crate::events::FieldError;
@@ -79,8 +78,14 @@ impl ApiError {
     }
 }
 
-pub fn error_body(code: &str, message: &str, field: Option<&str>) -> serde_json::Value {
-    json!({ "error": { "code": code, "message": message, "field": field } })
+pub fn error_body(code: &str, message: &str, field: Option<&str>) -> super::schema::ErrorBody {
+    super::schema::ErrorBody {
+        error: super::schema::ErrorDetail {
+            code: code.to_string(),
+            message: message.to_string(),
+            field: field.map(str::to_string),
+        },
+    }
 }
 
 impl ResponseError for ApiError {

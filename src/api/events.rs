@@ -4,9 +4,10 @@ use std::sync::atomic::Ordering;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::json;
 
 use super::error::ApiError;
+use super::schema::Appended;
+use super::schema::NewEventBody;
 use super::AppState;
 use crate::events::parse_body;
 
@@ -38,6 +39,13 @@ pub(super) async fn read_body(payload: web::Payload, limit: usize) -> Result<web
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/events",
+    tag = "events",
+    request_body(content = Vec<NewEventBody>, description = "One event object or an array of them (at most `api.max_batch_events`)"),
+    responses((status = 201, description = "Committed with synchronous=FULL", body = Appended))
+)]
 pub async fn append(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -50,5 +58,5 @@ pub async fn append(
     let body = read_body(payload, state.settings.api.max_body_bytes).await?;
     let events = parse_body(&body, state.settings.api.max_batch_events)?;
     let ids = state.writer.append(events).await?;
-    Ok(HttpResponse::Created().json(json!({ "ids": ids })))
+    Ok(HttpResponse::Created().json(Appended { ids }))
 }

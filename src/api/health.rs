@@ -35,6 +35,16 @@ struct DbFacts {
     size_bytes: u64,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/health",
+    tag = "status",
+    security(()),
+    responses(
+        (status = 200, description = "healthy or degraded (see `reasons`)", body = Object),
+        (status = 503, description = "failing: the writer is gone", body = Object)
+    )
+)]
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let db_path = state.settings.database.path.clone();
     let facts = state
@@ -120,6 +130,12 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
 /// counts), `corruptions_today` (first seen today, UTC, not ignored) and
 /// `success_rate` (Healarr's: resolved × 100 / (resolved + orphaned), 100 when nothing
 /// finished and nothing is in progress, else 0).
+#[utoipa::path(
+    get,
+    path = "/api/stats/dashboard",
+    tag = "status",
+    responses((status = 200, description = "Counts per bucket, total, corruptions today, success rate", body = Object))
+)]
 pub async fn dashboard(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let today = crate::time::today_prefix();
     let (buckets, today_count) = state

@@ -8,10 +8,11 @@
 use std::collections::BTreeMap;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::json;
 
 use super::corruptions::{parse_limit, query_params};
 use super::error::ApiError;
+use super::schema::ErrorBody;
+use super::schema::{JobEntry, JobList, JobRuns, JobStarted};
 use super::AppState;
 use crate::db::queries;
 use crate::jobs::registry::TriggerError;
@@ -27,24 +28,28 @@ impl From<TriggerError> for ApiError {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/jobs",
+    tag = "jobs",
+    responses((status = 200, description = "Every job with its last and next run", body = JobList))
+)]
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     query_params(&req, &[])?;
     let mut last: BTreeMap<String, JobRun> = state
         .readers
         .run(|conn| queries::last_job_runs(conn))
         .await?;
-    let jobs: Vec<serde_json::Value> = state
+    let jobs = state
         .jobs
         .list()
         .into_iter()
-        .map(|info| {
-            let last_run = last.remove(&info.name);
-            let mut value = json!(info);
-            value["last_run"] = json!(last_run);
-            value
+        .map(|info| JobEntry {
+            last_run: last.remove(&info.name),
+            info,
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "jobs": jobs })))
+    Ok(HttpResponse::Ok().json(JobList { jobs }))
 }
 
 fn known(state: &AppState, name: &str) -> Result<(), ApiError> {
@@ -55,6 +60,16 @@ fn known(state: &AppState, name: &str) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/jobs/{name}/runs",
+    tag = "jobs",
+    params(
+        ("name" = String, Path, description = "The job's name"),
+        ("limit" = Option<u32>, Query, description = "1 to `api.max_page_size` (default 50)")
+    ),
+    responses((status = 200, description = "Kept runs, newest first", body = JobRuns))
+)]
 pub async fn runs(
     req: HttpRequest,
     path: web::Path<String>,
@@ -69,9 +84,23 @@ pub async fn runs(
         .readers
         .run(move |conn| queries::job_runs(conn, &job, limit))
         .await?;
-    Ok(HttpResponse::Ok().json(json!({ "job": name, "runs": runs })))
+    Ok(HttpResponse::Ok().json(JobRuns { job: name, runs }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/jobs/{name}/run",
+    tag = "jobs",
+    params(
+        ("name" = String, Path, description = "The job's name"),
+        ("wait" = Option<bool>, Query, description = "Answer with the finished run")
+    ),
+    responses(
+        (status = 200, description = "With wait=true: the finished run (its outcome says whether the job worked)", body = JobRun),
+        (status = 202, description = "Started", body = JobStarted),
+        (status = 409, description = "The job is running", body = ErrorBody)
+    )
+)]
 pub async fn run(
     req: HttpRequest,
     path: web::Path<String>,
@@ -86,7 +115,10 @@ pub async fn run(
     let name = path.into_inner();
     let finished = state.jobs.trigger(&name, Trigger::Api)?;
     if !wait {
-        return Ok(HttpResponse::Accepted().json(json!({ "job": name, "started": true })));
+        return Ok(HttpResponse::Accepted().json(JobStarted {
+            job: name,
+            started: true,
+        }));
     }
     let run = finished.await.map_err(|_| {
         ApiError::Unavailable(format!("job `{name}` was stopped before it reported"))

@@ -66,6 +66,12 @@ fn file_len(path: std::path::PathBuf) -> Option<i64> {
         .and_then(|m| i64::try_from(m.len()).ok())
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "status",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"))
+)]
 pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let db = state.settings.database.path.clone();
     let backup_dir = state.backups.cfg.dir.clone();

@@ -10,6 +10,8 @@ mod health;
 mod jobs;
 mod limits;
 mod metrics;
+pub mod openapi;
+pub mod schema;
 
 use std::net::TcpListener;
 use std::sync::atomic::AtomicBool;
@@ -45,64 +47,38 @@ pub struct AppState {
     pub accepting: Arc<AtomicBool>,
 }
 
-fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/metrics")
-            .route(web::get().to(metrics::metrics))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/api/events")
-            .route(web::post().to(events::append))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/api/health")
-            .route(web::get().to(health::health))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/api/stats/dashboard")
-            .route(web::get().to(health::dashboard))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/api/backups")
-            .route(web::get().to(backups::list))
-            .route(web::post().to(backups::create))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/api/corruptions")
-            .route(web::get().to(corruptions::list))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/api/corruptions/{id}")
-            .route(web::get().to(corruptions::get))
-            .route(web::delete().to(corruptions::delete))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/api/jobs")
-            .route(web::get().to(jobs::list))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/api/jobs/{name}/runs")
-            .route(web::get().to(jobs::runs))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/api/jobs/{name}/run")
-            .route(web::post().to(jobs::run))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/api/corruptions/{id}/history")
-            .route(web::get().to(corruptions::history))
-            .default_service(web::to(method_not_allowed)),
-    );
+/// Declares every route once: `routes` registers them (each path answers 405 to other
+/// methods) and `ROUTES` lists them, so a test can hold the OpenAPI document to it.
+macro_rules! api_routes {
+    ($($path:literal => [$($method:ident => $handler:path),+ $(,)?]),+ $(,)?) => {
+        /// (path, methods) of every route the app registers.
+        pub const ROUTES: &[(&str, &[&str])] = &[$(($path, &[$(stringify!($method)),+])),+];
+
+        fn routes(cfg: &mut web::ServiceConfig) {
+            $(
+                cfg.service(
+                    web::resource($path)
+                        $(.route(web::$method().to($handler)))+
+                        .default_service(web::to(method_not_allowed)),
+                );
+            )+
+        }
+    };
+}
+
+api_routes! {
+    "/metrics" => [get => metrics::metrics],
+    "/api/openapi.json" => [get => openapi::openapi_json],
+    "/api/events" => [post => events::append],
+    "/api/health" => [get => health::health],
+    "/api/stats/dashboard" => [get => health::dashboard],
+    "/api/backups" => [get => backups::list, post => backups::create],
+    "/api/corruptions" => [get => corruptions::list],
+    "/api/corruptions/{id}" => [get => corruptions::get, delete => corruptions::delete],
+    "/api/corruptions/{id}/history" => [get => corruptions::history],
+    "/api/jobs" => [get => jobs::list],
+    "/api/jobs/{name}/runs" => [get => jobs::runs],
+    "/api/jobs/{name}/run" => [post => jobs::run],
 }
 
 async fn method_not_allowed() -> Result<HttpResponse, ApiError> {

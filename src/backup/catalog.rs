@@ -22,7 +22,7 @@ pub const PREFIX: &str = "dbwarden-";
 pub const EXTENSION: &str = ".db";
 pub const MANIFEST_EXTENSION: &str = ".json";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BackupStatus {
     /// Passed its last verification.
@@ -31,7 +31,7 @@ pub enum BackupStatus {
     Bad,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Manifest {
     pub name: String,
     pub size_bytes: u64,

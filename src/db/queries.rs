@@ -187,13 +187,14 @@ pub fn corruptions_detected_since(conn: &Connection, day_prefix: &str) -> Result
 
 // ---------------------------------------------------------------- summary rows
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CorruptionSummary {
     pub corruption_id: String,
     pub current_state: String,
     pub bucket: Option<String>,
     pub retry_count: i64,
     pub file_path: Option<String>,
+    /// As Healarr stored it: usually an integer, possibly null.
     pub path_id: Value,
     pub last_error: Option<String>,
     pub corruption_type: Option<String>,
@@ -313,7 +314,7 @@ pub fn list_corruptions(
 
 // ---------------------------------------------------------------- events
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct StoredEvent {
     pub id: i64,
     pub aggregate_type: String,

@@ -81,7 +81,7 @@ struct Entry {
 }
 
 /// A job as `GET /api/jobs` and `jobs list` show it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobInfo {
     pub name: String,
     pub kind: String,

@@ -38,11 +38,40 @@ pub struct CheckpointRecord {
 #[derive(Debug, Default)]
 pub struct CheckpointBoard {
     last: RwLock<Option<CheckpointRecord>>,
+    /// The last 24 hours of results (at most [`HISTORY_CAP`]), oldest first, for the
+    /// status page's WAL chart. In memory: a restart starts it again.
+    history: RwLock<std::collections::VecDeque<CheckpointRecord>>,
 }
+
+/// Most results kept (a checkpoint every 30 s for 24 h).
+const HISTORY_CAP: usize = 2880;
 
 impl CheckpointBoard {
     pub fn last(&self) -> Option<CheckpointRecord> {
         self.last.read().ok().and_then(|g| g.clone())
+    }
+
+    pub fn history(&self) -> Vec<CheckpointRecord> {
+        self.history
+            .read()
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn record(&self, record: &CheckpointRecord) {
+        if let Ok(mut last) = self.last.write() {
+            *last = Some(record.clone());
+        }
+        if let Ok(mut history) = self.history.write() {
+            let day_ago = record.at - chrono::Duration::hours(24);
+            while history
+                .front()
+                .is_some_and(|r| r.at < day_ago || history.len() >= HISTORY_CAP)
+            {
+                history.pop_front();
+            }
+            history.push_back(record.clone());
+        }
     }
 }
 
@@ -146,9 +175,7 @@ impl Checkpointer {
             self.notifier
                 .resolve("checkpoint_starvation", "checkpoints complete again");
         }
-        if let Ok(mut last) = self.board.last.write() {
-            *last = Some(record.clone());
-        }
+        self.board.record(&record);
         Ok(record)
     }
 }

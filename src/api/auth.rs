@@ -1,5 +1,6 @@
 //! Bearer-token authentication: when `api.token` is set, every request except
-//! `GET /api/health` (and `GET /metrics` with `metrics.public = true`) needs
+//! `GET /` (the status page), `GET /api/health` (and `GET /metrics` with
+//! `metrics.public = true`) needs
 //! `Authorization: Bearer <token>`.
 //!
 //! Both sides are hashed before the constant-time comparison, so neither the content
@@ -31,7 +32,8 @@ pub async fn require_token(
         .map(|s| (s.settings.api.token.clone(), s.settings.metrics.public));
     if let Some((Some(expected), metrics_public)) = settings {
         let open = req.method() == Method::GET
-            && (req.path() == "/api/health" || (metrics_public && req.path() == "/metrics"));
+            && (matches!(req.path(), "/" | "/api/health")
+                || (metrics_public && req.path() == "/metrics"));
         if !open {
             let presented = req
                 .headers()

@@ -12,6 +12,7 @@ mod limits;
 mod metrics;
 pub mod openapi;
 pub mod schema;
+mod status;
 
 use std::net::TcpListener;
 use std::sync::atomic::AtomicBool;
@@ -67,6 +68,8 @@ macro_rules! api_routes {
 }
 
 api_routes! {
+    "/" => [get => status::page],
+    "/api/status/history" => [get => status::history],
     "/metrics" => [get => metrics::metrics],
     "/api/openapi.json" => [get => openapi::openapi_json],
     "/api/events" => [post => events::append],

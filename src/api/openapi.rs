@@ -34,6 +34,8 @@ use super::schema;
         super::jobs::runs,
         super::jobs::run,
         super::metrics::metrics,
+        super::status::page,
+        super::status::history,
         openapi_json,
     ),
     components(schemas(
@@ -49,6 +51,7 @@ use super::schema;
         schema::JobEntry,
         schema::JobRuns,
         schema::JobStarted,
+        schema::StatusHistory,
     )),
     modifiers(&CommonAnswers),
     security(("token" = []))

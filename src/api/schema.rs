@@ -102,3 +102,14 @@ pub struct JobStarted {
     pub job: String,
     pub started: bool,
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusHistory {
+    /// Checkpoint results: at, mode, busy, log_frames, checkpointed_frames,
+    /// pending_bytes, over_threshold, starved.
+    #[schema(value_type = Vec<Object>)]
+    pub checkpoints: Vec<serde_json::Value>,
+    /// Alerts and resolutions: key, severity, message, details, resolved, at.
+    #[schema(value_type = Vec<Object>)]
+    pub alerts: Vec<serde_json::Value>,
+}

@@ -78,7 +78,12 @@ pub struct Notifier {
     channels: Arc<Vec<Channel>>,
     keys: Arc<Mutex<HashMap<String, KeyState>>>,
     cooldown: Duration,
+    /// The last [`RECENT`] alerts and resolutions raised (sent or held back by the
+    /// cooldown), newest last, for the status page.
+    recent: Arc<Mutex<std::collections::VecDeque<Alert>>>,
 }
+
+const RECENT: usize = 50;
 
 impl Notifier {
     /// Starts one delivery task per configured channel on the current runtime.
@@ -112,6 +117,7 @@ impl Notifier {
             channels: Arc::new(channels),
             keys: Arc::default(),
             cooldown: Duration::from_secs(settings.cooldown_secs),
+            recent: Arc::default(),
         }
     }
 
@@ -121,6 +127,7 @@ impl Notifier {
             channels: Arc::new(Vec::new()),
             keys: Arc::default(),
             cooldown: Duration::from_secs(3600),
+            recent: Arc::default(),
         }
     }
 
@@ -145,15 +152,17 @@ impl Notifier {
             Err(_) => true,
         };
         log_alert(key, severity, &message, false);
+        let alert = Alert {
+            key: key.to_string(),
+            severity,
+            message,
+            details,
+            resolved: false,
+            at: Utc::now(),
+        };
+        self.remember(&alert);
         if send {
-            self.fan_out(Alert {
-                key: key.to_string(),
-                severity,
-                message,
-                details,
-                resolved: false,
-                at: Utc::now(),
-            });
+            self.fan_out(alert);
         }
     }
 
@@ -167,14 +176,16 @@ impl Notifier {
         if was_open {
             let message = message.into();
             log_alert(key, Severity::Info, &message, true);
-            self.fan_out(Alert {
+            let alert = Alert {
                 key: key.to_string(),
                 severity: Severity::Info,
                 message,
                 details: Value::Null,
                 resolved: true,
                 at: Utc::now(),
-            });
+            };
+            self.remember(&alert);
+            self.fan_out(alert);
         }
     }
 
@@ -190,6 +201,23 @@ impl Notifier {
         };
         for channel in self.channels.iter().filter(|c| c.heartbeat) {
             enqueue(channel, beat.clone());
+        }
+    }
+
+    /// The latest alerts and resolutions, oldest first.
+    pub fn recent(&self) -> Vec<Alert> {
+        self.recent
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn remember(&self, alert: &Alert) {
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.len() >= RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(alert.clone());
         }
     }
 

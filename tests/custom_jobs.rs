@@ -58,9 +58,7 @@ async fn post(app: &TestApp, path: &str) -> reqwest::Response {
 
 /// `POST /api/jobs/{name}/run?wait=true`: the finished run.
 async fn run_now(app: &TestApp, name: &str) -> Value {
-    let res = post(app, &format!("/api/jobs/{name}/run?wait=true")).await;
-    assert_eq!(res.status(), StatusCode::OK, "run {name}");
-    res.json().await.expect("json")
+    app.run_job(name).await
 }
 
 /// The job's entry in `GET /api/jobs`.

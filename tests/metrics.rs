@@ -68,13 +68,7 @@ async fn busy_service() -> TestApp {
     assert_eq!(res.status(), 400);
     app.get_json("/api/corruptions/c1").await;
     for job in ["checkpoint", "quick-check", "backup"] {
-        let res = app
-            .client
-            .post(app.url(&format!("/api/jobs/{job}/run?wait=true")))
-            .send()
-            .await
-            .expect("run");
-        assert_eq!(res.status(), 200, "{job}");
+        app.run_job(job).await;
     }
     // The startup notice reached the webhook.
     common::wait_for(&alerts.got, 1, Duration::from_secs(5)).await;

@@ -89,13 +89,7 @@ async fn chromium_renders_the_page_with_charts_and_no_console_errors() {
         assert_eq!(res.status(), 201);
     }
     for job in ["backup", "checkpoint", "quick-check"] {
-        let res = app
-            .client
-            .post(app.url(&format!("/api/jobs/{job}/run?wait=true")))
-            .send()
-            .await
-            .expect("run");
-        assert_eq!(res.status(), 200);
+        app.run_job(job).await;
     }
     let profile = tempfile::tempdir().expect("profile");
     let screenshot =

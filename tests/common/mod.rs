@@ -118,6 +118,18 @@ impl TestApp {
             .expect("json body")
     }
 
+    /// Runs a job now through the API and waits for it (`?wait=true`); the finished run.
+    pub async fn run_job(&self, name: &str) -> Value {
+        let res = self
+            .client
+            .post(self.url(&format!("/api/jobs/{name}/run?wait=true")))
+            .send()
+            .await
+            .expect("run the job");
+        assert_eq!(res.status(), 200, "run {name}");
+        res.json().await.expect("the run as JSON")
+    }
+
     pub async fn stop(&mut self) {
         if let Some(s) = self.service.take() {
             s.shutdown(true).await;

@@ -45,6 +45,9 @@ pub struct Manifest {
     pub status: BackupStatus,
     #[serde(default)]
     pub problem: Option<String>,
+    /// From the source check to the verified, hashed copy (absent in older manifests).
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
 }
 
 pub fn manifest_path(dir: &Path, name: &str) -> PathBuf {

@@ -103,6 +103,7 @@ pub fn take_backup(
             ),
         });
     }
+    let started = std::time::Instant::now();
     let source = db::open_reader(db)?;
     on_open(source.get_interrupt_handle());
     let problems = snapshot::integrity_problems(&source, snapshot::CheckKind::Quick)?;
@@ -142,6 +143,7 @@ pub fn take_backup(
             verified_at,
             status: BackupStatus::Good,
             problem: None,
+            duration_ms: Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)),
         };
         catalog::write_manifest(&cfg.dir, &manifest)?;
         Ok(manifest)

@@ -26,6 +26,16 @@ pub fn start_with(dir: &Path, env: &[(&str, &str)]) -> Running {
     start_under(&[], dir, env)
 }
 
+/// A failing test must not leave the service running.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Starts the binary behind a wrapper command (e.g. `fiu-run -x`), which must exec it.
 pub fn start_under(wrapper: &[&str], dir: &Path, env: &[(&str, &str)]) -> Running {
     let binary = env!("CARGO_BIN_EXE_dbwarden");

@@ -16,12 +16,18 @@ use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
 use crate::jobs::registry::Registry;
 
-/// Parses a schedule the way the scheduler will; the error is the parser's reason.
-pub fn validate_schedule(expr: &str) -> Result<(), String> {
+/// The cron dialect of every schedule: seconds required, day-of-month AND day-of-week,
+/// as tokio-cron-scheduler reads them.
+pub fn cron_parser() -> CronParser {
     CronParser::builder()
         .seconds(Seconds::Required)
         .dom_and_dow(true)
         .build()
+}
+
+/// Parses a schedule the way the scheduler will; the error is the parser's reason.
+pub fn validate_schedule(expr: &str) -> Result<(), String> {
+    cron_parser()
         .parse(expr)
         .map(|_| ())
         .map_err(|e| format!("`{expr}` is not a 6-field cron expression with seconds (UTC): {e}"))

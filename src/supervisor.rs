@@ -208,48 +208,6 @@ impl Service {
         )?;
         let jobs_wait = std::time::Duration::from_secs(settings.jobs.shutdown_wait_secs);
         let flush_bound = std::time::Duration::from_secs(settings.notify.shutdown_flush_secs);
-        if mode == Mode::OneShot {
-            return Ok(Service {
-                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-                writer,
-                jobs: registry,
-                server: None,
-                writer_arbiter,
-                backups,
-                backup_arbiter,
-                auditor,
-                auditor_arbiter,
-                scheduler: None,
-                flush_bound,
-                jobs_wait,
-                notifier,
-                accepting: Arc::new(AtomicBool::new(true)),
-                _lock: lock,
-            });
-        }
-        for (wanted, job) in [
-            (settings.integrity.quick_at_startup, builtin::QUICK_CHECK),
-            (settings.backup.at_startup, builtin::BACKUP),
-        ] {
-            if wanted {
-                if let Err(e) = registry.trigger(job, Trigger::Startup) {
-                    tracing::error!(job, error = %e, "startup run could not start");
-                }
-            }
-        }
-        let scheduler = Scheduler::start(registry.clone()).await?;
-        let wanted = settings.listen_addr();
-        let listener = TcpListener::bind(wanted).map_err(|source| StartError::Listen {
-            addr: wanted,
-            source,
-        })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: wanted,
-            source,
-        })?;
-        if !addr.ip().is_loopback() && settings.api.token.is_none() {
-            tracing::warn!(%addr, "listening beyond loopback without api.token: anyone who can reach this port can write events");
-        }
         let accepting = Arc::new(AtomicBool::new(true));
         let state = AppState {
             settings: settings.clone(),
@@ -264,28 +222,25 @@ impl Service {
             started: Instant::now(),
             accepting: accepting.clone(),
         };
-        let server =
-            api::serve(listener, state).map_err(|source| StartError::Listen { addr, source })?;
-        let handle = server.handle();
-        actix_rt::spawn(server);
-        notifier.alert(
-            "service_started",
-            Severity::Info,
-            format!("dbwarden {} started on {addr}", env!("CARGO_PKG_VERSION")),
-            serde_json::json!({ "database": settings.database.path, "sqlite": rusqlite::version() }),
-        );
-        tracing::info!(%addr, database = %settings.database.path.display(), sqlite = rusqlite::version(), "dbwarden started");
+        let (addr, server, scheduler) = match mode {
+            Mode::OneShot => (SocketAddr::from(([0, 0, 0, 0], 0)), None, None),
+            Mode::Serve => {
+                let (addr, server, scheduler) =
+                    serve(&settings, &registry, state, &notifier).await?;
+                (addr, Some(server), Some(scheduler))
+            }
+        };
         Ok(Service {
             addr,
             writer,
             jobs: registry,
-            server: Some(handle),
+            server,
             writer_arbiter,
             backups,
             backup_arbiter,
             auditor,
             auditor_arbiter,
-            scheduler: Some(scheduler),
+            scheduler,
             flush_bound,
             jobs_wait,
             notifier,
@@ -339,6 +294,51 @@ impl Service {
     pub fn server_handle(&self) -> Option<ServerHandle> {
         self.server.clone()
     }
+}
+
+/// What only a serving service starts: the startup runs, the cron scheduler and the
+/// HTTP API.
+async fn serve(
+    settings: &Settings,
+    registry: &Arc<Registry>,
+    state: AppState,
+    notifier: &Notifier,
+) -> Result<(SocketAddr, ServerHandle, Scheduler), StartError> {
+    for (wanted, job) in [
+        (settings.integrity.quick_at_startup, builtin::QUICK_CHECK),
+        (settings.backup.at_startup, builtin::BACKUP),
+    ] {
+        if wanted {
+            if let Err(e) = registry.trigger(job, Trigger::Startup) {
+                tracing::error!(job, error = %e, "startup run could not start");
+            }
+        }
+    }
+    let scheduler = Scheduler::start(registry.clone()).await?;
+    let wanted = settings.listen_addr();
+    let listener = TcpListener::bind(wanted).map_err(|source| StartError::Listen {
+        addr: wanted,
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: wanted,
+        source,
+    })?;
+    if !addr.ip().is_loopback() && settings.api.token.is_none() {
+        tracing::warn!(%addr, "listening beyond loopback without api.token: anyone who can reach this port can write events");
+    }
+    let server =
+        api::serve(listener, state).map_err(|source| StartError::Listen { addr, source })?;
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    notifier.alert(
+        "service_started",
+        Severity::Info,
+        format!("dbwarden {} started on {addr}", env!("CARGO_PKG_VERSION")),
+        serde_json::json!({ "database": settings.database.path, "sqlite": rusqlite::version() }),
+    );
+    tracing::info!(%addr, database = %settings.database.path.display(), sqlite = rusqlite::version(), "dbwarden started");
+    Ok((addr, handle, scheduler))
 }
 
 /// Starts the BackupActor after cleaning up what an interrupted backup left.

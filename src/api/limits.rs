@@ -77,14 +77,16 @@ impl KeyExtractor for ClientAddress {
     }
 }
 
-/// The rate limiter's configuration; `None` when `api.rate_limit_per_second` is 0.
-pub fn rate_limit(settings: &ApiSettings) -> Option<GovernorConfig<ClientAddress, NoOpMiddleware>> {
-    if settings.rate_limit_per_second == 0 {
-        return None;
-    }
-    GovernorConfigBuilder::default()
-        .requests_per_second(settings.rate_limit_per_second)
+/// Whether to limit (`api.rate_limit_per_second` above 0), and the limiter's
+/// configuration (built either way: actix's `Condition` wants the middleware).
+pub fn rate_limit(
+    settings: &ApiSettings,
+) -> std::io::Result<(bool, GovernorConfig<ClientAddress, NoOpMiddleware>)> {
+    let config = GovernorConfigBuilder::default()
+        .requests_per_second(settings.rate_limit_per_second.max(1))
         .burst_size(settings.rate_limit_burst)
         .key_extractor(ClientAddress)
         .finish()
+        .ok_or_else(|| std::io::Error::other("api.rate_limit_burst must be at least 1"))?;
+    Ok((settings.rate_limit_per_second > 0, config))
 }

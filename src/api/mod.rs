@@ -97,20 +97,13 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
 pub fn serve(listener: TcpListener, state: AppState) -> std::io::Result<Server> {
     let workers = state.settings.api.workers;
     let grace = state.settings.api.shutdown_grace_secs;
-    let rate_limit = limits::rate_limit(&state.settings.api);
-    let unlimited = actix_governor::GovernorConfigBuilder::default()
-        .key_extractor(limits::ClientAddress)
-        .finish()
-        .ok_or_else(|| std::io::Error::other("rate limiter configuration"))?;
+    let (limit_rate, rate_limit) = limits::rate_limit(&state.settings.api)?;
     let state = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .wrap(from_fn(auth::require_token))
-            .wrap(Condition::new(
-                rate_limit.is_some(),
-                Governor::new(rate_limit.as_ref().unwrap_or(&unlimited)),
-            ))
+            .wrap(Condition::new(limit_rate, Governor::new(&rate_limit)))
             .wrap(from_fn(limits::limit_headers))
             .wrap(from_fn(metrics::count_requests))
             .wrap(ErrorHandlers::new().default_handler(error::json_error_fallback))

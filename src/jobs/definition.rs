@@ -454,10 +454,7 @@ fn parse(t: &Table, path: &Path) -> Field<JobDefinition> {
 
 /// The next time `schedule` fires after now, in UTC, to the second.
 pub fn next_run(schedule: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Required)
-        .dom_and_dow(true)
-        .build()
+    crate::scheduler::cron_parser()
         .parse(schedule)
         .ok()?
         .find_next_occurrence(&chrono::Utc::now(), false)

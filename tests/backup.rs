@@ -80,12 +80,7 @@ async fn backups_taken_while_writers_append_hold_a_prefix_of_acknowledged_events
     let mut manifests = Vec::new();
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let res = app
-            .client
-            .post(app.url("/api/backups"))
-            .send()
-            .await
-            .expect("backup");
+        let res = app.post("/api/backups").await;
         assert_eq!(res.status(), 201);
         manifests.push(res.json::<catalog::Manifest>().await.expect("manifest"));
     }
@@ -398,12 +393,7 @@ fn restore_round_trip_keeps_the_current_database() {
 async fn restore_is_refused_while_the_service_runs() {
     let mut app = TestApp::spawn(&[]).await;
     let settings = common::settings_in(app.dir.path(), &[]);
-    let res = app
-        .client
-        .post(app.url("/api/backups"))
-        .send()
-        .await
-        .expect("backup");
+    let res = app.post("/api/backups").await;
     assert_eq!(res.status(), 201);
     let out = dbwarden_cli(app.dir.path(), &["restore", "--latest"], &settings);
     assert!(!out.status.success());

@@ -51,16 +51,6 @@ async fn with_stubborn_job(
     (app, pid_file)
 }
 
-/// POST without a body.
-async fn post(app: &TestApp, path: &str) -> reqwest::Response {
-    app.client.post(app.url(path)).send().await.expect("post")
-}
-
-/// `POST /api/jobs/{name}/run?wait=true`: the finished run.
-async fn run_now(app: &TestApp, name: &str) -> Value {
-    app.run_job(name).await
-}
-
 /// The job's entry in `GET /api/jobs`.
 async fn job_entry(app: &TestApp, name: &str) -> Value {
     let all = app.get_json("/api/jobs").await;
@@ -197,7 +187,7 @@ statements = [
         &[("c1", "CorruptionDetected", "2026-01-01 00:00:00")],
     );
     let mut app = start_in(dir, &[("half-bad.toml", &job)], &[]).await;
-    let run = run_now(&app, "half-bad").await;
+    let run = app.run_job("half-bad").await;
     assert_eq!(run["outcome"], "failed", "{run}");
     let message = run["message"].as_str().expect("message");
     assert!(
@@ -251,7 +241,7 @@ async fn sql_jobs_may_not_touch_the_writers_transaction_settings_or_derived_tabl
     let settings = settings_in(dir.path(), &[]);
     let mut app = TestApp::start(dir, Service::builder(settings)).await;
     for (name, _, reason) in cases {
-        let run = run_now(&app, name).await;
+        let run = app.run_job(name).await;
         assert_eq!(run["outcome"], "failed", "{name}: {run}");
         let message = run["message"].as_str().expect("message");
         assert!(
@@ -289,12 +279,12 @@ alert_above = 1
         secret: None,
     }];
     let mut app = TestApp::start(dir, Service::builder(settings)).await;
-    let ok = run_now(&app, "too-many").await;
+    let ok = app.run_job("too-many").await;
     assert_eq!(ok["outcome"], "ok", "{ok}");
     for id in ["a", "b"] {
         append(&app, id).await;
     }
-    let crossed = run_now(&app, "too-many").await;
+    let crossed = app.run_job("too-many").await;
     assert_eq!(crossed["outcome"], "failed", "{crossed}");
     assert!(crossed["message"]
         .as_str()
@@ -315,7 +305,7 @@ alert_above = 1
         .await
         .expect("delete");
     assert!(res.status().is_success());
-    assert_eq!(run_now(&app, "too-many").await["outcome"], "ok");
+    assert_eq!(app.run_job("too-many").await["outcome"], "ok");
     common::wait_for_alert(&alerts, |a| {
         a["key"] == "job:too-many" && a["resolved"] == true
     })
@@ -397,14 +387,14 @@ async fn a_failing_command_fails_the_run_with_its_exit_status() {
         "name = \"missing\"\nkind = \"command\"\nschedule = \"{NEVER}\"\nargv = [\"/no/such/program\"]\n"
     );
     let mut app = start_with_jobs(&[("fails.toml", &job), ("missing.toml", &missing)], &[]).await;
-    let run = run_now(&app, "fails").await;
+    let run = app.run_job("fails").await;
     assert_eq!(run["outcome"], "failed", "{run}");
     assert!(run["message"]
         .as_str()
         .unwrap_or("")
         .contains("exit status 3"));
     assert_eq!(run["output"], "broken\n");
-    let run = run_now(&app, "missing").await;
+    let run = app.run_job("missing").await;
     assert_eq!(run["outcome"], "failed", "{run}");
     assert!(run["message"]
         .as_str()
@@ -416,7 +406,7 @@ async fn a_failing_command_fails_the_run_with_its_exit_status() {
 #[actix_rt::test]
 async fn a_command_that_ignores_sigterm_is_killed_with_its_process_group_at_timeout() {
     let (mut app, pid_path) = with_stubborn_job("stubborn", 1, &[]).await;
-    let run = run_now(&app, "stubborn").await;
+    let run = app.run_job("stubborn").await;
     assert_eq!(run["outcome"], "timed_out", "{run}");
     let message = run["message"].as_str().expect("message");
     assert!(
@@ -432,12 +422,12 @@ async fn a_command_that_ignores_sigterm_is_killed_with_its_process_group_at_time
 async fn shutdown_cancels_running_jobs_and_leaves_nothing_running() {
     let (mut app, pid_file) =
         with_stubborn_job("long", 600, &[("DBWARDEN__JOBS__SHUTDOWN_WAIT_SECS", "1")]).await;
-    let res = post(&app, "/api/jobs/long/run").await;
+    let res = app.post("/api/jobs/long/run").await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     let child = read_pid(&pid_file).await;
     assert!(alive(child));
     // A second trigger while it runs is refused.
-    let res = post(&app, "/api/jobs/long/run").await;
+    let res = app.post("/api/jobs/long/run").await;
     assert_eq!(res.status(), StatusCode::CONFLICT);
     app.stop().await;
     assert!(!alive(child), "shutdown killed the job's process group");
@@ -483,7 +473,7 @@ expect_status = 200
     assert_eq!(ping.method, "POST");
     assert_eq!(ping.header("x-job"), Some("dbwarden"));
     assert_eq!(ping.body, "hello");
-    let run = run_now(&app, "wrong-status").await;
+    let run = app.run_job("wrong-status").await;
     assert_eq!(run["outcome"], "failed", "{run}");
     assert!(run["message"]
         .as_str()
@@ -514,7 +504,7 @@ async fn the_retention_example_prunes_through_the_service_and_keeps_the_summary_
     )
     .expect("example");
     let mut app = start_in(dir, &[("prune-resolved.toml", &example)], &[]).await;
-    let run = run_now(&app, "prune-resolved").await;
+    let run = app.run_job("prune-resolved").await;
     assert_eq!(run["outcome"], "ok", "{run}");
     app.stop().await;
     assert_eq!(aggregates(&app), ["new-resolved", "old-pending"]);
@@ -551,8 +541,8 @@ async fn the_api_lists_every_job_with_its_last_and_next_run() {
     assert!(next.ends_with("T03:00:00Z"), "{next}");
     assert!(job_entry(&app, "off").await["next_run"].is_null());
 
-    run_now(&app, "noop").await;
-    run_now(&app, "off").await;
+    app.run_job("noop").await;
+    app.run_job("off").await;
     let noop = job_entry(&app, "noop").await;
     assert_eq!(noop["last_run"]["outcome"], "ok", "{noop}");
     assert_eq!(noop["last_run"]["trigger"], "api");
@@ -560,14 +550,14 @@ async fn the_api_lists_every_job_with_its_last_and_next_run() {
     assert_eq!(runs["runs"].as_array().map(Vec::len), Some(1), "{runs}");
 
     // Mistakes are JSON errors naming what was wrong.
-    let res = post(&app, "/api/jobs/nope/run").await;
+    let res = app.post("/api/jobs/nope/run").await;
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     let body: Value = res.json().await.expect("json");
     assert!(body["error"]["message"]
         .as_str()
         .unwrap_or("")
         .contains("nope"));
-    let res = post(&app, "/api/jobs/noop/run?wait=maybe").await;
+    let res = app.post("/api/jobs/noop/run?wait=maybe").await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     let body: Value = res.json().await.expect("json");
     assert_eq!(body["error"]["field"], "wait");
@@ -592,7 +582,7 @@ async fn run_history_is_bounded_per_job() {
     )
     .await;
     for _ in 0..5 {
-        run_now(&app, "often").await;
+        app.run_job("often").await;
     }
     let runs = app.get_json("/api/jobs/often/runs").await;
     assert_eq!(runs["runs"].as_array().map(Vec::len), Some(3), "{runs}");

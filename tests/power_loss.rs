@@ -13,9 +13,8 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -231,31 +230,13 @@ fn check_recovery(db: &Path, backups: &Path, acked: &[(String, String, String)],
         Ok(d) => v.summary.extend(d),
         Err(e) => v.summary.push(e.to_string()),
     }
-    let finals: BTreeSet<PathBuf> = std::fs::read_dir(backups)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| {
-                    let name = p
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    name.ends_with(".db") && !name.contains(snapshot::TEMP_SUFFIX)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let finals = common::final_backups(backups);
     v.backups = finals.len();
-    for path in finals {
-        match dbwarden::backup::verify_file(&path) {
-            Ok(r) if r.integrity_problems.is_empty() && r.matches_manifest != Some(false) => {}
-            Ok(r) => v
-                .bad_backups
-                .push(format!("{}: {:?}", path.display(), r.integrity_problems)),
-            Err(e) => v.bad_backups.push(format!("{}: {e}", path.display())),
-        }
-    }
+    v.bad_backups.extend(
+        finals
+            .into_iter()
+            .filter_map(|(path, problem)| problem.map(|p| format!("{}: {p}", path.display()))),
+    );
 }
 
 const MODES: [&str; 3] = ["all", "subset", "torn"];

@@ -118,14 +118,14 @@ impl TestApp {
             .expect("json body")
     }
 
+    /// POST without a body.
+    pub async fn post(&self, path: &str) -> reqwest::Response {
+        self.client.post(self.url(path)).send().await.expect("post")
+    }
+
     /// Runs a job now through the API and waits for it (`?wait=true`); the finished run.
     pub async fn run_job(&self, name: &str) -> Value {
-        let res = self
-            .client
-            .post(self.url(&format!("/api/jobs/{name}/run?wait=true")))
-            .send()
-            .await
-            .expect("run the job");
+        let res = self.post(&format!("/api/jobs/{name}/run?wait=true")).await;
         assert_eq!(res.status(), 200, "run {name}");
         res.json().await.expect("the run as JSON")
     }
@@ -442,4 +442,39 @@ pub async fn wait_for_alert(alerts: &Receiver, wanted: impl Fn(&Value) -> bool) 
         assert!(Instant::now() < deadline, "the alert never came");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Every file under a backup's final name in `dir` (a `.db` that is not a temporary
+/// copy), oldest name first, with why it fails verification (`integrity_check`, or
+/// SHA-256 against its manifest), if it does.
+pub fn final_backups(dir: &Path) -> Vec<(PathBuf, Option<String>)> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    let name = p
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    name.ends_with(".db") && !name.contains(dbwarden::db::snapshot::TEMP_SUFFIX)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| {
+            let problem = match dbwarden::backup::verify_file(&path) {
+                Ok(r) if r.integrity_problems.is_empty() && r.matches_manifest != Some(false) => {
+                    None
+                }
+                Ok(r) => Some(format!("{r:?}")),
+                Err(e) => Some(e.to_string()),
+            };
+            (path, problem)
+        })
+        .collect()
 }

@@ -44,6 +44,32 @@ pub enum NotifyOn {
     Never,
 }
 
+impl Overlap {
+    /// Each value with its name in job files and listings.
+    pub const ALL: &[(&str, Overlap)] = &[("skip", Overlap::Skip), ("queue", Overlap::Queue)];
+
+    pub fn as_str(self) -> &'static str {
+        name_of(Overlap::ALL, self)
+    }
+}
+
+impl NotifyOn {
+    /// Each value with its name in job files and listings.
+    pub const ALL: &[(&str, NotifyOn)] = &[
+        ("failure", NotifyOn::Failure),
+        ("always", NotifyOn::Always),
+        ("never", NotifyOn::Never),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        name_of(NotifyOn::ALL, self)
+    }
+}
+
+fn name_of<T: PartialEq>(all: &[(&'static str, T)], value: T) -> &'static str {
+    all.iter().find(|(_, v)| *v == value).map_or("", |(n, _)| n)
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobKind {
     /// Statements run through the DbWriter in one transaction.
@@ -352,22 +378,8 @@ fn parse(t: &Table, path: &Path) -> Field<JobDefinition> {
         Some(Value::Boolean(b)) => *b,
         Some(other) => return Err(wrong("enabled", "a boolean", other)),
     };
-    let overlap = choice(
-        t,
-        "overlap",
-        Overlap::Skip,
-        &[("skip", Overlap::Skip), ("queue", Overlap::Queue)],
-    )?;
-    let notify_on = choice(
-        t,
-        "notify_on",
-        NotifyOn::Failure,
-        &[
-            ("failure", NotifyOn::Failure),
-            ("always", NotifyOn::Always),
-            ("never", NotifyOn::Never),
-        ],
-    )?;
+    let overlap = choice(t, "overlap", Overlap::Skip, Overlap::ALL)?;
+    let notify_on = choice(t, "notify_on", NotifyOn::Failure, NotifyOn::ALL)?;
     let kind = match kind_name.as_str() {
         "sql" => {
             let statements = string_list(t, "statements")?

@@ -158,15 +158,8 @@ impl Registry {
                     kind: e.spec.kind.clone(),
                     schedule: e.spec.schedule.clone(),
                     enabled: e.spec.enabled,
-                    overlap: match e.spec.overlap {
-                        Overlap::Skip => "skip",
-                        Overlap::Queue => "queue",
-                    },
-                    notify_on: match e.spec.notify_on {
-                        NotifyOn::Failure => "failure",
-                        NotifyOn::Always => "always",
-                        NotifyOn::Never => "never",
-                    },
+                    overlap: e.spec.overlap.as_str(),
+                    notify_on: e.spec.notify_on.as_str(),
                     timeout_secs: e.spec.timeout.map(|t| t.as_secs()),
                     running_since: running.map(|(since, _)| since),
                     next_run: if e.spec.enabled {
@@ -483,6 +476,16 @@ pub fn keep_tail(s: String, limit: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::{keep_tail, truncate_start};
+
+    #[test]
+    fn every_overlap_and_notify_value_has_its_file_name() {
+        use super::{NotifyOn, Overlap};
+        assert_eq!(Overlap::Skip.as_str(), "skip");
+        assert_eq!(Overlap::Queue.as_str(), "queue");
+        assert_eq!(NotifyOn::Failure.as_str(), "failure");
+        assert_eq!(NotifyOn::Always.as_str(), "always");
+        assert_eq!(NotifyOn::Never.as_str(), "never");
+    }
 
     #[test]
     fn long_texts_keep_their_start_or_their_tail() {

@@ -4,6 +4,10 @@
 //! reads and that backups consult: while the last check failed, no backup is taken, so
 //! a damaged database never pushes good backups out through retention.
 //!
+//! Each check also looks at how the summary is maintained (see [`db::guard`]): the
+//! schema part in every check, the comparison with a recomputation in the full one.
+//! When another program changed it, the DbWriter repairs it and every channel is told.
+//!
 //! A check can be interrupted at shutdown through SQLite's interrupt handle.
 
 use std::sync::{Arc, RwLock};
@@ -18,11 +22,13 @@ use crate::config::DatabaseSettings;
 use crate::db::InterruptSlot;
 use crate::db::{
     self,
+    guard::SummaryFindings,
     snapshot::{integrity_problems, CheckKind},
     DbError,
 };
 use crate::metrics::Metrics;
 use crate::notifier::{Notifier, Severity};
+use crate::writer::WriterHandle;
 
 /// The outcome of one check.
 #[derive(Debug, Clone, Serialize)]
@@ -105,9 +111,9 @@ impl IntegrityBoard {
     }
 }
 
-/// Runs one check now and answers with its record.
+/// Runs one check now and answers with its record and what it found of the summary.
 #[derive(Message)]
-#[rtype(result = "Result<CheckRecord, DbError>")]
+#[rtype(result = "Result<(CheckRecord, SummaryFindings), DbError>")]
 pub struct RunCheck(pub CheckKind);
 
 pub struct IntegrityAuditor {
@@ -122,12 +128,13 @@ impl Actor for IntegrityAuditor {
 }
 
 /// Runs the check of `kind` on its own read-only connection: quick_check, or
-/// integrity_check followed by foreign_key_check.
+/// integrity_check followed by foreign_key_check; then inspects how the summary is
+/// maintained (and, for the full check, compares it with a recomputation).
 pub fn check_database(
     db_settings: &DatabaseSettings,
     kind: CheckKind,
     on_open: &dyn Fn(InterruptHandle),
-) -> Result<CheckRecord, DbError> {
+) -> Result<(CheckRecord, SummaryFindings), DbError> {
     let started = Instant::now();
     let conn = db::open_reader(db_settings)?;
     on_open(conn.get_interrupt_handle());
@@ -147,22 +154,29 @@ pub fn check_database(
         }
     }
     problems.truncate(20);
-    Ok(CheckRecord {
+    let record = CheckRecord {
         at: Utc::now(),
         ok: problems.is_empty(),
         duration_ms: started.elapsed().as_millis() as u64,
         problems,
-    })
+    };
+    // A damaged database gives no trustworthy comparison; its repair waits.
+    let findings = if record.ok {
+        db::guard::inspect(&conn, kind == CheckKind::Full)?
+    } else {
+        SummaryFindings::default()
+    };
+    Ok((record, findings))
 }
 
 impl Handler<RunCheck> for IntegrityAuditor {
-    type Result = Result<CheckRecord, DbError>;
+    type Result = Result<(CheckRecord, SummaryFindings), DbError>;
 
     fn handle(&mut self, msg: RunCheck, _: &mut Self::Context) -> Self::Result {
         let slot = self.interrupt.clone();
         let result = check_database(&self.db, msg.0, &|h| slot.set(h));
         self.interrupt.clear();
-        let record = result?;
+        let (record, findings) = result?;
         let was_ok = self.board.record(msg.0, record.clone());
         let name = match msg.0 {
             CheckKind::Quick => "quick_check",
@@ -183,7 +197,7 @@ impl Handler<RunCheck> for IntegrityAuditor {
                 "integrity check ok"
             ),
         }
-        Ok(record)
+        Ok((record, findings))
     }
 }
 
@@ -193,6 +207,9 @@ pub struct AuditorHandle {
     addr: Addr<IntegrityAuditor>,
     interrupt: InterruptSlot,
     metrics: Arc<Metrics>,
+    /// Repairs of the summary go through the writer.
+    writer: WriterHandle,
+    notifier: Notifier,
     pub board: Arc<IntegrityBoard>,
 }
 
@@ -202,12 +219,13 @@ impl AuditorHandle {
         board: Arc<IntegrityBoard>,
         notifier: Notifier,
         metrics: Arc<Metrics>,
+        writer: WriterHandle,
     ) -> (AuditorHandle, Arbiter) {
         let arbiter = Arbiter::new();
         let interrupt = InterruptSlot::default();
         let actor = IntegrityAuditor {
             db,
-            notifier,
+            notifier: notifier.clone(),
             board: board.clone(),
             interrupt: interrupt.clone(),
         };
@@ -217,12 +235,16 @@ impl AuditorHandle {
                 addr,
                 interrupt,
                 metrics,
+                writer,
+                notifier,
                 board,
             },
             arbiter,
         )
     }
 
+    /// Runs a check; when it found the summary changed by another program, the
+    /// DbWriter repairs it before this answers.
     pub async fn check(&self, kind: CheckKind) -> Result<CheckRecord, DbError> {
         let result = self
             .addr
@@ -234,7 +256,7 @@ impl AuditorHandle {
             CheckKind::Full => "full",
         };
         let outcome = match &result {
-            Ok(r) => {
+            Ok((r, _)) => {
                 self.metrics
                     .integrity_check_seconds
                     .with_label_values(&[label])
@@ -251,7 +273,23 @@ impl AuditorHandle {
             .integrity_checks
             .with_label_values(&[label, outcome])
             .inc();
-        result
+        let (record, findings) = result?;
+        if findings.needs_repair() {
+            tracing::warn!(found = %findings.describe(), "the summary was changed by another program; repairing");
+            match self.writer.repair_summary().await {
+                Ok(report) => crate::supervisor::alert_summary_repaired(&self.notifier, &report),
+                Err(e) => self.notifier.alert(
+                    "summary_repaired",
+                    Severity::Critical,
+                    format!(
+                        "another program changed the corruption summary ({}) and the repair failed: {e}",
+                        findings.describe()
+                    ),
+                    serde_json::Value::Null,
+                ),
+            }
+        }
+        Ok(record)
     }
 
     /// Aborts a running check; used at shutdown.

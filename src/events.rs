@@ -1,14 +1,61 @@
 //! Events as clients send them: parsing and validation of `POST /api/events` bodies.
 //!
-//! Parsing is done by hand over `serde_json::Value` instead of a derived struct so each
-//! error names the exact field (`events[3].aggregate_id`) and the reason.
+//! Parsing is done by hand over raw JSON values instead of a derived struct so each
+//! error names the exact field (`events[3].aggregate_id`) and the reason, and so
+//! `event_data` is stored exactly as the client wrote it: validated, never
+//! re-encoded (key order, numbers beyond 64 bits, exponents, escapes and whitespace
+//! inside the value are kept byte for byte).
 
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::Value;
 use uuid::Uuid;
 
 /// Longest accepted aggregate_type / aggregate_id / event_type, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
+/// Deepest nesting of arrays and objects accepted in `event_data` (as serde_json and
+/// most JSON readers allow; SQLite's own limit is 1000).
+pub const MAX_DATA_DEPTH: usize = 128;
+
+/// How deeply arrays and objects nest in valid JSON text.
+fn nesting_depth(json: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in json.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+fn check_data(data: &str) -> Result<(), FieldError> {
+    if serde_json::from_str::<serde::de::IgnoredAny>(data).is_err() {
+        return Err(FieldError::new("event_data", "is not valid JSON"));
+    }
+    if nesting_depth(data) > MAX_DATA_DEPTH {
+        return Err(FieldError::new(
+            "event_data",
+            format!("nests arrays and objects deeper than {MAX_DATA_DEPTH} levels"),
+        ));
+    }
+    Ok(())
+}
 
 /// A validated event, ready for the writer. `event_data` is already serialized JSON.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,10 +102,7 @@ impl NewEvent {
         if self.event_version < 1 {
             return Err(FieldError::new("event_version", "must be 1 or more"));
         }
-        if serde_json::from_str::<serde::de::IgnoredAny>(&self.event_data).is_err() {
-            return Err(FieldError::new("event_data", "is not valid JSON"));
-        }
-        Ok(())
+        check_data(&self.event_data)
     }
 }
 
@@ -103,6 +147,61 @@ fn check_name(field: &str, value: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// A JSON object's members in the order they were written, values unparsed.
+struct RawObject<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for RawObject<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> Visitor<'de> for Members {
+            type Value = RawObject<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, &'de RawValue>()? {
+                    members.push(member);
+                }
+                Ok(RawObject(members))
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
+}
+
+fn raw_object(raw: &RawValue) -> Result<RawObject<'_>, serde_json::Error> {
+    serde_json::from_str(raw.get())
+}
+
+/// An event object's known members, each taken once.
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'a> Members<'a> {
+    fn raw(&mut self, field: &str) -> Option<&'a RawValue> {
+        let at = self.0.iter().position(|(k, _)| k == field)?;
+        Some(self.0.swap_remove(at).1)
+    }
+
+    /// Every field but event_data is read as a plain JSON value.
+    fn value(&mut self, field: &str) -> Option<Value> {
+        self.raw(field)
+            .map(|raw| serde_json::from_str(raw.get()).unwrap_or(Value::Null))
+    }
+}
+
+/// What kind of JSON value `raw` holds, for messages.
+fn raw_type_name(raw: &RawValue) -> &'static str {
+    match raw.get().as_bytes().first() {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
 /// Parses a body holding one event object or an array of them.
 pub fn parse_body(body: &[u8], max_events: usize) -> Result<Vec<NewEvent>, FieldError> {
     let text = std::str::from_utf8(body)
@@ -113,12 +212,14 @@ pub fn parse_body(body: &[u8], max_events: usize) -> Result<Vec<NewEvent>, Field
             "is empty; send an event object or an array",
         ));
     }
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| FieldError::new("body", format!("is not valid JSON ({e})")))?;
+    let invalid =
+        |e: serde_json::Error| FieldError::new("body", format!("is not valid JSON ({e})"));
+    let top: &RawValue = serde_json::from_str(text).map_err(invalid)?;
     let now = Utc::now();
-    match value {
-        Value::Object(obj) => Ok(vec![parse_event(obj, now)?]),
-        Value::Array(items) => {
+    match raw_type_name(top) {
+        "an object" => Ok(vec![parse_event(raw_object(top).map_err(invalid)?, now)?]),
+        "an array" => {
+            let items: Vec<&RawValue> = serde_json::from_str(top.get()).map_err(invalid)?;
             if items.is_empty() {
                 return Err(FieldError::new("body", "the array holds no events"));
             }
@@ -134,23 +235,22 @@ pub fn parse_body(body: &[u8], max_events: usize) -> Result<Vec<NewEvent>, Field
             items
                 .into_iter()
                 .enumerate()
-                .map(|(i, item)| match item {
-                    Value::Object(obj) => {
-                        parse_event(obj, now).map_err(|e| e.within(&format!("events[{i}]")))
+                .map(|(i, item)| {
+                    let at = format!("events[{i}]");
+                    match raw_type_name(item) {
+                        "an object" => parse_event(raw_object(item).map_err(invalid)?, now)
+                            .map_err(|e| e.within(&at)),
+                        other => Err(FieldError::new(
+                            at,
+                            format!("must be an object, got {other}"),
+                        )),
                     }
-                    other => Err(FieldError::new(
-                        format!("events[{i}]"),
-                        format!("must be an object, got {}", type_name(&other)),
-                    )),
                 })
                 .collect()
         }
         other => Err(FieldError::new(
             "body",
-            format!(
-                "must be an event object or an array, got {}",
-                type_name(&other)
-            ),
+            format!("must be an event object or an array, got {other}"),
         )),
     }
 }
@@ -176,15 +276,23 @@ const FIELDS: &[&str] = &[
     "created_at",
 ];
 
-fn parse_event(mut obj: Map<String, Value>, now: DateTime<Utc>) -> Result<NewEvent, FieldError> {
-    if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(FieldError::new(
-            unknown.clone(),
-            format!("is not a known field (known: {})", FIELDS.join(", ")),
-        ));
+fn parse_event(members: RawObject<'_>, now: DateTime<Utc>) -> Result<NewEvent, FieldError> {
+    let mut obj: Vec<(String, &RawValue)> = Vec::with_capacity(members.0.len());
+    for (key, raw) in members.0 {
+        if !FIELDS.contains(&key.as_str()) {
+            return Err(FieldError::new(
+                key,
+                format!("is not a known field (known: {})", FIELDS.join(", ")),
+            ));
+        }
+        if obj.iter().any(|(k, _)| *k == key) {
+            return Err(FieldError::new(key, "is given more than once"));
+        }
+        obj.push((key, raw));
     }
+    let mut obj = Members(obj);
     let mut name = |field: &str| -> Result<String, FieldError> {
-        match obj.remove(field) {
+        match obj.value(field) {
             None => Err(FieldError::new(field, "is required")),
             Some(Value::String(s)) => {
                 check_name(field, &s)?;
@@ -200,12 +308,14 @@ fn parse_event(mut obj: Map<String, Value>, now: DateTime<Utc>) -> Result<NewEve
     let aggregate_id = name("aggregate_id")?;
     let event_type = name("event_type")?;
     let event_data = obj
-        .remove("event_data")
+        .raw("event_data")
         .ok_or_else(|| {
             FieldError::new("event_data", "is required (any JSON value, null included)")
         })?
+        .get()
         .to_string();
-    let event_version = match obj.remove("event_version") {
+    check_data(&event_data)?;
+    let event_version = match obj.value("event_version") {
         None => 1,
         Some(Value::Number(n)) => match n.as_i64() {
             Some(v) if (1..=i64::from(i32::MAX)).contains(&v) => v,
@@ -223,7 +333,7 @@ fn parse_event(mut obj: Map<String, Value>, now: DateTime<Utc>) -> Result<NewEve
             ))
         }
     };
-    let key = match obj.remove("id") {
+    let key = match obj.value("id") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(Uuid::parse_str(&s).map_err(|_| {
             FieldError::new(
@@ -238,7 +348,7 @@ fn parse_event(mut obj: Map<String, Value>, now: DateTime<Utc>) -> Result<NewEve
             ))
         }
     };
-    let created_at = match obj.remove("created_at") {
+    let created_at = match obj.value("created_at") {
         None | Some(Value::Null) => now,
         Some(Value::String(s)) => DateTime::parse_from_rfc3339(&s)
             .map_err(|e| FieldError::new("created_at", format!("must be an RFC 3339 time ({e})")))?
@@ -325,6 +435,21 @@ mod tests {
                 .join(",")
         );
         assert_eq!(err(&many).field, "body");
+    }
+
+    #[test]
+    fn deeply_nested_data_is_refused_by_name() {
+        let deep = |n: usize| {
+            format!(
+                r#"{{"aggregate_type":"c","aggregate_id":"a","event_type":"t","event_data":{}{}}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        assert!(parse_body(deep(MAX_DATA_DEPTH).as_bytes(), 1).is_ok());
+        assert_eq!(err(&deep(MAX_DATA_DEPTH + 1)).field, "event_data");
+        // Brackets inside strings do not count.
+        assert_eq!(nesting_depth(r#"{"a":"[[[[{{{{","b":["\"[["]}"#), 2);
     }
 
     #[test]

@@ -29,7 +29,8 @@ enum Command {
     Run,
     /// Apply pending database migrations and exit.
     Migrate,
-    /// Check the database: quick_check and the summary against a recomputation.
+    /// Check the database: quick_check, the summary against a recomputation, and
+    /// triggers or Healarr migrations that changed how the summary is maintained.
     Check {
         /// Only compare the summary and counts with a recomputation from the events.
         #[arg(long, conflicts_with = "full")]
@@ -37,6 +38,10 @@ enum Command {
         /// Run integrity_check and foreign_key_check instead of quick_check.
         #[arg(long)]
         full: bool,
+        /// Remove foreign summary triggers and rebuild the summary and counts (through
+        /// the running service when there is one).
+        #[arg(long)]
+        repair: bool,
     },
     /// Take one verified backup now (works whether the service runs or not).
     Backup,
@@ -162,7 +167,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             );
             Ok(0)
         }
-        Command::Check { summary, full } => check(&settings, summary, full),
+        Command::Check {
+            summary,
+            full,
+            repair,
+        } => {
+            if repair {
+                repair_summary(&settings)
+            } else {
+                check(&settings, summary, full)
+            }
+        }
         Command::Backup => {
             dbwarden::backup::ensure_dir(&settings.backup.dir)
                 .context("creating the backup directory")?;
@@ -373,9 +388,9 @@ fn check(settings: &Settings, summary_only: bool, full: bool) -> anyhow::Result<
             (snapshot::CheckKind::Quick, "quick_check")
         };
         let working = spinner(format!("{name} of {}", path.display()));
-        let record = dbwarden::auditor::check_database(&settings.database, kind, &|_| {});
+        let checked = dbwarden::auditor::check_database(&settings.database, kind, &|_| {});
         working.finish_and_clear();
-        let record = record?;
+        let (record, _) = checked?;
         if record.ok {
             println!("{name}: ok ({} ms)", record.duration_ms);
         } else {
@@ -386,8 +401,21 @@ fn check(settings: &Settings, summary_only: bool, full: bool) -> anyhow::Result<
             }
         }
     }
-    let diffs = queries::summary_differences(&conn)?;
-    if diffs.is_empty() {
+    let findings = db::guard::inspect(&conn, true)?;
+    for t in &findings.foreign_triggers {
+        failed = true;
+        println!(
+            "summary: trigger {} on {} (not dbwarden's) writes {}",
+            t.name,
+            t.on_table,
+            t.writes.join(" and ")
+        );
+    }
+    if let Some((Some(was), now)) = findings.healarr_version_change {
+        failed = true;
+        println!("summary: Healarr's schema version changed from {was} to {now} since dbwarden last looked");
+    }
+    if findings.drift.is_empty() {
         println!(
             "summary: exact ({} corruptions)",
             queries::bucket_counts(&conn)?.values().sum::<i64>()
@@ -396,11 +424,63 @@ fn check(settings: &Settings, summary_only: bool, full: bool) -> anyhow::Result<
         failed = true;
         println!(
             "summary: {} difference(s) from a recomputation",
-            diffs.len()
+            findings.drift.len()
         );
-        for d in &diffs {
+        for d in &findings.drift {
             println!("  {d}");
         }
     }
+    if failed && findings.needs_repair() {
+        println!(
+            "run `dbwarden check --repair` to remove foreign triggers and rebuild the summary"
+        );
+    }
     Ok(u8::from(failed))
+}
+
+/// `check --repair`: through the running service's DbWriter when it holds the
+/// database, else on a read-write connection of our own under the database lock.
+fn repair_summary(settings: &Settings) -> anyhow::Result<u8> {
+    let path = &settings.database.path;
+    if !path.exists() {
+        bail!("database {} does not exist", path.display());
+    }
+    let report: db::guard::RepairReport = match db::lock::acquire(path) {
+        Ok(_lock) => {
+            let mut conn = db::open_writer(&settings.database)
+                .with_context(|| format!("opening {}", path.display()))?;
+            if !db::migrations::is_current(&conn)? {
+                bail!(
+                    "{} is not migrated to this version; run `dbwarden migrate` first",
+                    path.display()
+                );
+            }
+            db::guard::repair(&mut conn).context("repairing the summary")?
+        }
+        Err(db::lock::LockError::Held { .. }) => {
+            let client = dbwarden::client::ServiceClient::new(settings);
+            let body = actix_rt::System::new()
+                .block_on(client.post(&["api", "summary", "repair"], None))
+                .context("asking the running service to repair the summary")?;
+            serde_json::from_value(body).context("the service's answer")?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let found = report.found.describe();
+    println!(
+        "found: {}",
+        if found.is_empty() {
+            "nothing wrong"
+        } else {
+            &found
+        }
+    );
+    for t in &report.triggers_removed {
+        println!("removed trigger {t}");
+    }
+    println!(
+        "rebuilt the summary: {} corruption row(s) changed, {} row(s) in all ({} ms)",
+        report.rows_changed, report.rows, report.duration_ms
+    );
+    Ok(0)
 }

@@ -147,22 +147,22 @@ impl Service {
         let notifier = Notifier::start(&settings.notify);
         let _ = PANIC_NOTIFIER.set(notifier.clone());
         let lock = db::lock::acquire(&settings.database.path)?;
-        if let Some(bytes) = db::hot_wal_bytes(&settings.database.path) {
-            notifier.alert(
-                "unclean_startup",
-                Severity::Warning,
-                format!("the previous run did not stop cleanly: a {bytes}-byte WAL was left; SQLite recovers it now"),
-                serde_json::json!({ "wal_bytes": bytes }),
-            );
-        }
+        let wal_left = db::hot_wal_bytes(&settings.database.path);
         // Adoption of a large Healarr database copies and rebuilds: off the async thread.
         let db_settings = settings.database.clone();
-        let (conn, report) =
-            tokio::task::spawn_blocking(move || db::open_and_migrate(&db_settings))
-                .await
-                .map_err(|e| DbError::Task(e.to_string()))??;
+        let (conn, report, clean_stop) = tokio::task::spawn_blocking(move || {
+            let (conn, report) = db::open_and_migrate(&db_settings)?;
+            let clean_stop = db::queries::take_clean_stop(&conn)?;
+            Ok::<_, DbError>((conn, report, clean_stop))
+        })
+        .await
+        .map_err(|e| DbError::Task(e.to_string()))??;
+        report_previous_stop(&notifier, wal_left, clean_stop);
         if !report.applied.is_empty() {
             tracing::info!(applied = ?report.applied, "database migrated");
+        }
+        if let Some(repair) = &report.summary_repair {
+            alert_summary_repaired(&notifier, repair);
         }
         let page_size: i64 = conn
             .query_row("PRAGMA page_size", [], |r| r.get(0))
@@ -189,6 +189,7 @@ impl Service {
             integrity.clone(),
             notifier.clone(),
             metrics.clone(),
+            writer.clone(),
         );
         let (backups, backup_arbiter) =
             start_backups(&settings, integrity.clone(), &notifier, &metrics)?;
@@ -294,6 +295,41 @@ impl Service {
     pub fn server_handle(&self) -> Option<ServerHandle> {
         self.server.clone()
     }
+}
+
+/// A WAL with content at startup means a crash, unless the previous run recorded a
+/// clean stop: then another connection's read transaction kept the final checkpoint
+/// from emptying it (or another program kept writing after we stopped).
+fn report_previous_stop(notifier: &Notifier, wal_left: Option<u64>, clean_stop: Option<String>) {
+    match (wal_left, clean_stop) {
+        (Some(bytes), None) => notifier.alert(
+            "unclean_startup",
+            Severity::Warning,
+            format!("the previous run did not stop cleanly: a {bytes}-byte WAL was left; SQLite recovers it now"),
+            serde_json::json!({ "wal_bytes": bytes }),
+        ),
+        (Some(bytes), Some(at)) => tracing::info!(
+            wal_bytes = bytes,
+            stopped_at = %at,
+            "the previous run stopped in order; its WAL stayed because another connection was reading or writing the database"
+        ),
+        (None, _) => {}
+    }
+}
+
+/// Tells every channel that another program had changed the summary and what was done.
+pub fn alert_summary_repaired(notifier: &Notifier, repair: &db::guard::RepairReport) {
+    notifier.alert(
+        "summary_repaired",
+        Severity::Warning,
+        format!(
+            "another program changed how the corruption summary is maintained ({}); removed {} foreign trigger(s), rebuilt the summary: {} corruption row(s) changed",
+            repair.found.describe(),
+            repair.triggers_removed.len(),
+            repair.rows_changed
+        ),
+        serde_json::to_value(repair).unwrap_or_default(),
+    );
 }
 
 /// What only a serving service starts: the startup runs, the cron scheduler and the

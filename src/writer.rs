@@ -20,7 +20,7 @@ use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use crate::db::jobsql::{self, JobSqlError, StopWhen};
-use crate::db::{self, queries, CheckpointMode, CheckpointResult};
+use crate::db::{self, queries, CheckpointMode, CheckpointResult, DbError};
 use crate::events::NewEvent;
 use crate::jobs::JobRun;
 use crate::metrics::Metrics;
@@ -42,6 +42,19 @@ pub enum WriteRequest {
         run: JobRun,
         keep: u32,
     },
+    /// Drop foreign summary triggers and rebuild the summary (see [`db::guard`]), in a
+    /// transaction of its own.
+    RepairSummary,
+}
+
+impl WriteRequest {
+    /// Requests that run alone in their own transaction, never batched with others.
+    fn is_exclusive(&self) -> bool {
+        matches!(
+            self,
+            WriteRequest::Statements { .. } | WriteRequest::RepairSummary
+        )
+    }
 }
 
 /// What a successful write returns.
@@ -54,6 +67,7 @@ pub enum WriteReply {
     /// Rows changed by a job's statements.
     Executed(u64),
     Recorded,
+    Repaired(Box<db::guard::RepairReport>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,6 +111,9 @@ pub struct Shutdown;
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Flush;
+
+/// How long the final TRUNCATE checkpoint waits for other connections.
+const FINAL_CHECKPOINT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Counters the health endpoint reads without asking the actor.
 #[derive(Debug, Default)]
@@ -173,16 +190,14 @@ impl DbWriter {
     fn flush(&mut self) {
         self.flush_scheduled = false;
         let mut batch = std::mem::take(&mut self.pending);
-        // Job statements run alone; the writes around them are committed in order.
+        // Job statements and repairs run alone; the writes around them are committed
+        // in order.
         while !batch.is_empty() {
-            match batch
-                .iter()
-                .position(|p| matches!(p.request, WriteRequest::Statements { .. }))
-            {
+            match batch.iter().position(|p| p.request.is_exclusive()) {
                 Some(0) => {
                     let rest = batch.split_off(1);
                     if let Some(job) = batch.pop() {
-                        self.run_statements(job);
+                        self.run_alone(job);
                     }
                     batch = rest;
                 }
@@ -196,20 +211,32 @@ impl DbWriter {
         }
     }
 
-    fn run_statements(&mut self, job: Pending) {
-        let WriteRequest::Statements { statements, stop } = &job.request else {
-            return;
-        };
+    fn run_alone(&mut self, job: Pending) {
         let Some(conn) = self.conn.as_mut() else {
             let _ = job.reply.send(Err(WriteError::Unavailable));
             return;
         };
-        let result = jobsql::execute(conn, statements, stop).map_err(|e| match e {
-            JobSqlError::DiskFull(m) => WriteError::DiskFull(m),
-            JobSqlError::Storage(m) => WriteError::Storage(m),
-            other => WriteError::Rejected(other.to_string()),
-        });
-        let _ = job.reply.send(result.map(WriteReply::Executed));
+        let result = match &job.request {
+            WriteRequest::Statements { statements, stop } => {
+                jobsql::execute(conn, statements, stop)
+                    .map(WriteReply::Executed)
+                    .map_err(|e| match e {
+                        JobSqlError::DiskFull(m) => WriteError::DiskFull(m),
+                        JobSqlError::Storage(m) => WriteError::Storage(m),
+                        other => WriteError::Rejected(other.to_string()),
+                    })
+            }
+            WriteRequest::RepairSummary => db::guard::repair(conn)
+                .map(|r| WriteReply::Repaired(Box::new(r)))
+                .map_err(|e| match e {
+                    DbError::Sqlite(e) => classify(&e),
+                    other => WriteError::Storage(other.to_string()),
+                }),
+            _ => Err(WriteError::Storage(
+                "only job statements and repairs run alone".into(),
+            )),
+        };
+        let _ = job.reply.send(result);
     }
 
     fn commit(&mut self, batch: Vec<Pending>) {
@@ -409,8 +436,8 @@ fn apply(conn: &Connection, request: &WriteRequest) -> Result<WriteReply, WriteE
         WriteRequest::RecordJobRun { run, keep } => queries::insert_job_run(conn, run, *keep)
             .map(|()| WriteReply::Recorded)
             .map_err(|e| classify(&e)),
-        WriteRequest::Statements { .. } => Err(WriteError::Storage(
-            "job statements are never part of a batch".into(),
+        WriteRequest::Statements { .. } | WriteRequest::RepairSummary => Err(WriteError::Storage(
+            "exclusive requests are never part of a batch".into(),
         )),
     }
 }
@@ -461,6 +488,15 @@ impl Handler<Shutdown> for DbWriter {
         self.flush();
         ctx.stop();
         let conn = self.conn.take().ok_or(WriteError::Unavailable)?;
+        if let Err(e) = queries::record_clean_stop(&conn) {
+            tracing::error!(error = %e, "could not record the clean stop; the next start will report an unclean one");
+        }
+        // Another connection's read transaction (Healarr's, a backup tool's,
+        // Litestream's) blocks the WAL reset however long we wait; waiting the full
+        // busy timeout would only delay the stop.
+        if let Err(e) = conn.busy_timeout(FINAL_CHECKPOINT_WAIT) {
+            tracing::warn!(error = %e, "could not shorten the busy timeout for the final checkpoint");
+        }
         let result = db::wal_checkpoint(&conn, CheckpointMode::Truncate)
             .map_err(|e| WriteError::Storage(e.to_string()));
         match &result {
@@ -471,7 +507,7 @@ impl Handler<Shutdown> for DbWriter {
             Ok(r) => tracing::warn!(
                 frames = r.log_frames,
                 checkpointed = r.checkpointed_frames,
-                "final checkpoint was blocked by a reader; the WAL will be replayed at next start"
+                "final checkpoint was blocked by another connection's read transaction; the WAL stays (every commit in it is durable) and is checkpointed later"
             ),
             Err(e) => tracing::error!(error = %e, "final checkpoint failed"),
         }
@@ -593,6 +629,14 @@ impl WriterHandle {
             .await?
         {
             WriteReply::Executed(n) => Ok(n),
+            _ => Err(WriteError::Storage("unexpected reply".into())),
+        }
+    }
+
+    /// Removes foreign summary triggers and rebuilds the summary and counts.
+    pub async fn repair_summary(&self) -> Result<db::guard::RepairReport, WriteError> {
+        match self.write(WriteRequest::RepairSummary).await? {
+            WriteReply::Repaired(report) => Ok(*report),
             _ => Err(WriteError::Storage("unexpected reply".into())),
         }
     }

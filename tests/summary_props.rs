@@ -1,10 +1,15 @@
 //! Property test: whatever the interleaving of inserts (every event type, notification
 //! events, unknown types, other aggregate types, TEXT/BLOB/null data, Go and SQLite
-//! timestamps, ids filled in out of order), deletes, prunes and updates, the
-//! trigger-maintained summary and counts equal an independent recomputation.
+//! timestamps, ids filled in out of order), deletes, prunes (by id and, as Healarr
+//! does, by time) and updates, the trigger-maintained summary and counts equal a
+//! model that remembers every event each corruption ever had: the detection facts of
+//! deleted events survive while the corruption has lifecycle events left.
 
 mod common;
 
+use std::collections::BTreeMap;
+
+use common::{ExpectedRow, Kept, KeptFacts, LifecycleEvent};
 use dbwarden::db::{migrations, queries};
 use proptest::prelude::*;
 use rusqlite::{params, Connection};
@@ -33,6 +38,9 @@ const EVENT_TYPES: &[&str] = &[
     "SearchExhausted",
     "StuckRemediation",
     "CorruptionIgnored",
+    "ReleaseBlocklisted",
+    "MonitorOverridden",
+    "RemediationPaused",
     "NotificationSent",
     "NotificationFailed",
     "SomethingNewFromHealarr",
@@ -66,14 +74,21 @@ enum Op {
     DeleteOne(usize),
     DeleteAggregate(u8),
     PruneOldest(usize),
+    /// Healarr's daily prune, `DELETE FROM events WHERE created_at < ?`, with the
+    /// cutoff in the stored form or, as Healarr binds it, in RFC 3339.
+    PruneBefore(u64, bool),
     UpdateType(usize, &'static str),
 }
 
 fn event() -> impl Strategy<Value = Event> {
     (
-        0u8..6,
+        0u8..4,
         prop::bool::weighted(0.1),
-        prop::sample::select(EVENT_TYPES),
+        // Detection events often, so deleting their carriers is common.
+        prop_oneof![
+            3 => Just("CorruptionDetected"),
+            7 => prop::sample::select(EVENT_TYPES),
+        ],
         prop::option::of(prop::option::of("[a-z/]{1,12}")),
         prop::option::of(0i64..5),
         prop::option::of(prop::sample::select(
@@ -115,10 +130,11 @@ fn event() -> impl Strategy<Value = Event> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         12 => event().prop_map(Op::Insert),
-        2 => (event(), any::<usize>()).prop_map(|(e, i)| Op::InsertIntoGap(e, i)),
+        4 => (event(), any::<usize>()).prop_map(|(e, i)| Op::InsertIntoGap(e, i)),
         2 => any::<usize>().prop_map(Op::DeleteOne),
-        1 => (0u8..6).prop_map(Op::DeleteAggregate),
+        1 => (0u8..4).prop_map(Op::DeleteAggregate),
         1 => (0usize..4).prop_map(Op::PruneOldest),
+        1 => (0u64..60, prop::bool::weighted(0.2)).prop_map(|(s, rfc)| Op::PruneBefore(s, rfc)),
         1 => (any::<usize>(), prop::sample::select(EVENT_TYPES)).prop_map(|(i, t)| Op::UpdateType(i, t)),
     ]
 }
@@ -175,49 +191,193 @@ fn insert(conn: &Connection, e: &Event, id: Option<i64>, tick: u64) {
 }
 
 fn ids(conn: &Connection) -> Vec<i64> {
+    ids_where(conn, "1", rusqlite::params![])
+}
+
+fn ids_where(conn: &Connection, condition: &str, params: &[&dyn rusqlite::ToSql]) -> Vec<i64> {
     let mut stmt = conn
-        .prepare("SELECT id FROM events ORDER BY id")
+        .prepare(&format!(
+            "SELECT id FROM events WHERE {condition} ORDER BY id"
+        ))
         .expect("prepare");
-    let rows = stmt.query_map([], |r| r.get(0)).expect("query");
+    let rows = stmt.query_map(params, |r| r.get(0)).expect("query");
     rows.map(|r| r.expect("id")).collect()
 }
 
-fn apply(conn: &Connection, op: &Op, deleted: &mut Vec<i64>, tick: u64) {
+/// Every event each corruption ever had in its current life: the live ones as stored,
+/// and the deleted ones with the order they were written in. Deleting a corruption's
+/// last lifecycle event ends its life and forgets what was deleted.
+#[derive(Default)]
+struct Model {
+    /// id → (aggregate type, aggregate id, event, write order)
+    live: BTreeMap<i64, (String, String, LifecycleEvent, u64)>,
+    /// aggregate id → deleted lifecycle events with their write order
+    gone: BTreeMap<String, Vec<(LifecycleEvent, u64)>>,
+    writes: u64,
+}
+
+fn lifecycle(aggregate_type: &str, event_type: &str) -> bool {
+    aggregate_type == "corruption" && !common::LIFECYCLE_EXCLUDED.contains(&event_type)
+}
+
+impl Model {
+    fn inserted(&mut self, conn: &Connection, id: i64) {
+        let (aggregate_type, aggregate_id, event) = conn
+            .query_row(
+                "SELECT aggregate_type, aggregate_id, event_type, event_data, created_at FROM events WHERE id = ?1",
+                [id],
+                |r| {
+                    let data = match r.get_ref(3)? {
+                        rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                            serde_json::from_slice(t).ok()
+                        }
+                        _ => None,
+                    };
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        LifecycleEvent {
+                            id,
+                            event_type: r.get(2)?,
+                            data,
+                            created_at: r.get(4)?,
+                        },
+                    ))
+                },
+            )
+            .expect("inserted row");
+        self.writes += 1;
+        self.live
+            .insert(id, (aggregate_type, aggregate_id, event, self.writes));
+    }
+
+    fn deleted(&mut self, id: i64) {
+        if let Some((aggregate_type, aggregate_id, event, write)) = self.live.remove(&id) {
+            if lifecycle(&aggregate_type, &event.event_type) {
+                self.gone
+                    .entry(aggregate_id)
+                    .or_default()
+                    .push((event, write));
+            }
+        }
+    }
+
+    /// An update removes the old version (like a delete) and writes the new one.
+    fn updated(&mut self, conn: &Connection, id: i64) {
+        self.deleted(id);
+        self.inserted(conn, id);
+    }
+
+    fn live_lifecycle(&self, aggregate: &str) -> Vec<LifecycleEvent> {
+        self.live
+            .values()
+            .filter(|(t, a, e, _)| a == aggregate && lifecycle(t, &e.event_type))
+            .map(|(_, _, e, _)| e.clone())
+            .collect()
+    }
+
+    /// Ends the lives of corruptions without lifecycle events.
+    fn settle(&mut self) {
+        let ended: Vec<String> = self
+            .gone
+            .keys()
+            .filter(|a| self.live_lifecycle(a).is_empty())
+            .cloned()
+            .collect();
+        for a in ended {
+            self.gone.remove(&a);
+        }
+    }
+
+    /// What deleted events established: the newest deleted carrier of each field
+    /// and the oldest deleted event (on equal ids, the one written later).
+    fn kept(&self, aggregate: &str) -> KeptFacts {
+        let gone = self.gone.get(aggregate).map(Vec::as_slice).unwrap_or(&[]);
+        let carrier = |key: &str| -> Kept {
+            gone.iter()
+                .filter(|(e, _)| e.event_type == "CorruptionDetected")
+                .filter_map(|(e, w)| common::json_field(&e.data, key).map(|v| (e.id, *w, v)))
+                .max_by_key(|(id, w, _)| (*id, *w))
+                .map(|(id, _, v)| (Some(v), id))
+        };
+        KeptFacts {
+            file_path: carrier("file_path"),
+            path_id: carrier("path_id"),
+            corruption_type: carrier("corruption_type"),
+            detected_at: gone
+                .iter()
+                .min_by_key(|(e, w)| (e.id, std::cmp::Reverse(*w)))
+                .map(|(e, _)| (e.created_at.clone(), e.id)),
+        }
+    }
+
+    fn expected(&self) -> BTreeMap<String, ExpectedRow> {
+        let aggregates: std::collections::BTreeSet<&String> = self
+            .live
+            .values()
+            .filter(|(t, _, e, _)| lifecycle(t, &e.event_type))
+            .map(|(_, a, _, _)| a)
+            .collect();
+        aggregates
+            .into_iter()
+            .filter_map(|a| {
+                common::summary_row(&self.live_lifecycle(a), &self.kept(a)).map(|r| (a.clone(), r))
+            })
+            .collect()
+    }
+}
+
+fn delete_ids(conn: &Connection, model: &mut Model, deleted: &mut Vec<i64>, ids: &[i64]) {
+    for &id in ids {
+        conn.execute("DELETE FROM events WHERE id = ?1", [id])
+            .expect("delete");
+        model.deleted(id);
+        deleted.push(id);
+    }
+}
+
+fn apply(conn: &Connection, op: &Op, model: &mut Model, deleted: &mut Vec<i64>, tick: u64) {
     let existing = ids(conn);
     match op {
-        Op::Insert(e) => insert(conn, e, None, tick),
+        Op::Insert(e) => {
+            insert(conn, e, None, tick);
+            model.inserted(conn, conn.last_insert_rowid());
+        }
         Op::InsertIntoGap(e, i) => {
-            if deleted.is_empty() {
-                insert(conn, e, None, tick);
-            } else {
-                let id = deleted.remove(i % deleted.len());
-                insert(conn, e, Some(id), tick);
-            }
+            let id = (!deleted.is_empty()).then(|| deleted.remove(i % deleted.len()));
+            insert(conn, e, id, tick);
+            model.inserted(conn, conn.last_insert_rowid());
         }
         Op::DeleteOne(i) if !existing.is_empty() => {
-            let id = existing[i % existing.len()];
-            conn.execute("DELETE FROM events WHERE id = ?1", [id])
-                .expect("delete");
-            deleted.push(id);
+            delete_ids(conn, model, deleted, &[existing[i % existing.len()]]);
         }
         Op::DeleteAggregate(a) => {
-            for id in existing.iter() {
-                let n = conn
-                    .execute(
-                        "DELETE FROM events WHERE id = ?1 AND aggregate_id = ?2",
-                        params![id, format!("agg-{a}")],
-                    )
-                    .expect("delete aggregate");
-                if n > 0 {
-                    deleted.push(*id);
-                }
-            }
+            let doomed = ids_where(
+                conn,
+                "aggregate_id = ?1",
+                rusqlite::params![format!("agg-{a}")],
+            );
+            delete_ids(conn, model, deleted, &doomed);
         }
         Op::PruneOldest(n) => {
-            for id in existing.iter().take(*n) {
-                conn.execute("DELETE FROM events WHERE id = ?1", [id])
-                    .expect("prune");
-                deleted.push(*id);
+            let doomed: Vec<i64> = existing.iter().take(*n).copied().collect();
+            delete_ids(conn, model, deleted, &doomed);
+        }
+        Op::PruneBefore(seconds, rfc3339) => {
+            let cutoff = if *rfc3339 {
+                format!("2026-01-06T01:18:{seconds:02}Z")
+            } else {
+                format!("2026-01-06 01:18:{seconds:02}")
+            };
+            // One statement, as Healarr runs it: its row order is SQLite's own.
+            let doomed = ids_where(conn, "created_at < ?1", rusqlite::params![cutoff]);
+            let n = conn
+                .execute("DELETE FROM events WHERE created_at < ?1", [&cutoff])
+                .expect("prune by time");
+            assert_eq!(n, doomed.len());
+            for id in doomed {
+                model.deleted(id);
+                deleted.push(id);
             }
         }
         Op::UpdateType(i, t) if !existing.is_empty() => {
@@ -227,21 +387,28 @@ fn apply(conn: &Connection, op: &Op, deleted: &mut Vec<i64>, tick: u64) {
                 params![t, id],
             )
             .expect("update");
+            model.updated(conn, id);
         }
         _ => {}
     }
+    model.settle();
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
 
     #[test]
-    fn summary_always_equals_a_recomputation(ops in prop::collection::vec(op(), 1..80)) {
+    fn summary_always_equals_the_model(ops in prop::collection::vec(op(), 1..80)) {
         let mut conn = Connection::open_in_memory().expect("memory db");
         migrations::migrate(&mut conn).expect("migrate");
+        let mut model = Model::default();
         let mut deleted = Vec::new();
         for (tick, op) in ops.iter().enumerate() {
-            apply(&conn, op, &mut deleted, tick as u64);
+            apply(&conn, op, &mut model, &mut deleted, tick as u64);
+            let expected = model.expected();
+            prop_assert_eq!(&common::stored_summary(&conn), &expected, "after {:?}", op);
+            prop_assert_eq!(common::stored_counts(&conn), common::expected_counts(&expected));
+            // The recomputation from events and kept facts agrees with the model too.
             common::assert_summary_exact(&conn);
         }
         // The SQL recomputation used by `dbwarden check --summary` agrees as well.
@@ -273,4 +440,196 @@ fn check_finds_a_tampered_summary() {
             .any(|d| d.contains("count of state CorruptionDetected")),
         "{diffs:?}"
     );
+}
+
+// ------------------------------------------------------------ the rules, one by one
+
+fn rules_db() -> Connection {
+    let mut conn = Connection::open_in_memory().expect("memory db");
+    migrations::migrate(&mut conn).expect("migrate");
+    conn
+}
+
+fn put(conn: &Connection, id: i64, event_type: &str, data: &str, created_at: &str) {
+    conn.execute(
+        "INSERT INTO events (id, aggregate_type, aggregate_id, event_type, event_data, created_at)
+         VALUES (?1, 'corruption', 'c1', ?2, ?3, ?4)",
+        params![id, event_type, data, created_at],
+    )
+    .expect("insert");
+}
+
+fn row(conn: &Connection) -> Option<ExpectedRow> {
+    common::stored_summary(conn).remove("c1")
+}
+
+fn kept_rows(conn: &Connection) -> i64 {
+    conn.query_row("SELECT count(*) FROM dbwarden_kept_facts", [], |r| r.get(0))
+        .expect("count kept")
+}
+
+/// Exact against both recomputations after every scenario step.
+fn exact(conn: &Connection) {
+    common::assert_summary_exact(conn);
+    assert_eq!(
+        queries::summary_differences(conn).expect("diff"),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn healarrs_prune_by_time_keeps_the_detection_facts() {
+    let conn = rules_db();
+    let cd = r#"{"file_path":"/media/tv/Show 41/S01E01.mkv","path_id":1,"corruption_type":"CorruptHeader","file_size":10}"#;
+    put(
+        &conn,
+        1,
+        "CorruptionDetected",
+        cd,
+        "2026-09-01 10:00:00.123456789 +0000 UTC",
+    );
+    put(
+        &conn,
+        2,
+        "RemediationQueued",
+        "{}",
+        "2026-09-01 10:00:01.5 +0000 UTC",
+    );
+    put(
+        &conn,
+        3,
+        "DownloadProgress",
+        r#"{"progress":40}"#,
+        "2026-09-03 08:00:00.1 +0000 UTC",
+    );
+    // Healarr binds its cutoff as RFC 3339 text.
+    let pruned = conn
+        .execute(
+            "DELETE FROM events WHERE created_at < ?1",
+            ["2026-09-02T00:00:00Z"],
+        )
+        .expect("prune");
+    assert_eq!(pruned, 2);
+    let r = row(&conn).expect("the corruption still has events");
+    assert_eq!(r.current_state, "DownloadProgress");
+    assert_eq!(r.file_path.as_deref(), Some("/media/tv/Show 41/S01E01.mkv"));
+    assert_eq!(r.path_id.as_deref(), Some("1"));
+    assert_eq!(r.corruption_type.as_deref(), Some("CorruptHeader"));
+    assert_eq!(
+        r.detected_at.as_deref(),
+        Some("2026-09-01 10:00:00.123456789 +0000 UTC")
+    );
+    exact(&conn);
+    // Deleting the rest removes the row and what was kept of it.
+    conn.execute("DELETE FROM events WHERE aggregate_id = 'c1'", [])
+        .expect("delete corruption");
+    assert_eq!(row(&conn), None);
+    assert_eq!(kept_rows(&conn), 0);
+    exact(&conn);
+}
+
+#[test]
+fn a_detection_written_below_a_kept_carrier_does_not_replace_it() {
+    let conn = rules_db();
+    put(
+        &conn,
+        10,
+        "CorruptionDetected",
+        r#"{"file_path":"/a"}"#,
+        "t10",
+    );
+    put(&conn, 11, "DownloadProgress", "{}", "t11");
+    conn.execute("DELETE FROM events WHERE id = 10", [])
+        .expect("delete");
+    put(
+        &conn,
+        5,
+        "CorruptionDetected",
+        r#"{"file_path":"/b"}"#,
+        "t5",
+    );
+    assert_eq!(row(&conn).expect("row").file_path.as_deref(), Some("/a"));
+    assert_eq!(row(&conn).expect("row").detected_at.as_deref(), Some("t5"));
+    exact(&conn);
+    put(
+        &conn,
+        20,
+        "CorruptionDetected",
+        r#"{"file_path":"/c"}"#,
+        "t20",
+    );
+    assert_eq!(row(&conn).expect("row").file_path.as_deref(), Some("/c"));
+    exact(&conn);
+}
+
+#[test]
+fn a_reused_id_beats_the_kept_value_and_is_kept_in_turn() {
+    let conn = rules_db();
+    put(&conn, 10, "CorruptionDetected", r#"{"path_id":1}"#, "t10");
+    put(&conn, 11, "DownloadProgress", "{}", "t11");
+    conn.execute("DELETE FROM events WHERE id = 10", [])
+        .expect("delete");
+    assert_eq!(row(&conn).expect("row").path_id.as_deref(), Some("1"));
+    put(&conn, 10, "CorruptionDetected", r#"{"path_id":2}"#, "t10b");
+    let r = row(&conn).expect("row");
+    assert_eq!(r.path_id.as_deref(), Some("2"));
+    assert_eq!(r.detected_at.as_deref(), Some("t10b"));
+    exact(&conn);
+    conn.execute("DELETE FROM events WHERE id = 10", [])
+        .expect("delete again");
+    let r = row(&conn).expect("row");
+    assert_eq!(r.path_id.as_deref(), Some("2"));
+    assert_eq!(r.detected_at.as_deref(), Some("t10b"));
+    exact(&conn);
+}
+
+#[test]
+fn an_update_keeps_what_the_old_version_established() {
+    let conn = rules_db();
+    put(
+        &conn,
+        1,
+        "CorruptionDetected",
+        r#"{"file_path":"/a","corruption_type":"ZeroByte"}"#,
+        "t1",
+    );
+    put(&conn, 2, "DownloadProgress", "{}", "t2");
+    conn.execute(
+        "UPDATE events SET event_type = 'RemediationQueued' WHERE id = 1",
+        [],
+    )
+    .expect("update");
+    let r = row(&conn).expect("row");
+    assert_eq!(r.file_path.as_deref(), Some("/a"));
+    assert_eq!(r.corruption_type.as_deref(), Some("ZeroByte"));
+    exact(&conn);
+}
+
+#[test]
+fn a_corruption_whose_life_ended_starts_again_with_nothing_kept() {
+    let conn = rules_db();
+    put(
+        &conn,
+        1,
+        "CorruptionDetected",
+        r#"{"file_path":"/a"}"#,
+        "t1",
+    );
+    put(&conn, 2, "DownloadProgress", "{}", "t2");
+    conn.execute("DELETE FROM events WHERE id = 1", [])
+        .expect("delete");
+    assert_eq!(kept_rows(&conn), 1);
+    // Its last lifecycle event becomes a notification: no lifecycle event is left.
+    conn.execute(
+        "UPDATE events SET event_type = 'NotificationSent' WHERE id = 2",
+        [],
+    )
+    .expect("update");
+    assert_eq!(row(&conn), None);
+    assert_eq!(kept_rows(&conn), 0);
+    put(&conn, 3, "DownloadProgress", "{}", "t3");
+    let r = row(&conn).expect("a new life");
+    assert_eq!(r.file_path, None);
+    assert_eq!(r.detected_at.as_deref(), Some("t3"));
+    exact(&conn);
 }

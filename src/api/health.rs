@@ -127,7 +127,8 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// Counts per bucket, `total` (every corruption except ignored ones, as Healarr
-/// counts), `corruptions_today` (first seen today, UTC, not ignored) and
+/// counts), `corruptions_today` (CorruptionDetected events created today, UTC, of
+/// corruptions not ignored, as Healarr counts them) and
 /// `success_rate` (Healarr's: resolved × 100 / (resolved + orphaned), 100 when nothing
 /// finished and nothing is in progress, else 0).
 #[utoipa::path(
@@ -143,7 +144,7 @@ pub async fn dashboard(state: web::Data<AppState>) -> Result<HttpResponse, ApiEr
         .run(move |conn| {
             Ok((
                 queries::bucket_counts(conn)?,
-                queries::corruptions_detected_since(conn, &today)?,
+                queries::corruptions_detected_on(conn, &today)?,
             ))
         })
         .await?;

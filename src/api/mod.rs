@@ -13,6 +13,7 @@ mod metrics;
 pub mod openapi;
 pub mod schema;
 mod status;
+mod summary;
 
 use std::net::TcpListener;
 use std::sync::atomic::AtomicBool;
@@ -82,6 +83,7 @@ api_routes! {
     "/api/jobs" => [get => jobs::list],
     "/api/jobs/{name}/runs" => [get => jobs::runs],
     "/api/jobs/{name}/run" => [post => jobs::run],
+    "/api/summary/repair" => [post => summary::repair],
 }
 
 async fn method_not_allowed() -> Result<HttpResponse, ApiError> {

@@ -33,6 +33,7 @@ use super::schema;
         super::jobs::list,
         super::jobs::runs,
         super::jobs::run,
+        super::summary::repair,
         super::metrics::metrics,
         super::status::page,
         super::status::history,
@@ -52,6 +53,9 @@ use super::schema;
         schema::JobRuns,
         schema::JobStarted,
         schema::StatusHistory,
+        crate::db::guard::RepairReport,
+        crate::db::guard::SummaryFindings,
+        crate::db::guard::ForeignTrigger,
     )),
     modifiers(&CommonAnswers),
     security(("token" = []))

@@ -5,6 +5,12 @@
 //! (`<name>.healarr-<UTC time>.bak`), so adoption can always be undone by hand.
 //! The migrations then replace Healarr's trigger and legacy view, rebuild the summary
 //! from the events and leave every other table untouched.
+//!
+//! Healarr may already have pruned old events, so for some corruptions the detection
+//! facts (file path, path id, type, detection time) survive only in Healarr's own
+//! summary table. Its rows are stashed in `dbwarden_adoption_summary` before the
+//! migrations replace that table; migration 0004 keeps them as kept facts for the
+//! corruptions whose CorruptionDetected events are gone, then drops the stash.
 
 use std::path::{Path, PathBuf};
 
@@ -48,4 +54,23 @@ pub fn protect_before_adoption(
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
     let name = format!("{file_name}.healarr-{stamp}.bak");
     snapshot::write_verified_copy(conn, &dir, &name).map(Some)
+}
+
+/// Stashes Healarr's summary rows for migration 0004 (see the module doc). Does
+/// nothing unless `conn` is an unadopted Healarr database with a summary table.
+pub fn stash_healarr_summary(conn: &Connection) -> Result<(), DbError> {
+    if !is_unadopted_healarr(conn)? || !table_exists(conn, "corruption_summary")? {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(
+        "DROP TABLE IF EXISTS dbwarden_adoption_summary;
+         CREATE TABLE dbwarden_adoption_summary (
+             corruption_id TEXT PRIMARY KEY, file_path, path_id, corruption_type, detected_at);
+         INSERT INTO dbwarden_adoption_summary
+             SELECT corruption_id, file_path, path_id, corruption_type, detected_at
+               FROM corruption_summary;",
+    )?;
+    tx.commit()?;
+    Ok(())
 }

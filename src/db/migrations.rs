@@ -2,10 +2,16 @@
 //! order, each in its own transaction, recorded in `dbwarden_migrations` (name,
 //! checksum, applied_at). That table is dbwarden's own, so it never clashes with
 //! Healarr's `schema_migrations`.
+//!
+//! Statements run one by one so that a `CREATE INDEX IF NOT EXISTS` whose equal
+//! already exists under another name (Healarr's own indexes) is skipped; see
+//! [`super::indexes`].
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use fallible_iterator::FallibleIterator;
+use rusqlite::{Batch, Connection, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
+use super::indexes::{self, IndexSpec};
 use super::DbError;
 
 pub struct Migration {
@@ -27,6 +33,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_job_runs",
         sql: include_str!("../../migrations/0003_job_runs.sql"),
     },
+    Migration {
+        name: "0004_summary_lifecycle_and_kept_facts",
+        sql: include_str!("../../migrations/0004_summary_lifecycle_and_kept_facts.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS dbwarden_migrations (
@@ -39,10 +49,68 @@ const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS dbwarden_migrations (
 pub struct MigrationReport {
     pub applied: Vec<String>,
     pub already_applied: usize,
+    /// Indexes of ours not created or dropped because an equal one exists:
+    /// (ours, the one used instead).
+    pub indexes_reused: Vec<(String, String)>,
+    /// Indexes of ours created again because no equal one existed any more.
+    pub indexes_created: Vec<String>,
+    /// Set when opening found the summary changed by another program and repaired it.
+    pub summary_repair: Option<super::guard::RepairReport>,
 }
 
 pub fn checksum(sql: &str) -> String {
     hex::encode(Sha256::digest(sql.as_bytes()))
+}
+
+/// Runs `sql` statement by statement on `conn`, giving each statement's text to
+/// `skip` first; a statement it answers `true` for is not executed.
+fn run_statements(
+    conn: &Connection,
+    sql: &str,
+    mut skip: impl FnMut(&str) -> Result<bool, rusqlite::Error>,
+) -> Result<(), rusqlite::Error> {
+    let mut batch = Batch::new(conn, sql);
+    while let Some(mut stmt) = batch.next()? {
+        let text = stmt.expanded_sql().unwrap_or_default();
+        if !skip(&text)? {
+            stmt.execute([])?;
+        }
+    }
+    Ok(())
+}
+
+/// Every index the migrations create in the simple, comparable form, read by running
+/// them on an empty in-memory database.
+fn index_specs() -> Result<Vec<IndexSpec>, DbError> {
+    let scratch = Connection::open_in_memory()?;
+    let mut specs = Vec::new();
+    for m in MIGRATIONS {
+        run_statements(&scratch, m.sql, |text| {
+            specs.extend(indexes::parse_create_index(text));
+            Ok(false)
+        })?;
+    }
+    Ok(specs)
+}
+
+/// Runs a migration, skipping an index whose equal already exists under another name.
+fn execute_migration(
+    conn: &Connection,
+    sql: &str,
+    reused: &mut Vec<(String, String)>,
+) -> Result<(), rusqlite::Error> {
+    run_statements(conn, sql, |text| {
+        let Some(spec) = indexes::parse_create_index(text) else {
+            return Ok(false);
+        };
+        Ok(match indexes::equivalent_of(conn, &spec)? {
+            Some(other) => {
+                reused.push((spec.name, other));
+                true
+            }
+            None => false,
+        })
+    })
 }
 
 /// Applies pending migrations. Stops with an error, before changing anything, when an
@@ -86,7 +154,7 @@ pub fn migrate(conn: &mut Connection) -> Result<MigrationReport, DbError> {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(fail)?;
-        tx.execute_batch(m.sql).map_err(fail)?;
+        execute_migration(&tx, m.sql, &mut report.indexes_reused).map_err(fail)?;
         tx.execute(
             "INSERT INTO dbwarden_migrations (name, checksum, applied_at) VALUES (?1, ?2, ?3)",
             rusqlite::params![m.name, checksum(m.sql), crate::time::now_text()],
@@ -95,6 +163,14 @@ pub fn migrate(conn: &mut Connection) -> Result<MigrationReport, DbError> {
         tx.commit().map_err(fail)?;
         tracing::info!(migration = m.name, "migration applied");
         report.applied.push(m.name.to_string());
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let reconciled = indexes::reconcile(&tx, &index_specs()?)?;
+    tx.commit()?;
+    report.indexes_reused.extend(reconciled.dropped);
+    report.indexes_created = reconciled.created;
+    for (ours, other) in &report.indexes_reused {
+        tracing::info!(index = %ours, instead = %other, "an equal index exists; using it instead of creating a duplicate");
     }
     Ok(report)
 }

@@ -9,6 +9,8 @@
 pub mod adopt;
 pub mod crashvfs;
 pub mod durable;
+pub mod guard;
+pub mod indexes;
 pub mod jobsql;
 pub mod lock;
 pub mod migrations;
@@ -306,15 +308,24 @@ pub struct CheckpointResult {
 }
 
 /// Opens the writer connection and brings the schema up to date, adopting a Healarr
-/// database first when one is found. Used by `run` and `migrate`.
+/// database first when one is found, then repairs the summary if another program
+/// changed how it is maintained (see [`guard`]). Used by `run` and `migrate`.
 pub fn open_and_migrate(
     settings: &DatabaseSettings,
 ) -> Result<(Connection, migrations::MigrationReport), DbError> {
     let mut conn = open_writer(settings)?;
     if let Some(copy) = adopt::protect_before_adoption(&conn, &settings.path)? {
         tracing::warn!(copy = %copy.display(), "adopting a Healarr database; a verified copy of it was written first");
+        adopt::stash_healarr_summary(&conn)?;
     }
-    let report = migrations::migrate(&mut conn)?;
+    let mut report = migrations::migrate(&mut conn)?;
+    let findings = guard::inspect(&conn, false)?;
+    if findings.needs_repair() {
+        report.summary_repair = Some(guard::repair(&mut conn)?);
+    } else if findings.healarr_version_change.is_some() {
+        // First sight of Healarr's version (a fresh adoption): remember it.
+        guard::record_healarr_version(&conn)?;
+    }
     Ok((conn, report))
 }
 

@@ -37,6 +37,28 @@ pub fn insert_event(conn: &Connection, event: &NewEvent) -> Result<i64, rusqlite
 /// statement shapes exist and all stay in the statement cache.
 const MAX_ROWS_PER_INSERT: usize = 256;
 
+/// `event_data` as bound for storage: its exact text. The column's declared type
+/// (`JSON`, Healarr's) has NUMERIC affinity, so SQLite would turn a bare number such
+/// as `1e2` or `123456789012345678901234567890` into 100.0 or a rounded REAL; such a
+/// value is bound as a BLOB of its text, which affinity never touches (Healarr binds
+/// all its event data as BLOBs). Everything else is TEXT.
+struct EventData<'a>(&'a str);
+
+impl rusqlite::ToSql for EventData<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        let bare_number = self
+            .0
+            .as_bytes()
+            .first()
+            .is_some_and(|b| *b == b'-' || b.is_ascii_digit());
+        Ok(rusqlite::types::ToSqlOutput::Borrowed(if bare_number {
+            ValueRef::Blob(self.0.as_bytes())
+        } else {
+            ValueRef::Text(self.0.as_bytes())
+        }))
+    }
+}
+
 fn insert_sql(rows: usize) -> String {
     let mut sql = String::from(
         "INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data, event_version, created_at) VALUES ",
@@ -97,14 +119,18 @@ pub fn insert_events<E: Borrow<NewEvent>>(
         let (chunk, tail) = rest.split_at(rows);
         rest = tail;
         let mut stmt = conn.prepare_cached(&insert_sql(rows))?;
+        let data: Vec<EventData<'_>> = chunk
+            .iter()
+            .map(|&i| EventData(&events[i].borrow().event_data))
+            .collect();
         let mut params: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(rows * 6);
-        for &i in chunk {
+        for (&i, data) in chunk.iter().zip(&data) {
             let e: &NewEvent = events[i].borrow();
             params.extend_from_slice(&[
                 &e.aggregate_type as &dyn rusqlite::ToSql,
                 &e.aggregate_id,
                 &e.event_type,
-                &e.event_data,
+                data,
                 &e.event_version,
                 &e.created_at,
             ]);
@@ -175,14 +201,26 @@ pub fn bucket_counts(conn: &Connection) -> Result<BTreeMap<String, i64>, DbError
     Ok(counts)
 }
 
-/// Corruptions first seen today (UTC date prefix) that are not ignored.
-pub fn corruptions_detected_since(conn: &Connection, day_prefix: &str) -> Result<i64, DbError> {
+/// CorruptionDetected events created on `day` (`YYYY-MM-DD`, the UTC date prefix of
+/// `created_at`), leaving out corruptions that are ignored now: Healarr's "corruptions
+/// today" (a corruption detected twice today counts twice). A range over the
+/// `created_at` index, equal to a prefix match for text timestamps.
+pub fn corruptions_detected_on(conn: &Connection, day: &str) -> Result<i64, DbError> {
+    let next_day = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.succ_opt())
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| format!("{day}~"));
     Ok(conn
         .prepare_cached(
-            "SELECT count(*) FROM corruption_summary
-              WHERE detected_at >= ?1 AND current_state <> 'CorruptionIgnored'",
+            "SELECT count(*) FROM events e
+              WHERE e.created_at >= ?1 AND e.created_at < ?2
+                AND e.event_type = 'CorruptionDetected'
+                AND NOT EXISTS (SELECT 1 FROM corruption_summary s
+                                 WHERE s.corruption_id = e.aggregate_id
+                                   AND s.current_state = 'CorruptionIgnored')",
         )?
-        .query_row([day_prefix], |r| r.get(0))?)
+        .query_row([day, next_day.as_str()], |r| r.get(0))?)
 }
 
 // ---------------------------------------------------------------- summary rows
@@ -314,27 +352,36 @@ pub fn list_corruptions(
 
 // ---------------------------------------------------------------- events
 
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StoredEvent {
     pub id: i64,
     pub aggregate_type: String,
     pub aggregate_id: String,
     pub event_type: String,
-    pub event_data: Value,
+    /// The stored JSON text as it was written, never re-encoded.
+    #[schema(value_type = Object)]
+    pub event_data: Box<serde_json::value::RawValue>,
     pub event_version: i64,
     pub created_at: Option<String>,
     pub user_id: Option<String>,
 }
 
-/// Reads `event_data` however it was stored: JSON text, a BLOB of JSON text, or (for
-/// rows no JSON parser accepts) the raw text as a string.
-pub fn event_data_json(v: ValueRef<'_>) -> Value {
-    match v {
-        ValueRef::Null => Value::Null,
-        ValueRef::Integer(i) => Value::from(i),
-        ValueRef::Real(f) => Value::from(f),
-        ValueRef::Text(t) | ValueRef::Blob(t) => serde_json::from_slice(t)
-            .unwrap_or_else(|_| Value::from(String::from_utf8_lossy(t).into_owned())),
+/// `event_data` however it was stored, as it was stored: JSON text or a BLOB of JSON
+/// text is passed through untouched; anything no JSON parser accepts comes back as a
+/// JSON string of its text.
+pub fn event_data_raw(v: ValueRef<'_>) -> Box<serde_json::value::RawValue> {
+    use serde_json::value::RawValue;
+    let text = match v {
+        ValueRef::Null => return RawValue::NULL.to_owned(),
+        ValueRef::Integer(i) => i.to_string(),
+        ValueRef::Real(f) => Value::from(f).to_string(),
+        ValueRef::Text(t) | ValueRef::Blob(t) => String::from_utf8_lossy(t).into_owned(),
+    };
+    let trimmed = text.trim();
+    match RawValue::from_string(trimmed.to_string()) {
+        Ok(raw) => raw,
+        Err(_) => RawValue::from_string(Value::from(text).to_string())
+            .unwrap_or_else(|_| RawValue::NULL.to_owned()),
     }
 }
 
@@ -357,7 +404,7 @@ pub fn corruption_history(
             aggregate_type: r.get(1)?,
             aggregate_id: r.get(2)?,
             event_type: r.get(3)?,
-            event_data: event_data_json(r.get_ref(4)?),
+            event_data: event_data_raw(r.get_ref(4)?),
             event_version: r.get(5)?,
             created_at: text_of(r.get_ref(6)?),
             user_id: text_of(r.get_ref(7)?),
@@ -416,6 +463,62 @@ pub fn summary_differences(conn: &Connection) -> Result<Vec<String>, DbError> {
         out.push(row?);
     }
     Ok(out)
+}
+
+/// Rebuilds the summary and the per-state counts from the events and kept facts, and
+/// forgets kept facts of corruptions that have no row. Runs in the caller's
+/// transaction; answers how many corruptions' rows changed (differed, appeared or
+/// disappeared).
+pub fn rebuild_summary(conn: &Connection) -> Result<i64, DbError> {
+    conn.execute_batch(
+        "DROP TABLE IF EXISTS temp.dbwarden_summary_before;
+         CREATE TEMP TABLE dbwarden_summary_before AS SELECT * FROM main.corruption_summary;
+         DELETE FROM main.corruption_summary;
+         DELETE FROM main.corruption_state_counts;
+         INSERT INTO main.corruption_summary SELECT * FROM main.dbwarden_corruption_summary_recomputed;
+         DELETE FROM main.dbwarden_kept_facts
+          WHERE corruption_id NOT IN (SELECT corruption_id FROM main.corruption_summary);",
+    )?;
+    let changed: i64 = conn.query_row(
+        "SELECT count(DISTINCT corruption_id) FROM (
+             SELECT corruption_id FROM (SELECT * FROM temp.dbwarden_summary_before
+                                        EXCEPT SELECT * FROM main.corruption_summary)
+             UNION ALL
+             SELECT corruption_id FROM (SELECT * FROM main.corruption_summary
+                                        EXCEPT SELECT * FROM temp.dbwarden_summary_before))",
+        [],
+        |r| r.get(0),
+    )?;
+    conn.execute_batch("DROP TABLE temp.dbwarden_summary_before;")?;
+    Ok(changed)
+}
+
+// ---------------------------------------------------------------- clean stops
+
+const CLEAN_STOP_KEY: &str = "clean_stop";
+
+/// Records that the service stopped in order (the writer's last write), so the next
+/// start can tell a WAL left by a reader from one left by a crash.
+pub fn record_clean_stop(conn: &Connection) -> Result<(), DbError> {
+    conn.execute(
+        "INSERT INTO dbwarden_state (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![CLEAN_STOP_KEY, crate::time::now_text()],
+    )?;
+    Ok(())
+}
+
+/// The time of the last clean stop, if the previous run ended with one; clears it, so
+/// a crash of this run is not mistaken for a clean stop.
+pub fn take_clean_stop(conn: &Connection) -> Result<Option<String>, DbError> {
+    let at: Option<String> = conn
+        .query_row(
+            "DELETE FROM dbwarden_state WHERE key = ?1 RETURNING value",
+            [CLEAN_STOP_KEY],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(at)
 }
 
 /// Records one job run and deletes that job's runs beyond the newest `keep`.

@@ -2,9 +2,10 @@
 //! independent recomputation of the corruption summary.
 #![allow(dead_code)]
 
+pub mod healarr;
 pub mod process;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -118,6 +119,17 @@ impl TestApp {
             .expect("json body")
     }
 
+    /// POST a JSON body written by hand, byte for byte.
+    pub async fn post_text(&self, path: &str, body: impl Into<String>) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.into())
+            .send()
+            .await
+            .expect("request")
+    }
+
     /// POST without a body.
     pub async fn post(&self, path: &str) -> reqwest::Response {
         self.client.post(self.url(path)).send().await.expect("post")
@@ -225,7 +237,7 @@ fn sql_text(v: ValueRef<'_>) -> Option<String> {
     }
 }
 
-fn json_field(data: &Option<Value>, key: &str) -> Option<String> {
+pub fn json_field(data: &Option<Value>, key: &str) -> Option<String> {
     match data.as_ref()?.get(key)? {
         Value::Null => None,
         Value::String(s) => Some(s.clone()),
@@ -233,55 +245,135 @@ fn json_field(data: &Option<Value>, key: &str) -> Option<String> {
     }
 }
 
-/// Recomputes the summary from the events table with no SQL beyond a plain scan.
+/// A lifecycle event as the oracles read it.
+#[derive(Debug, Clone)]
+pub struct LifecycleEvent {
+    pub id: i64,
+    pub event_type: String,
+    pub data: Option<Value>,
+    pub created_at: Option<String>,
+}
+
+/// What a deleted event left behind for one field: (value, the deleted event's id).
+pub type Kept = Option<(Option<String>, i64)>;
+
+/// The kept facts of one corruption, as `dbwarden_kept_facts` stores them.
+#[derive(Debug, Clone, Default)]
+pub struct KeptFacts {
+    pub file_path: Kept,
+    pub path_id: Kept,
+    pub corruption_type: Kept,
+    pub detected_at: Kept,
+}
+
+fn data_of_value(v: ValueRef<'_>) -> Option<Value> {
+    match v {
+        ValueRef::Text(t) | ValueRef::Blob(t) => serde_json::from_slice(t).ok(),
+        ValueRef::Integer(i) => Some(Value::from(i)),
+        ValueRef::Real(f) => Some(Value::from(f)),
+        ValueRef::Null => None,
+    }
+}
+
+/// One corruption's row from its lifecycle events (in id order, with `ids` that may
+/// include deleted ones via `kept`), by the reference's rules: the latest event sets
+/// state, time and error; each detection field comes from the highest-id
+/// CorruptionDetected carrying it (a stored event beats a kept value on equal ids);
+/// the detection time from the lowest-id event.
+pub fn summary_row(events: &[LifecycleEvent], kept: &KeptFacts) -> Option<ExpectedRow> {
+    let last = events.iter().max_by_key(|e| e.id)?;
+    let field = |key: &str, kept: &Kept| -> Option<String> {
+        let stored = events
+            .iter()
+            .filter(|e| e.event_type == "CorruptionDetected")
+            .filter_map(|e| json_field(&e.data, key).map(|v| (e.id, 1, Some(v))));
+        stored
+            .chain(kept.clone().map(|(v, id)| (id, 0, v)))
+            .max_by_key(|(id, stored, _)| (*id, *stored))
+            .and_then(|(_, _, v)| v)
+    };
+    let detected_at = events
+        .iter()
+        .map(|e| (e.id, 1, e.created_at.clone()))
+        .chain(kept.detected_at.clone().map(|(v, id)| (id, 0, v)))
+        .min_by_key(|(id, stored, _)| (*id, -stored))
+        .and_then(|(_, _, v)| v);
+    Some(ExpectedRow {
+        current_state: last.event_type.clone(),
+        retry_count: events
+            .iter()
+            .filter(|e| RETRY_TYPES.contains(&e.event_type.as_str()))
+            .count() as i64,
+        file_path: field("file_path", &kept.file_path),
+        path_id: field("path_id", &kept.path_id),
+        last_error: json_field(&last.data, "error"),
+        corruption_type: field("corruption_type", &kept.corruption_type),
+        detected_at,
+        last_updated_at: last.created_at.clone(),
+    })
+}
+
+/// The kept facts as stored, by corruption id.
+pub fn stored_kept_facts(conn: &Connection) -> BTreeMap<String, KeptFacts> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT corruption_id, file_path, file_path_event_id, path_id, path_id_event_id,
+                    corruption_type, corruption_type_event_id, detected_at, detected_at_event_id
+               FROM dbwarden_kept_facts",
+        )
+        .expect("prepare kept facts");
+    let rows = stmt
+        .query_map([], |r| {
+            let kept = |v: usize, id: usize| -> rusqlite::Result<Kept> {
+                Ok(r.get::<_, Option<i64>>(id)?
+                    .map(|id| (sql_text(r.get_ref(v).expect("kept value")), id)))
+            };
+            Ok((
+                r.get::<_, String>(0)?,
+                KeptFacts {
+                    file_path: kept(1, 2)?,
+                    path_id: kept(3, 4)?,
+                    corruption_type: kept(5, 6)?,
+                    detected_at: kept(7, 8)?,
+                },
+            ))
+        })
+        .expect("query kept facts");
+    rows.map(|r| r.expect("kept row")).collect()
+}
+
+/// Recomputes the summary from the events table and the kept facts with no SQL
+/// beyond plain scans.
 pub fn recompute_summary(conn: &Connection) -> BTreeMap<String, ExpectedRow> {
     let mut stmt = conn
-        .prepare("SELECT aggregate_type, aggregate_id, event_type, event_data, created_at FROM events ORDER BY id")
+        .prepare("SELECT aggregate_type, aggregate_id, event_type, event_data, created_at, id FROM events ORDER BY id")
         .expect("prepare");
     let mut rows = stmt.query([]).expect("query");
-    let mut out: BTreeMap<String, ExpectedRow> = BTreeMap::new();
-    let mut detected: BTreeSet<String> = BTreeSet::new();
+    let mut by_aggregate: BTreeMap<String, Vec<LifecycleEvent>> = BTreeMap::new();
     while let Some(r) = rows.next().expect("row") {
         let agg_type: String = r.get(0).expect("type");
-        let agg_id: String = r.get(1).expect("id");
         let event_type: String = r.get(2).expect("event type");
         if agg_type != "corruption" || LIFECYCLE_EXCLUDED.contains(&event_type.as_str()) {
             continue;
         }
-        let data: Option<Value> = match r.get_ref(3).expect("data") {
-            ValueRef::Text(t) | ValueRef::Blob(t) => serde_json::from_slice(t).ok(),
-            ValueRef::Integer(i) => Some(Value::from(i)),
-            ValueRef::Real(f) => Some(Value::from(f)),
-            ValueRef::Null => None,
-        };
-        let created_at = sql_text(r.get_ref(4).expect("created"));
-        let agg_key = agg_id.clone();
-        let entry = out.entry(agg_id).or_insert_with(|| ExpectedRow {
-            current_state: event_type.clone(),
-            retry_count: 0,
-            file_path: None,
-            path_id: None,
-            last_error: None,
-            corruption_type: None,
-            detected_at: created_at.clone(),
-            last_updated_at: created_at.clone(),
-        });
-        entry.current_state = event_type.clone();
-        entry.last_updated_at = created_at;
-        if RETRY_TYPES.contains(&event_type.as_str()) {
-            entry.retry_count += 1;
-        }
-        if let Some(err) = json_field(&data, "error") {
-            entry.last_error = Some(err);
-        }
-        // The first CorruptionDetected fixes these, even when it carries none of them.
-        if event_type == "CorruptionDetected" && detected.insert(agg_key) {
-            entry.file_path = json_field(&data, "file_path");
-            entry.path_id = json_field(&data, "path_id");
-            entry.corruption_type = json_field(&data, "corruption_type");
-        }
+        by_aggregate
+            .entry(r.get(1).expect("id"))
+            .or_default()
+            .push(LifecycleEvent {
+                id: r.get(5).expect("row id"),
+                event_type,
+                data: data_of_value(r.get_ref(3).expect("data")),
+                created_at: sql_text(r.get_ref(4).expect("created")),
+            });
     }
-    out
+    let kept = stored_kept_facts(conn);
+    by_aggregate
+        .into_iter()
+        .filter_map(|(id, events)| {
+            let facts = kept.get(&id).cloned().unwrap_or_default();
+            summary_row(&events, &facts).map(|row| (id, row))
+        })
+        .collect()
 }
 
 /// The materialized summary as stored.

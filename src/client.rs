@@ -1,17 +1,30 @@
 //! Talking to a running service from the command line (`dbwarden status`,
-//! `dbwarden jobs run` while the service holds the database): its address is
-//! `api.listen` (loopback when that is a wildcard address) and `api.token` is sent.
+//! `dbwarden jobs run`, `backup` and `check --repair` while the service holds the
+//! database): its address is `api.listen` (loopback when that is a wildcard address)
+//! and `api.token` is sent.
+//!
+//! Every request is bounded: connecting takes at most [`CONNECT_TIMEOUT`], and the
+//! whole answer at most the client's timeout ([`DEFAULT_TIMEOUT`] unless the caller
+//! sets one that fits the work asked for), so a stuck service never hangs the command.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::config::Settings;
 
+/// Longest wait for a connection to the service.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for a quick answer (health, status).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("no dbwarden service answers at {addr}: {reason}")]
     Unreachable { addr: SocketAddr, reason: String },
+    #[error("the service at {addr} did not answer within {} s", .after.as_secs_f64())]
+    TimedOut { addr: SocketAddr, after: Duration },
     #[error("the service at {addr} answered HTTP {status}: {message}")]
     Refused {
         addr: SocketAddr,
@@ -24,6 +37,7 @@ pub struct ServiceClient {
     addr: SocketAddr,
     token: Option<String>,
     http: reqwest::Client,
+    timeout: Duration,
 }
 
 impl ServiceClient {
@@ -32,11 +46,23 @@ impl ServiceClient {
         if addr.ip().is_unspecified() {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .unwrap_or_default();
         ServiceClient {
             addr,
             token: settings.api.token.clone(),
-            http: reqwest::Client::new(),
+            http,
+            timeout: DEFAULT_TIMEOUT,
         }
+    }
+
+    /// Bounds every request of this client by `timeout` (the work it asks for may
+    /// take longer than a health answer).
+    pub fn with_timeout(mut self, timeout: Duration) -> ServiceClient {
+        self.timeout = timeout;
+        self
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -62,10 +88,20 @@ impl ServiceClient {
         let request = match &self.token {
             Some(token) => request.bearer_auth(token),
             None => request,
-        };
-        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
-            addr: self.addr,
-            reason: e.to_string(),
+        }
+        .timeout(self.timeout);
+        let unreachable = |e: reqwest::Error| {
+            if e.is_timeout() && !e.is_connect() {
+                ClientError::TimedOut {
+                    addr: self.addr,
+                    after: self.timeout,
+                }
+            } else {
+                ClientError::Unreachable {
+                    addr: self.addr,
+                    reason: e.to_string(),
+                }
+            }
         };
         let response = request.send().await.map_err(unreachable)?;
         let status = response.status().as_u16();

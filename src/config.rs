@@ -81,6 +81,23 @@ pub struct BackupSettings {
     pub keep_last: usize,
     pub keep_daily: usize,
     pub keep_weekly: usize,
+    /// Oldest the newest verified backup may be before health is degraded. Unset:
+    /// twice the longest gap of `schedule`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_secs: Option<u64>,
+}
+
+impl BackupSettings {
+    /// `max_age_secs`, or twice the longest gap between the schedule's next runs.
+    pub fn max_age(&self) -> std::time::Duration {
+        self.max_age_secs
+            .map(std::time::Duration::from_secs)
+            .or_else(|| {
+                crate::scheduler::longest_interval(&self.schedule, chrono::Utc::now(), 32)
+                    .map(|gap| gap * 2)
+            })
+            .unwrap_or(std::time::Duration::from_secs(2 * 86_400))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -197,6 +214,8 @@ pub struct ApiSettings {
     pub rate_limit_per_second: u64,
     /// Requests a client may make at once before the rate applies.
     pub rate_limit_burst: u32,
+    /// Limit loopback clients too (off: the limit is for clients on other hosts).
+    pub rate_limit_loopback: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -450,6 +469,9 @@ impl Settings {
             0,
             10_000,
         )?;
+        if let Some(age) = self.backup.max_age_secs {
+            range("backup.max_age_secs", age, 60, 366 * 86_400)?;
+        }
         if self.api.listen.parse::<SocketAddr>().is_err() {
             return Err(invalid(
                 "api.listen",
@@ -544,25 +566,11 @@ impl Settings {
     }
 }
 
+/// Real TOML (the `toml` crate's), which `--config` reads back as it is; unset
+/// optional keys are left out.
 fn toml_render(settings: &Settings) -> String {
-    // serde_json → simple TOML renderer: sections of scalar keys are all we have.
-    let value = serde_json::to_value(settings).unwrap_or_default();
-    let mut out = String::new();
-    if let serde_json::Value::Object(sections) = value {
-        for (section, body) in sections {
-            out.push_str(&format!("[{section}]\n"));
-            if let serde_json::Value::Object(keys) = body {
-                for (key, v) in keys {
-                    match v {
-                        serde_json::Value::Null => out.push_str(&format!("# {key} = (unset)\n")),
-                        other => out.push_str(&format!("{key} = {other}\n")),
-                    }
-                }
-            }
-            out.push('\n');
-        }
-    }
-    out
+    toml::to_string(settings)
+        .unwrap_or_else(|e| format!("# the settings could not be shown as TOML: {e}\n"))
 }
 
 fn flatten_keys(config: &Config) -> BTreeMap<String, ()> {
@@ -586,7 +594,12 @@ fn check_known(
     known: &BTreeMap<String, ()>,
     origin: &str,
 ) -> Result<(), ConfigError> {
-    const OPTIONAL: &[&str] = &["api.token", "logging.dir", "database.vfs"];
+    const OPTIONAL: &[&str] = &[
+        "api.token",
+        "logging.dir",
+        "database.vfs",
+        "backup.max_age_secs",
+    ];
     let table = match layer.cache.clone().into_table() {
         Ok(t) => t,
         Err(_) => return Ok(()),

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -43,7 +44,7 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
-    /// Take one verified backup now (works whether the service runs or not).
+    /// Take one verified backup now (through the running service when there is one).
     Backup,
     /// Check a backup file (or any SQLite file): integrity_check, SHA-256, manifest.
     Verify {
@@ -74,7 +75,11 @@ enum Command {
     },
     /// Print the health summary of the running service (exit 0 healthy, 1 degraded or
     /// failing, 2 unreachable).
-    Status,
+    Status {
+        /// Give up when the service has not answered within this many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 10)]
+        timeout: u64,
+    },
     /// Print a shell completion script, e.g. `dbwarden completions bash > /etc/bash_completion.d/dbwarden`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -123,10 +128,28 @@ fn main() -> ExitCode {
     match dispatch(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("dbwarden: {e:#}");
+            eprintln!("dbwarden: {}", each_cause_once(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes joined with ": ", each said once. Our error messages
+/// include what they wrap (so a log line or an HTTP answer is complete on its own),
+/// which would repeat it in a plain chain; a cause already in the text is left out.
+fn each_cause_once(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let message = cause.to_string();
+        if text.contains(&message) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(if text.ends_with('\n') { "" } else { ": " });
+        }
+        text.push_str(&message);
+    }
+    text
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<u8> {
@@ -179,14 +202,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             }
         }
         Command::Backup => {
-            dbwarden::backup::ensure_dir(&settings.backup.dir)
-                .context("creating the backup directory")?;
             let working = spinner(format!(
                 "backing up {} (check, copy, verify, hash)",
                 settings.database.path.display()
             ));
-            let manifest =
-                dbwarden::backup::take_backup(&settings.database, &settings.backup, &|_| {});
+            let manifest = backup_now(&settings);
             working.finish_and_clear();
             let manifest = manifest.context("backup failed")?;
             println!("{}", serde_json::to_string_pretty(&manifest)?);
@@ -243,7 +263,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Jobs { command } => jobs(settings, command),
-        Command::Status => status(&settings),
+        Command::Status { timeout } => status(&settings, Duration::from_secs(timeout)),
         Command::Completions { .. } | Command::Manpage => Ok(0),
         Command::Config {
             command: ConfigCommand::Check,
@@ -309,6 +329,31 @@ fn jobs(settings: Settings, command: JobsCommand) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// `dbwarden backup`: through the running service when it holds the database (so its
+/// BackupActor, health and metrics know of it), else in this process. The database
+/// lock is only looked at, not kept: a service may start meanwhile, and the backup
+/// directory's own lock keeps its backups and ours apart.
+fn backup_now(settings: &Settings) -> anyhow::Result<serde_json::Value> {
+    match db::lock::acquire(&settings.database.path) {
+        Ok(lock) => {
+            drop(lock);
+            dbwarden::backup::ensure_dir(&settings.backup.dir)
+                .context("creating the backup directory")?;
+            let manifest =
+                dbwarden::backup::take_backup(&settings.database, &settings.backup, &|_| {})?;
+            Ok(serde_json::to_value(manifest)?)
+        }
+        Err(db::lock::LockError::Held { .. }) => {
+            let client = dbwarden::client::ServiceClient::new(settings)
+                .with_timeout(Duration::from_secs(6 * 3600));
+            Ok(actix_rt::System::new()
+                .block_on(client.post(&["api", "backups"], None))
+                .context("asking the running service for a backup")?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A spinner with the elapsed time on a terminal; nothing at all when stderr is not one
 /// (pipes, logs, cron).
 fn spinner(message: String) -> indicatif::ProgressBar {
@@ -325,8 +370,8 @@ fn spinner(message: String) -> indicatif::ProgressBar {
     bar
 }
 
-fn status(settings: &Settings) -> anyhow::Result<u8> {
-    let client = dbwarden::client::ServiceClient::new(settings);
+fn status(settings: &Settings, timeout: Duration) -> anyhow::Result<u8> {
+    let client = dbwarden::client::ServiceClient::new(settings).with_timeout(timeout);
     let (_, health) = actix_rt::System::new().block_on(client.get(&["api", "health"]))?;
     let text = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => s.clone(),
@@ -458,7 +503,9 @@ fn repair_summary(settings: &Settings) -> anyhow::Result<u8> {
             db::guard::repair(&mut conn).context("repairing the summary")?
         }
         Err(db::lock::LockError::Held { .. }) => {
-            let client = dbwarden::client::ServiceClient::new(settings);
+            // A rebuild of a large summary takes a while: bound it generously.
+            let client = dbwarden::client::ServiceClient::new(settings)
+                .with_timeout(Duration::from_secs(3600));
             let body = actix_rt::System::new()
                 .block_on(client.post(&["api", "summary", "repair"], None))
                 .context("asking the running service to repair the summary")?;

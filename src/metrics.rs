@@ -127,6 +127,8 @@ pub struct Snapshot {
     /// (size in bytes, seconds since it was verified) of the newest verified backup.
     pub newest_backup: Option<(i64, i64)>,
     pub backups_stored: i64,
+    /// Whether backups are being taken as health requires (`None`: unknown).
+    pub backups_healthy: Option<bool>,
     /// (channel, sent, failed, dropped)
     pub notifications: Vec<(String, u64, u64, u64)>,
     /// (bucket, corruptions)
@@ -175,6 +177,14 @@ impl Metrics {
             "Verified backups under their final names.",
             snapshot.backups_stored,
         )?;
+        if let Some(healthy) = snapshot.backups_healthy {
+            gauge(
+                &now,
+                "dbwarden_backups_healthy",
+                "1 while backups are taken as health requires; 0 while health is degraded by them (latest attempt failed, newest verified backup too old, or newest backup bad).",
+                i64::from(healthy),
+            )?;
+        }
         if let Some((size, age)) = snapshot.newest_backup {
             gauge(
                 &now,

@@ -33,6 +33,21 @@ pub fn validate_schedule(expr: &str) -> Result<(), String> {
         .map_err(|e| format!("`{expr}` is not a 6-field cron expression with seconds (UTC): {e}"))
 }
 
+/// The longest gap between two runs of `expr` among its next `fires` runs after
+/// `from`; `None` for an invalid expression or one that fires fewer than twice.
+pub fn longest_interval(
+    expr: &str,
+    from: chrono::DateTime<chrono::Utc>,
+    fires: usize,
+) -> Option<std::time::Duration> {
+    let cron = cron_parser().parse(expr).ok()?;
+    let times: Vec<_> = cron.iter_after(from).take(fires).collect();
+    times
+        .windows(2)
+        .filter_map(|w| (w[1] - w[0]).to_std().ok())
+        .max()
+}
+
 /// The running cron scheduler. Each tick only asks the [`Registry`] to run a job.
 pub struct Scheduler {
     inner: JobScheduler,
@@ -76,7 +91,7 @@ impl Scheduler {
 
 #[cfg(test)]
 mod tests {
-    use super::validate_schedule;
+    use super::{longest_interval, validate_schedule};
 
     #[test]
     fn schedules_are_six_fields_with_seconds() {
@@ -90,5 +105,17 @@ mod tests {
         assert!(five.contains("*/5 * * * *"), "{five}");
         assert!(validate_schedule("0 61 * * * *").is_err());
         assert!(validate_schedule("every day").is_err());
+    }
+
+    #[test]
+    fn longest_interval_of_regular_and_irregular_schedules() {
+        let from = chrono::DateTime::parse_from_rfc3339("2026-12-01T00:30:00Z")
+            .expect("time")
+            .with_timezone(&chrono::Utc);
+        let hours = |h: u64| Some(std::time::Duration::from_secs(h * 3600));
+        assert_eq!(longest_interval("0 0 */6 * * *", from, 16), hours(6));
+        assert_eq!(longest_interval("0 0 2,8 * * *", from, 16), hours(18));
+        assert_eq!(longest_interval("0 0 3 * * Sun", from, 8), hours(7 * 24));
+        assert_eq!(longest_interval("not cron", from, 8), None);
     }
 }

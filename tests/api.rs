@@ -240,6 +240,19 @@ async fn token_guards_everything_but_health() {
             assert_eq!(body(res).await["error"]["code"], "unauthorized");
         }
     }
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let res = app
+            .client
+            .get(app.url("/api/stats/dashboard"))
+            .header("authorization", format!("{scheme} s3cret-token"))
+            .send()
+            .await
+            .expect("stats");
+        assert_eq!(res.status(), StatusCode::OK, "scheme {scheme}");
+    }
+    // The status page itself is open (it holds no data); the API behind it is not.
+    let page = app.client.get(app.url("/")).send().await.expect("page");
+    assert_eq!(page.status(), StatusCode::OK);
     let res = app
         .post_json("/api/events", &event("c", "CorruptionDetected", json!({})))
         .await;
@@ -595,5 +608,68 @@ async fn dbwarden_status_prints_the_running_services_health() {
         shown.contains(": healthy") && shown.contains("pending corruptions"),
         "{shown}"
     );
+    app.stop().await;
+}
+
+#[actix_rt::test]
+async fn newer_healarr_states_fall_in_their_buckets() {
+    let mut app = TestApp::spawn(&[]).await;
+    let mut events = Vec::new();
+    for (id, state) in [
+        ("a", "ReleaseBlocklisted"),
+        ("b", "MonitorOverridden"),
+        ("c", "RemediationPaused"),
+        ("d", "SomethingNewer"),
+    ] {
+        events.push(event(id, "CorruptionDetected", json!({"file_path": "/m"})));
+        events.push(event(id, state, json!({})));
+    }
+    let res = app.post_json("/api/events", &json!(events)).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let stats = app.get_json("/api/stats/dashboard").await;
+    assert_eq!(stats["buckets"]["in_progress"], 2, "{stats}");
+    assert_eq!(stats["buckets"]["manual_intervention"], 1, "{stats}");
+    assert_eq!(stats["buckets"]["other"], 1, "{stats}");
+    let page = app
+        .get_json("/api/corruptions?status=manual_intervention")
+        .await;
+    assert_eq!(page["items"][0]["corruption_id"], "c", "{page}");
+    assert_eq!(page["items"][0]["bucket"], "manual_intervention");
+    app.stop().await;
+}
+
+#[actix_rt::test]
+async fn corruptions_today_counts_detection_events_as_healarr_does() {
+    let mut app = TestApp::spawn(&[]).await;
+    let now = chrono::Utc::now();
+    let today = now.to_rfc3339();
+    let yesterday = (now - chrono::Duration::days(1)).to_rfc3339();
+    let at = |id: &str, t: &str, when: &str| {
+        let mut e = event(id, t, json!({"file_path": "/m"}));
+        e["created_at"] = json!(when);
+        e
+    };
+    let res = app
+        .post_json(
+            "/api/events",
+            &json!([
+                // Detected twice today: counts twice.
+                at("twice", "CorruptionDetected", &today),
+                at("twice", "CorruptionDetected", &today),
+                // First seen yesterday, detected again today: counts once.
+                at("again", "CorruptionDetected", &yesterday),
+                at("again", "CorruptionDetected", &today),
+                // Detected today, then ignored: left out.
+                at("ignored", "CorruptionDetected", &today),
+                at("ignored", "CorruptionIgnored", &today),
+                // Only yesterday: left out.
+                at("old", "CorruptionDetected", &yesterday),
+                at("old", "RemediationQueued", &today),
+            ]),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let stats = app.get_json("/api/stats/dashboard").await;
+    assert_eq!(stats["corruptions_today"], 3, "{stats}");
     app.stop().await;
 }

@@ -330,6 +330,7 @@ fn dbwarden_cli(dir: &Path, args: &[&str], settings: &Settings) -> std::process:
         .args(args)
         .env("DBWARDEN__DATABASE__PATH", &settings.database.path)
         .env("DBWARDEN__BACKUP__DIR", &settings.backup.dir)
+        .env("DBWARDEN__API__LISTEN", &settings.api.listen)
         .env_remove("RUST_LOG")
         .output()
         .expect("run dbwarden")
@@ -447,7 +448,9 @@ async fn the_backup_command_works_while_the_service_runs() {
         )
         .await;
     assert_eq!(res.status(), 201);
-    let settings = common::settings_in(app.dir.path(), &[]);
+    // The command finds the running service where it listens.
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let settings = common::settings_in(app.dir.path(), &[("DBWARDEN__API__LISTEN", &addr)]);
     let out = dbwarden_cli(app.dir.path(), &["backup"], &settings);
     assert!(
         out.status.success(),
@@ -466,5 +469,250 @@ async fn the_backup_command_works_while_the_service_runs() {
         manifest.name.as_str(),
         "the service sees the CLI's backup"
     );
+    let health = app.get_json("/api/health").await;
+    assert!(
+        health["backup"]["last_attempt_at"].is_string(),
+        "the service's BackupActor took it: {health}"
+    );
     app.stop().await;
+}
+
+fn metric(text: &str, name: &str) -> Option<String> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .map(|l| l[name.len() + 1..].to_string())
+}
+
+#[actix_rt::test]
+async fn health_says_when_backups_stop_and_when_they_are_back() {
+    let mut app = TestApp::spawn(&[]).await;
+    let backups_dir = app.dir.path().join("backups");
+    let res = app.post("/api/backups").await;
+    assert_eq!(res.status(), 201);
+    let health = app.get_json("/api/health").await;
+    assert_eq!(health["status"], "healthy", "{health}");
+    assert!(health["backup"]["last_verified_at"].is_string(), "{health}");
+    assert_eq!(health["backup"]["last_error"], Value::Null);
+
+    // The backup disk goes away: every attempt fails, and health says so.
+    std::fs::rename(&backups_dir, app.dir.path().join("unmounted")).expect("unmount");
+    for _ in 0..2 {
+        let res = app.post("/api/backups").await;
+        assert!(res.status().is_server_error(), "{}", res.status());
+    }
+    let health = app.get_json("/api/health").await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    let reasons = health["reasons"].to_string();
+    assert!(
+        reasons.contains("latest backup attempt failed"),
+        "{reasons}"
+    );
+    assert!(
+        health["backup"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("backup directory is missing")),
+        "{health}"
+    );
+    assert!(health["backup"]["last_attempt_at"].is_string());
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(
+        metric(&text, "dbwarden_backups_healthy").as_deref(),
+        Some("0")
+    );
+
+    // Back: the next verified backup clears it.
+    std::fs::rename(app.dir.path().join("unmounted"), &backups_dir).expect("remount");
+    assert_eq!(app.post("/api/backups").await.status(), 201);
+    let health = app.get_json("/api/health").await;
+    assert_eq!(health["status"], "healthy", "{health}");
+    assert_eq!(health["backup"]["last_error"], Value::Null);
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(
+        metric(&text, "dbwarden_backups_healthy").as_deref(),
+        Some("1")
+    );
+    app.stop().await;
+}
+
+#[actix_rt::test]
+async fn health_says_when_the_newest_backup_is_too_old_or_bad() {
+    let mut app = TestApp::spawn(&[("DBWARDEN__BACKUP__MAX_AGE_SECS", "3600")]).await;
+    let res = app.post("/api/backups").await;
+    assert_eq!(res.status(), 201);
+    let manifest: catalog::Manifest = res.json().await.expect("manifest");
+    assert_eq!(
+        app.get_json("/api/health").await["backup"]["max_age_seconds"],
+        3600
+    );
+    // Two hours pass without a backup (the manifest is dated back).
+    let dir = app.dir.path().join("backups");
+    let mut old = manifest.clone();
+    old.verified_at -= chrono::Duration::hours(2);
+    old.created_at -= chrono::Duration::hours(2);
+    catalog::write_manifest(&dir, &old).expect("date back");
+    let health = app.get_json("/api/health").await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(
+        health["reasons"]
+            .to_string()
+            .contains("2 h old, more than backup.max_age_secs (60 min)"),
+        "{health}"
+    );
+    assert_eq!(
+        health["backup"]["age_seconds"].as_i64().map(|s| s / 60),
+        Some(120)
+    );
+
+    // A fresh backup, then bit rot in it: re-verification marks it bad.
+    assert_eq!(app.post("/api/backups").await.status(), 201);
+    assert_eq!(app.get_json("/api/health").await["status"], "healthy");
+    let newest = catalog::list(&dir).expect("catalog").pop().expect("newest");
+    let file = dir.join(&newest.name);
+    let len = std::fs::metadata(&file).expect("size").len();
+    common::write_at(&file, len / 2, b"bit rot");
+    let run = app.run_job("backup-reverify").await;
+    assert_eq!(run["outcome"], "failed", "{run}");
+    let health = app.get_json("/api/health").await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(
+        health["reasons"]
+            .to_string()
+            .contains("failed re-verification"),
+        "{health}"
+    );
+    app.stop().await;
+}
+
+/// Two backups of one database into one directory at the same moment (the service's
+/// startup backup and `dbwarden backup` from a shell, say): one of them waits its turn
+/// or is refused by name; neither fails on the other's half-written file, and every
+/// file under a final name verifies against its manifest.
+#[test]
+fn two_backups_into_one_directory_at_once_never_trip_over_each_other() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = common::settings_keeping_last(dir.path(), "100");
+    fill(&settings, 3000);
+    backup::ensure_dir(&settings.backup.dir).expect("dir");
+    for round in 0..6 {
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let (settings, barrier) = (settings.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    backup::take_backup(&settings.database, &settings.backup, &|_| {})
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect();
+        for r in &results {
+            if let Err(e) = r {
+                assert!(
+                    matches!(e, BackupError::DirectoryBusy { .. }),
+                    "round {round}: only a clear refusal may fail a backup: {e}"
+                );
+            }
+        }
+        assert!(results.iter().any(Result::is_ok), "round {round}");
+    }
+    for (file, problem) in common::final_backups(&settings.backup.dir) {
+        assert_eq!(problem, None, "{}", file.display());
+        let manifest = catalog::read_manifest(&catalog::manifest_path(
+            &settings.backup.dir,
+            &file.file_name().expect("name").to_string_lossy(),
+        ))
+        .expect("every final file has its manifest");
+        assert_eq!(
+            manifest.sha256,
+            catalog::sha256_file(&file).expect("hash"),
+            "{}",
+            file.display()
+        );
+    }
+}
+
+/// A power cut between a backup's rename and its manifest leaves a verified file under
+/// its final name with no manifest: the next backup verifies and records it, and
+/// retention counts it from then on, so such files never pile up.
+#[test]
+fn a_backup_that_lost_its_manifest_is_recorded_again_and_retention_counts_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = common::settings_keeping_last(dir.path(), "1");
+    fill(&settings, 500);
+    let first = take(&settings).expect("first backup");
+    let manifest_file = catalog::manifest_path(&settings.backup.dir, &first.name);
+    std::fs::remove_file(&manifest_file).expect("the cut");
+    assert!(catalog::list(&settings.backup.dir)
+        .expect("list")
+        .is_empty());
+    // A damaged orphan is recorded too, as bad (kept for inspection, never counted).
+    let damaged = catalog::new_name(
+        &settings.backup.dir,
+        chrono::Utc::now() - chrono::Duration::days(3),
+    );
+    std::fs::copy(
+        settings.backup.dir.join(&first.name),
+        settings.backup.dir.join(&damaged),
+    )
+    .expect("copy");
+    common::corrupt_index_page(&settings.backup.dir.join(&damaged), "idx_events_type");
+
+    let adopted = backup::adopt_orphans(&settings.backup.dir).expect("adopt");
+    assert_eq!(adopted.len(), 2, "{adopted:?}");
+    let recovered = adopted
+        .iter()
+        .find(|m| m.name == first.name)
+        .expect("recovered");
+    assert_eq!(recovered.status, catalog::BackupStatus::Good);
+    assert_eq!(recovered.sha256, first.sha256);
+    assert_eq!(recovered.last_event_id, first.last_event_id);
+    assert_eq!(
+        recovered.created_at.timestamp(),
+        first.created_at.timestamp()
+    );
+    let bad = adopted.iter().find(|m| m.name == damaged).expect("damaged");
+    assert_eq!(bad.status, catalog::BackupStatus::Bad);
+    assert!(bad
+        .problem
+        .as_deref()
+        .unwrap_or("")
+        .contains("failed verification"));
+
+    // Taken again later: retention (keep 1) now removes the recovered one, keeps the bad one.
+    std::fs::remove_file(&manifest_file).expect("lose it again");
+    let second = take(&settings).expect("second backup");
+    let names: Vec<String> = catalog::list(&settings.backup.dir)
+        .expect("list")
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert!(names.contains(&second.name), "{names:?}");
+    assert!(
+        !names.contains(&first.name),
+        "retention counted the recovered backup: {names:?}"
+    );
+    assert!(
+        names.contains(&damaged),
+        "a bad backup is never deleted: {names:?}"
+    );
+    assert!(!settings.backup.dir.join(&first.name).exists());
 }

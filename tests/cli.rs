@@ -423,3 +423,155 @@ fn long_commands_show_progress_on_a_terminal_only() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("backing up"), "{}", text(&out));
 }
+
+/// A trigger another program added that writes the summary, as Healarr's does.
+const FOREIGN_TRIGGER: &str = "CREATE TRIGGER trg_update_corruption_summary AFTER INSERT ON events
+    WHEN NEW.aggregate_type = 'corruption'
+    BEGIN INSERT OR REPLACE INTO corruption_summary (corruption_id, current_state, retry_count)
+          VALUES (NEW.aggregate_id, NEW.event_type, 99); END;";
+
+#[test]
+fn check_finds_a_foreign_summary_trigger_and_repair_removes_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = [("DBWARDEN__DATABASE__PATH", "state/events.db")];
+    let out = dbwarden(dir.path(), &["migrate"], &env);
+    assert!(out.status.success(), "{}", text(&out));
+    let conn = rusqlite::Connection::open(dir.path().join("state/events.db")).expect("open");
+    conn.execute_batch(FOREIGN_TRIGGER)
+        .expect("foreign trigger");
+    conn.execute(
+        "INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data) VALUES ('corruption', 'a', 'CorruptionDetected', '{}')",
+        [],
+    )
+    .expect("insert");
+    drop(conn);
+
+    let out = dbwarden(dir.path(), &["check"], &env);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let shown = text(&out);
+    assert!(
+        shown.contains("trg_update_corruption_summary")
+            && shown.contains("writes corruption_summary"),
+        "{shown}"
+    );
+    assert!(shown.contains("check --repair"), "{shown}");
+
+    let out = dbwarden(dir.path(), &["check", "--repair"], &env);
+    assert!(out.status.success(), "{}", text(&out));
+    let shown = text(&out);
+    assert!(
+        shown.contains("removed trigger trg_update_corruption_summary"),
+        "{shown}"
+    );
+    assert!(shown.contains("1 corruption row(s) changed"), "{shown}");
+
+    let out = dbwarden(dir.path(), &["check"], &env);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("summary: exact"), "{}", text(&out));
+}
+
+#[test]
+fn startup_errors_say_each_cause_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("afile"), "").expect("a file");
+    let out = dbwarden(
+        dir.path(),
+        &["run"],
+        &[
+            ("DBWARDEN__DATABASE__PATH", "state/events.db"),
+            ("DBWARDEN__API__LISTEN", "127.0.0.1:0"),
+            ("DBWARDEN__BACKUP__DIR", "afile/backups"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let shown = String::from_utf8_lossy(&out.stderr);
+    let last = shown.lines().last().unwrap_or_default();
+    assert!(last.contains("afile/backups"), "{last}");
+    assert_eq!(last.matches("Not a directory").count(), 1, "{last}");
+    assert_eq!(last.matches("afile/backups").count(), 1, "{last}");
+
+    std::fs::create_dir(dir.path().join("jobs")).expect("jobs dir");
+    std::fs::write(
+        dir.path().join("jobs/bad.toml"),
+        "name = \"x\"\nkind = \"sqlx\"\nschedule = \"0 0 * * * *\"\n",
+    )
+    .expect("bad job");
+    let out = dbwarden(
+        dir.path(),
+        &["run"],
+        &[
+            ("DBWARDEN__DATABASE__PATH", "state/events.db"),
+            ("DBWARDEN__API__LISTEN", "127.0.0.1:0"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let shown = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(shown.matches("bad.toml").count(), 1, "{shown}");
+    assert_eq!(shown.matches("is not one of").count(), 1, "{shown}");
+}
+
+#[test]
+fn config_check_prints_toml_that_reads_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("my.toml"),
+        "[[notify.channels]]\nkind = \"webhook\"\nurl = \"https://hooks.example/a\"\nsecret = \"hmac-secret-value\"\n\n[[notify.channels]]\nkind = \"heartbeat\"\nurl = \"https://hc.example/ping\"\n",
+    )
+    .expect("write");
+    let out = dbwarden(dir.path(), &["config", "check", "--config", "my.toml"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!printed.contains("hmac-secret-value"), "{printed}");
+    assert!(!printed.contains("null"), "{printed}");
+    let parsed: toml::Table = toml::from_str(&printed).expect("the output is TOML");
+    let channels = parsed["notify"]["channels"].as_array().expect("channels");
+    assert_eq!(channels.len(), 2);
+    assert_eq!(channels[0]["kind"].as_str(), Some("webhook"));
+    assert_eq!(channels[0]["secret"].as_str(), Some("********"));
+    assert_eq!(channels[1]["url"].as_str(), Some("https://hc.example/ping"));
+    // What it prints is a settings file dbwarden accepts.
+    std::fs::write(dir.path().join("printed.toml"), &printed).expect("write back");
+    let out = dbwarden(
+        dir.path(),
+        &["config", "check", "--config", "printed.toml"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn status_of_a_stuck_service_gives_up_and_names_its_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Accepts connections, never answers.
+    let stuck = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let listen = stuck.local_addr().expect("addr").to_string();
+    let holder = std::thread::spawn(move || {
+        let held: Vec<_> = stuck.incoming().take(1).collect();
+        std::thread::sleep(std::time::Duration::from_secs(30));
+        drop(held);
+    });
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dbwarden"))
+        .current_dir(dir.path())
+        .args(["status", "--timeout", "1"])
+        .env("DBWARDEN__API__LISTEN", &listen)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("status");
+    // Liveness only: the command must come back on its own.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("dbwarden status hung on a service that never answers");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert!(!out.status.success());
+    let shown = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        shown.contains(&listen) && shown.contains("did not answer within 1 s"),
+        "{shown}"
+    );
+    drop(holder);
+}

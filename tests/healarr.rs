@@ -378,3 +378,43 @@ async fn the_full_check_repairs_drift_made_behind_the_summarys_back() {
     drop(other);
     app.stop().await;
 }
+
+#[actix_rt::test]
+async fn check_repair_goes_through_the_running_service() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = adopted(dir.path(), 6, 10);
+    let mut app = common::TestApp::start(
+        tempfile::tempdir().expect("scratch"),
+        dbwarden::supervisor::Service::builder(settings.clone()),
+    )
+    .await;
+    let other = Connection::open(&settings.database.path).expect("open");
+    other
+        .busy_timeout(std::time::Duration::from_secs(5))
+        .expect("busy");
+    healarr::upgrade(&other, 13);
+    healarr::write_lifecycle(&other, 77, 6);
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_dbwarden"))
+        .args(["check", "--repair"])
+        .env("DBWARDEN__DATABASE__PATH", &settings.database.path)
+        .env("DBWARDEN__API__LISTEN", &addr)
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .expect("run the command");
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("removed trigger trg_update_corruption_summary")
+            && shown.contains("from 6 to 13"),
+        "{shown}"
+    );
+    common::assert_summary_exact(&other);
+    drop(other);
+    app.stop().await;
+}

@@ -501,9 +501,11 @@ async fn headers_beyond_the_http_parser_get_a_bare_431_and_the_service_goes_on()
 #[actix_rt::test]
 async fn a_flood_from_one_client_is_held_to_its_rate_with_json_429s() {
     let (rate, burst) = (20u64, 20u64);
+    // The test's clients are on loopback, which is exempt unless told otherwise.
     let mut app = TestApp::spawn(&[
         ("DBWARDEN__API__RATE_LIMIT_PER_SECOND", &rate.to_string()),
         ("DBWARDEN__API__RATE_LIMIT_BURST", &burst.to_string()),
+        ("DBWARDEN__API__RATE_LIMIT_LOOPBACK", "true"),
     ])
     .await;
     let started = std::time::Instant::now();
@@ -550,4 +552,47 @@ async fn a_flood_from_one_client_is_held_to_its_rate_with_json_429s() {
         accepted,
         "exactly the accepted requests were written"
     );
+}
+
+/// Sends `n` event appends one after another; the statuses.
+async fn append_n(app: &TestApp, n: usize) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for i in 0..n {
+        let event = serde_json::json!({"aggregate_type": "corruption", "aggregate_id": format!("l{i}"), "event_type": "CorruptionDetected", "event_data": {}});
+        statuses.push(app.post_json("/api/events", &event).await.status().as_u16());
+    }
+    statuses
+}
+
+#[actix_rt::test]
+async fn loopback_clients_are_not_limited_by_default() {
+    // A tiny budget that 60 requests in a row would exhaust many times over.
+    let mut app = TestApp::spawn(&[
+        ("DBWARDEN__API__RATE_LIMIT_PER_SECOND", "1"),
+        ("DBWARDEN__API__RATE_LIMIT_BURST", "3"),
+    ])
+    .await;
+    let statuses = append_n(&app, 60).await;
+    assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
+    for _ in 0..5 {
+        assert_eq!(app.post("/api/backups").await.status(), 201);
+    }
+    app.stop().await;
+}
+
+#[actix_rt::test]
+async fn operations_keep_their_own_budget_when_traffic_is_limited() {
+    let mut app = TestApp::spawn(&[
+        ("DBWARDEN__API__RATE_LIMIT_PER_SECOND", "1"),
+        ("DBWARDEN__API__RATE_LIMIT_BURST", "3"),
+        ("DBWARDEN__API__RATE_LIMIT_LOOPBACK", "true"),
+    ])
+    .await;
+    let statuses = append_n(&app, 12).await;
+    assert!(statuses.contains(&429), "traffic is limited: {statuses:?}");
+    // The event traffic used up its bucket; a backup still has its own.
+    assert_eq!(app.post("/api/backups").await.status(), 201);
+    let run = app.post("/api/jobs/checkpoint/run?wait=true").await;
+    assert_eq!(run.status(), 200);
+    app.stop().await;
 }

@@ -23,6 +23,16 @@ pub fn token_matches(expected: &str, presented: &str) -> bool {
     a.ct_eq(&b).into()
 }
 
+/// The token of an `Authorization: Bearer <token>` value. The scheme is
+/// case-insensitive, as every HTTP authentication scheme is (RFC 9110, 11.1).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
 pub async fn require_token(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -39,8 +49,7 @@ pub async fn require_token(
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
+                .and_then(bearer_token);
             match presented {
                 Some(p) if token_matches(&expected, p) => {}
                 _ => return Err(ApiError::Unauthorized.into()),
@@ -52,7 +61,17 @@ pub async fn require_token(
 
 #[cfg(test)]
 mod tests {
-    use super::token_matches;
+    use super::{bearer_token, token_matches};
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer abc", "bearer abc", "BEARER  abc ", "bEaReR abc"] {
+            assert_eq!(bearer_token(value), Some("abc"), "{value}");
+        }
+        for value in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", ""] {
+            assert_eq!(bearer_token(value), None, "{value}");
+        }
+    }
 
     #[test]
     fn compares_tokens() {

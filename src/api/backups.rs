@@ -17,7 +17,9 @@ impl From<BackupError> for ApiError {
                 tracing::error!(error = %e, "backup failed: the disk is full");
                 ApiError::InsufficientStorage
             }
-            BackupError::AlreadyRunning => ApiError::Conflict(e.to_string()),
+            BackupError::AlreadyRunning | BackupError::DirectoryBusy { .. } => {
+                ApiError::Conflict(e.to_string())
+            }
             BackupError::SourceCorrupt(_) | BackupError::Unavailable => {
                 ApiError::Unavailable(e.to_string())
             }

@@ -4,8 +4,9 @@
 //! Health follows Healarr's shape (`status`, `version`, `uptime` as "1d 2h 3m",
 //! `database` {status: connected | error, size_bytes, wal_bytes},
 //! `pending_corruptions`). `status` is `healthy`, `degraded` (writes failing on
-//! storage) or `failing` (the writer is gone); `failing` answers 503 so container
-//! health checks notice, the others 200.
+//! storage, or backups not being taken: see [`crate::backup::health`]) or `failing`
+//! (the writer is gone, or the last integrity check failed); `failing` answers 503
+//! so container health checks notice, the others 200.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -98,6 +99,27 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
             .unwrap_or_default();
         reasons.push(format!("writes are failing: {last}"));
     }
+    let backups = state.backups.clone();
+    let uptime = state.started.elapsed();
+    let backup = match web::block(move || backups.health(uptime)).await {
+        Ok(Ok(b)) => {
+            if !b.problems.is_empty() {
+                status = "degraded";
+                reasons.extend(b.problems.iter().cloned());
+            }
+            json!(b)
+        }
+        Ok(Err(e)) => {
+            status = "degraded";
+            reasons.push(format!("the backup catalog could not be read: {e}"));
+            json!(null)
+        }
+        Err(e) => {
+            status = "degraded";
+            reasons.push(format!("the backup catalog could not be read: {e}"));
+            json!(null)
+        }
+    };
     let integrity = state.integrity.view();
     if integrity.result == "failing" {
         status = "failing";
@@ -117,6 +139,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         "pending_corruptions": pending,
         "integrity": integrity,
         "checkpoint": state.checkpoints.last(),
+        "backup": backup,
         "reasons": reasons,
     });
     if status == "failing" {

@@ -6,6 +6,15 @@
 //! The rate is counted per peer IP address (IPv6 per /56, as providers hand them out),
 //! so behind a reverse proxy every client shares the proxy's bucket: raise the limit
 //! there, or set it to 0 to leave limiting to the proxy.
+//!
+//! Two choices keep the limiter from starving the people it protects:
+//! - Loopback clients are not limited unless `api.rate_limit_loopback = true`: on one
+//!   host every client (Healarr, scripts, `dbwarden` itself) shares 127.0.0.1, so a
+//!   per-address limit would mostly throttle the service's own users. The limit is for
+//!   listeners reachable from elsewhere.
+//! - Operations (`POST /api/backups`, `POST /api/jobs/{name}/run`,
+//!   `POST /api/summary/repair`) have a bucket of their own per address, so event
+//!   traffic can never use up the budget an operator needs.
 
 use actix_governor::governor::clock::{Clock, DefaultClock, QuantaInstant};
 use actix_governor::governor::middleware::NoOpMiddleware;
@@ -47,17 +56,57 @@ pub async fn limit_headers(
     next.call(req).await
 }
 
-/// Keys requests by peer address, like actix-governor's own extractor, and answers
-/// an exhausted bucket with a JSON 429 and `Retry-After`.
+/// Which budget a request draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Budget {
+    /// Events, reads, everything else.
+    Traffic,
+    /// Backups, job runs and repairs: an operator's requests.
+    Operations,
+}
+
+impl Budget {
+    pub fn of(req: &ServiceRequest) -> Budget {
+        let path = req.path();
+        let operation = req.method() == actix_web::http::Method::POST
+            && (path == "/api/backups"
+                || path == "/api/summary/repair"
+                || (path.starts_with("/api/jobs/") && path.ends_with("/run")));
+        if operation {
+            Budget::Operations
+        } else {
+            Budget::Traffic
+        }
+    }
+}
+
+/// Every loopback address counts as this one.
+const LOOPBACK: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+/// Keys requests by peer address (like actix-governor's own extractor) and budget,
+/// exempts loopback clients unless told otherwise, and answers an exhausted bucket
+/// with a JSON 429 and `Retry-After`.
 #[derive(Clone)]
-pub struct ClientAddress;
+pub struct ClientAddress {
+    limit_loopback: bool,
+}
 
 impl KeyExtractor for ClientAddress {
-    type Key = <PeerIpKeyExtractor as KeyExtractor>::Key;
+    type Key = (std::net::IpAddr, Budget);
     type KeyExtractionError = SimpleKeyExtractionError<&'static str>;
 
     fn extract(&self, req: &ServiceRequest) -> Result<Self::Key, Self::KeyExtractionError> {
-        PeerIpKeyExtractor.extract(req)
+        let ip = PeerIpKeyExtractor.extract(req)?;
+        let loopback = req.peer_addr().is_some_and(|a| a.ip().is_loopback());
+        Ok((if loopback { LOOPBACK } else { ip }, Budget::of(req)))
+    }
+
+    fn whitelisted_keys(&self) -> Vec<Self::Key> {
+        if self.limit_loopback {
+            Vec::new()
+        } else {
+            vec![(LOOPBACK, Budget::Traffic), (LOOPBACK, Budget::Operations)]
+        }
     }
 
     fn exceed_rate_limit_response(
@@ -85,7 +134,9 @@ pub fn rate_limit(
     let config = GovernorConfigBuilder::default()
         .requests_per_second(settings.rate_limit_per_second.max(1))
         .burst_size(settings.rate_limit_burst)
-        .key_extractor(ClientAddress)
+        .key_extractor(ClientAddress {
+            limit_loopback: settings.rate_limit_loopback,
+        })
         .finish()
         .ok_or_else(|| std::io::Error::other("api.rate_limit_burst must be at least 1"))?;
     Ok((settings.rate_limit_per_second > 0, config))

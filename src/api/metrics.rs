@@ -75,13 +75,16 @@ fn file_len(path: std::path::PathBuf) -> Option<i64> {
 pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let db = state.settings.database.path.clone();
     let backup_dir = state.backups.cfg.dir.clone();
-    let (database_bytes, wal_bytes, backups) = web::block(move || {
+    let backup_handle = state.backups.clone();
+    let uptime = state.started.elapsed();
+    let (database_bytes, wal_bytes, backups, backup_health) = web::block(move || {
         let mut wal = db.as_os_str().to_owned();
         wal.push("-wal");
         (
             file_len(db),
             file_len(wal.into()),
             catalog::list(&backup_dir).unwrap_or_default(),
+            backup_handle.health(uptime).ok(),
         )
     })
     .await
@@ -109,6 +112,7 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
         database_bytes,
         newest_backup,
         backups_stored: good.len() as i64,
+        backups_healthy: backup_health.map(|h| h.problems.is_empty()),
         notifications: state
             .notifier
             .stats()

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::catalog::Manifest;
+use super::health::{BackupBoard, BackupHealth};
 use super::{reverify_all, take_backup, BackupError};
 use crate::auditor::IntegrityBoard;
 use crate::config::{BackupSettings, DatabaseSettings};
@@ -53,6 +54,10 @@ impl Handler<TakeBackup> for BackupActor {
                 self.notifier
                     .resolve("backup_failed", format!("backup {} verified", m.name));
                 self.notifier.heartbeat();
+            }
+            // Another process is writing a backup into the same directory right now.
+            Err(e @ BackupError::DirectoryBusy { .. }) => {
+                tracing::warn!(error = %e, "backup skipped")
             }
             Err(e) => self.notifier.alert(
                 "backup_failed",
@@ -102,6 +107,8 @@ impl Handler<Reverify> for BackupActor {
 #[derive(Clone)]
 pub struct BackupHandle {
     addr: Addr<BackupActor>,
+    /// The latest attempt, for health.
+    pub board: Arc<BackupBoard>,
     busy: Arc<AtomicBool>,
     interrupt: InterruptSlot,
     integrity: Arc<IntegrityBoard>,
@@ -133,6 +140,7 @@ impl BackupHandle {
         (
             BackupHandle {
                 addr,
+                board: Arc::default(),
                 busy,
                 interrupt,
                 integrity,
@@ -170,6 +178,8 @@ impl BackupHandle {
 
     /// Takes a backup; answers once it is verified and recorded.
     pub async fn take(&self) -> Result<Manifest, BackupError> {
+        // Held back while the last integrity check failed: not an attempt (health is
+        // already failing for that reason, and recovers when a check passes).
         if let Some(reason) = self.integrity.failing() {
             return Err(BackupError::SourceCorrupt(vec![format!(
                 "the last integrity check failed: {reason}"
@@ -180,14 +190,29 @@ impl BackupHandle {
         let outcome = match &result {
             Ok(_) => "ok",
             // Refused before any work: not an attempt.
-            Err(BackupError::AlreadyRunning) => return result,
+            Err(BackupError::AlreadyRunning | BackupError::DirectoryBusy { .. }) => return result,
             Err(_) => "failed",
         };
+        self.board
+            .record(result.as_ref().err().map(|e| e.to_string()));
         self.metrics.backups.with_label_values(&[outcome]).inc();
         self.metrics
             .backup_seconds
             .observe(started.elapsed().as_secs_f64());
         result
+    }
+
+    /// Whether backups are being taken (see [`super::health`]); reads the catalog, so
+    /// call it off the async threads.
+    pub fn health(&self, uptime: std::time::Duration) -> Result<BackupHealth, BackupError> {
+        let catalog = super::catalog::list(&self.cfg.dir)?;
+        Ok(super::health::assess(
+            &catalog,
+            self.board.last(),
+            self.cfg.max_age(),
+            uptime,
+            chrono::Utc::now(),
+        ))
     }
 
     /// Re-verifies every good backup; answers with the ones that turned bad.

@@ -59,6 +59,58 @@ pub fn is_backup_name(name: &str) -> bool {
     name.starts_with(PREFIX) && name.ends_with(EXTENSION) && !name.contains('/')
 }
 
+/// The time in a name dbwarden gave (`dbwarden-YYYYMMDDTHHMMSSZ[-N].db`); `None` for
+/// any other name.
+pub fn time_of_name(name: &str) -> Option<DateTime<Utc>> {
+    let stamp = name.strip_prefix(PREFIX)?.strip_suffix(EXTENSION)?;
+    let (stamp, n) = stamp.split_once('-').unwrap_or((stamp, "2"));
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
+/// Backups under a final name of ours without a manifest, with the time in the name.
+pub fn orphans(dir: &Path) -> Result<Vec<(String, DateTime<Utc>)>, BackupError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(at) = time_of_name(&name) {
+            if entry.path().is_file() && !manifest_path(dir, &name).exists() {
+                out.push((name, at));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Held while a process writes backups or manifests into a directory.
+#[derive(Debug)]
+pub struct DirectoryLock {
+    _dir: File,
+}
+
+/// Takes the backup directory's lock without waiting; refused while another process
+/// (or another backup in this one) holds it. The lock is an `flock` on the directory
+/// itself, so no file is added beside the backups.
+pub fn lock(dir: &Path) -> Result<DirectoryLock, BackupError> {
+    let handle = File::open(dir).map_err(io_err(dir))?;
+    match handle.try_lock() {
+        Ok(()) => Ok(DirectoryLock { _dir: handle }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(BackupError::DirectoryBusy {
+            dir: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(BackupError::Io {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// A fresh backup name for `now`, unique in `dir`.
 pub fn new_name(dir: &Path, now: DateTime<Utc>) -> String {
     let stamp = now.format("%Y%m%dT%H%M%SZ");
@@ -176,4 +228,26 @@ pub fn remove_leftovers(dir: &Path) -> Result<Vec<PathBuf>, BackupError> {
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_exact_names_have_a_time() {
+        let t = time_of_name("dbwarden-20261201T223000Z.db").expect("ours");
+        assert_eq!(t.to_rfc3339(), "2026-12-01T22:30:00+00:00");
+        assert!(time_of_name("dbwarden-20261201T223000Z-3.db").is_some());
+        for other in [
+            "dbwarden-20261201T223000Z.db.dbwarden-tmp",
+            "dbwarden-20261201T223000Z-.db",
+            "dbwarden-20261201T223000Z-x.db",
+            "dbwarden-yesterday.db",
+            "mine.db",
+            "dbwarden-20261201T223000Z.db.json",
+        ] {
+            assert!(time_of_name(other).is_none(), "{other}");
+        }
+    }
 }

@@ -15,6 +15,7 @@
 
 pub mod actor;
 pub mod catalog;
+pub mod health;
 pub mod retention;
 
 use std::fs;
@@ -34,6 +35,8 @@ pub enum BackupError {
     SourceCorrupt(Vec<String>),
     #[error("a backup is already running")]
     AlreadyRunning,
+    #[error("another backup is being written into {dir} (by this or another process)")]
+    DirectoryBusy { dir: PathBuf },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -84,8 +87,89 @@ pub fn ensure_dir(dir: &Path) -> Result<(), BackupError> {
     })
 }
 
+/// Reads what a manifest records about a verified copy: its schema version, last
+/// event id, size and SHA-256.
+fn describe_copy(
+    path: &Path,
+    name: &str,
+    created_at: chrono::DateTime<Utc>,
+    verified_at: chrono::DateTime<Utc>,
+    duration_ms: Option<u64>,
+) -> Result<Manifest, BackupError> {
+    let copy = snapshot::open_read_only(path)?;
+    let schema_version: String = copy
+        .query_row(
+            "SELECT name FROM dbwarden_migrations ORDER BY name DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or_default();
+    let last_event_id: i64 =
+        copy.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?;
+    drop(copy);
+    let size_bytes = fs::metadata(path)
+        .map_err(|source| BackupError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    Ok(Manifest {
+        name: name.to_string(),
+        size_bytes,
+        sha256: catalog::sha256_file(path)?,
+        created_at,
+        schema_version,
+        last_event_id,
+        verified_at,
+        status: BackupStatus::Good,
+        problem: None,
+        duration_ms,
+    })
+}
+
+/// Gives a manifest to every backup of ours that lost its own: a power cut between a
+/// backup's rename and its manifest leaves a verified file under its final name that
+/// retention would never count or delete. Only our exact names are touched; each is
+/// verified again first (integrity_check and SHA-256), and one that fails is recorded
+/// as bad. Returns the manifests written.
+pub fn adopt_orphans(dir: &Path) -> Result<Vec<Manifest>, BackupError> {
+    let mut adopted = Vec::new();
+    for (name, created_at) in catalog::orphans(dir)? {
+        let path = dir.join(&name);
+        let report = verify_file(&path)?;
+        let manifest = if report.is_ok() {
+            describe_copy(&path, &name, created_at, Utc::now(), None)?
+        } else {
+            Manifest {
+                name: name.clone(),
+                size_bytes: fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
+                sha256: report.sha256.clone(),
+                created_at,
+                schema_version: String::new(),
+                last_event_id: 0,
+                verified_at: Utc::now(),
+                status: BackupStatus::Bad,
+                problem: Some(format!(
+                    "found without its manifest and failed verification: {}",
+                    report.integrity_problems.join("; ")
+                )),
+                duration_ms: None,
+            }
+        };
+        catalog::write_manifest(dir, &manifest)?;
+        tracing::warn!(backup = %name, status = ?manifest.status, "a backup had lost its manifest (interrupted before it was written); verified again and recorded");
+        adopted.push(manifest);
+    }
+    Ok(adopted)
+}
+
 /// Takes one verified backup, records it, then applies retention. `on_open` receives
 /// the source connection's interrupt handle, so a caller can abort a long copy.
+///
+/// One backup at a time writes into a directory, across processes: the directory's
+/// lock file is held throughout, so two backups (the service's and a second process's)
+/// never write the same temporary file.
 pub fn take_backup(
     db: &DatabaseSettings,
     cfg: &BackupSettings,
@@ -103,6 +187,8 @@ pub fn take_backup(
             ),
         });
     }
+    let _writing = catalog::lock(&cfg.dir)?;
+    adopt_orphans(&cfg.dir)?;
     let started = std::time::Instant::now();
     let source = db::open_reader(db)?;
     on_open(source.get_interrupt_handle());
@@ -114,40 +200,9 @@ pub fn take_backup(
     let path = snapshot::write_verified_copy(&source, &cfg.dir, &name)?;
     drop(source);
     let verified_at = Utc::now();
-    let recorded = (|| {
-        let copy = snapshot::open_read_only(&path)?;
-        let schema_version: String = copy
-            .query_row(
-                "SELECT name FROM dbwarden_migrations ORDER BY name DESC LIMIT 1",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?
-            .unwrap_or_default();
-        let last_event_id: i64 =
-            copy.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?;
-        drop(copy);
-        let size_bytes = fs::metadata(&path)
-            .map_err(|source| BackupError::Io {
-                path: path.clone(),
-                source,
-            })?
-            .len();
-        let manifest = Manifest {
-            name: name.clone(),
-            size_bytes,
-            sha256: catalog::sha256_file(&path)?,
-            created_at: verified_at,
-            schema_version,
-            last_event_id,
-            verified_at,
-            status: BackupStatus::Good,
-            problem: None,
-            duration_ms: Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)),
-        };
-        catalog::write_manifest(&cfg.dir, &manifest)?;
-        Ok(manifest)
-    })();
+    let duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+    let recorded = describe_copy(&path, &name, verified_at, verified_at, duration_ms)
+        .and_then(|manifest| catalog::write_manifest(&cfg.dir, &manifest).map(|()| manifest));
     match recorded {
         Ok(manifest) => {
             tracing::info!(backup = %manifest.name, size = manifest.size_bytes, last_event_id = manifest.last_event_id, "verified backup written");
@@ -258,6 +313,8 @@ pub fn verify_file(path: &Path) -> Result<VerifyReport, BackupError> {
 /// Re-verifies every good backup (SHA-256 against the manifest, then `quick_check`)
 /// and marks the ones that fail as bad. Returns the manifests that turned bad.
 pub fn reverify_all(cfg: &BackupSettings) -> Result<Vec<Manifest>, BackupError> {
+    let _writing = catalog::lock(&cfg.dir)?;
+    adopt_orphans(&cfg.dir)?;
     let mut turned_bad = Vec::new();
     for mut manifest in catalog::list(&cfg.dir)? {
         if manifest.status != BackupStatus::Good {

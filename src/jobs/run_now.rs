@@ -52,8 +52,19 @@ pub async fn run_now(settings: Settings, name: &str) -> Result<JobRun, RunNowErr
     }
 }
 
+/// How long a run may take before the service answers: the job's own timeout plus a
+/// grace for recording it; built-in jobs (bounded by their actors) get a day.
+fn answer_within(settings: &Settings, name: &str) -> std::time::Duration {
+    let timeout = super::load_dir(&settings.jobs.dir)
+        .ok()
+        .and_then(|jobs| jobs.into_iter().find(|j| j.name == name))
+        .map(|j| j.timeout)
+        .unwrap_or(std::time::Duration::from_secs(86_400));
+    timeout + std::time::Duration::from_secs(60)
+}
+
 async fn ask_service(settings: &Settings, name: &str) -> Result<JobRun, RunNowError> {
-    let client = ServiceClient::new(settings);
+    let client = ServiceClient::new(settings).with_timeout(answer_within(settings, name));
     let body = client
         .post(&["api", "jobs", name, "run"], Some("wait=true"))
         .await?;

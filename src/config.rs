@@ -1,9 +1,16 @@
-//! Settings: embedded defaults → TOML file → `DBWARDEN__SECTION__KEY` environment.
+//! Settings: embedded defaults → a distribution's defaults (`DBWARDEN_DEFAULTS`, the
+//! container image's) → TOML file → `DBWARDEN__SECTION__KEY` environment.
 //!
 //! The repo's `config.toml` is compiled in as the defaults layer, so the documented
 //! defaults and the real ones cannot drift apart. Every key a user gives is checked
 //! against the known set before deserialising, so a typo is an error that names the
 //! key and the layer it came from, not a silently ignored setting.
+//!
+//! Every secret setting (see [`SECRET_KEYS`]) may instead be given as `<key>_file`:
+//! the path of a file that holds it, as Docker secrets and systemd credentials
+//! provide them (`api.token_file`, `DBWARDEN__API__TOKEN_FILE`, a channel's
+//! `secret_file` or `token_file`). The file's content, without its final newline,
+//! becomes the value.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,6 +25,11 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config.toml");
 pub const ENV_PREFIX: &str = "DBWARDEN";
 /// Config file read when `--config` is not given; skipped when it does not exist.
 pub const DEFAULT_CONFIG_PATH: &str = "./config.toml";
+/// Environment variable naming a TOML file of defaults that sits between the built-in
+/// ones and the settings file (the container image sets it).
+pub const DEFAULTS_ENV: &str = "DBWARDEN_DEFAULTS";
+/// Names of the settings that hold secrets; `<name>_file` reads one from a file.
+pub const SECRET_KEYS: &[&str] = &["token", "secret", "urls"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -173,6 +185,14 @@ pub enum ChannelSettings {
     Heartbeat {
         url: String,
     },
+    /// An Apprise API server (reaches 100+ services): `url` is its `/notify/<key>`
+    /// endpoint for a stored configuration, or `/notify` with `urls` (Apprise URLs,
+    /// comma-separated: a secret) for a stateless one; `tag` picks stored targets.
+    Apprise {
+        url: String,
+        urls: Option<String>,
+        tag: Option<String>,
+    },
 }
 
 impl ChannelSettings {
@@ -184,6 +204,7 @@ impl ChannelSettings {
             ChannelSettings::Slack { .. } => "slack",
             ChannelSettings::Gotify { .. } => "gotify",
             ChannelSettings::Heartbeat { .. } => "heartbeat",
+            ChannelSettings::Apprise { .. } => "apprise",
         }
     }
 
@@ -194,7 +215,8 @@ impl ChannelSettings {
             | ChannelSettings::Discord { url }
             | ChannelSettings::Slack { url }
             | ChannelSettings::Gotify { url, .. }
-            | ChannelSettings::Heartbeat { url } => url,
+            | ChannelSettings::Heartbeat { url }
+            | ChannelSettings::Apprise { url, .. } => url,
         }
     }
 }
@@ -216,12 +238,16 @@ pub struct ApiSettings {
     pub rate_limit_burst: u32,
     /// Limit loopback clients too (off: the limit is for clients on other hosts).
     pub rate_limit_loopback: bool,
+    /// Refuse to start without `api.token` (the container image turns it on).
+    pub require_token: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoggingSettings {
     pub level: String,
+    /// `text` (lines for people) or `json` (one object per line).
+    pub format: String,
     #[serde(default)]
     pub dir: Option<PathBuf>,
     pub keep_files: usize,
@@ -248,6 +274,11 @@ impl Settings {
         source: &ConfigSource,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let distribution_defaults = env
+            .iter()
+            .find(|(k, _)| k == DEFAULTS_ENV)
+            .map(|(_, v)| PathBuf::from(v));
         let env: config::Map<String, String> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
@@ -275,7 +306,7 @@ impl Settings {
 
         let mut builder =
             Config::builder().add_source(File::from_str(DEFAULT_CONFIG_TOML, FileFormat::Toml));
-        if let Some(path) = &file {
+        for path in distribution_defaults.iter().chain(&file) {
             let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
                 path: path.display().to_string(),
                 reason: e.to_string(),
@@ -306,11 +337,11 @@ impl Settings {
         let merged = builder
             .build()
             .map_err(|e| ConfigError::Load(e.to_string()))?;
-        let settings: Settings = merged
-            .clone()
+        let origin = |key: &str| origin_of(&merged, key);
+        let settings: Settings = with_secret_files(&merged, &origin)?
             .try_deserialize()
             .map_err(|e| ConfigError::Load(e.to_string()))?;
-        settings.validate(&|key| origin_of(&merged, key))?;
+        settings.validate(&origin)?;
         Ok(settings)
     }
 
@@ -481,10 +512,20 @@ impl Settings {
                 ),
             ));
         }
-        if let Some(token) = &self.api.token {
-            if token.trim().is_empty() {
+        match &self.api.token {
+            Some(token) if token.trim().is_empty() => {
                 return Err(invalid("api.token", "must not be empty when set".into()));
             }
+            None if self.api.require_token => {
+                return Err(invalid(
+                    "api.token",
+                    format!(
+                        "is required (api.require_token = true) to listen on {}: set api.token or api.token_file, or set api.require_token = false to run without one (anyone who can reach the port can then write events)",
+                        self.api.listen
+                    ),
+                ));
+            }
+            _ => {}
         }
         range(
             "api.max_body_bytes",
@@ -529,6 +570,12 @@ impl Settings {
                 format!("`{}` is not a level or tracing filter", self.logging.level),
             ));
         }
+        if !matches!(self.logging.format.as_str(), "text" | "json") {
+            return Err(invalid(
+                "logging.format",
+                format!("`{}` is not `text` or `json`", self.logging.format),
+            ));
+        }
         range(
             "logging.keep_files",
             self.logging.keep_files as u64,
@@ -557,7 +604,8 @@ impl Settings {
                 ChannelSettings::Webhook {
                     secret: Some(s), ..
                 }
-                | ChannelSettings::Ntfy { token: Some(s), .. } => *s = "********".into(),
+                | ChannelSettings::Ntfy { token: Some(s), .. }
+                | ChannelSettings::Apprise { urls: Some(s), .. } => *s = "********".into(),
                 ChannelSettings::Gotify { token, .. } => *token = "********".into(),
                 _ => {}
             }
@@ -571,6 +619,97 @@ impl Settings {
 fn toml_render(settings: &Settings) -> String {
     toml::to_string(settings)
         .unwrap_or_else(|e| format!("# the settings could not be shown as TOML: {e}\n"))
+}
+
+/// `merged` with every `<secret>_file` key replaced by `<secret>` = the file's content.
+fn with_secret_files(
+    merged: &Config,
+    origin: &dyn Fn(&str) -> String,
+) -> Result<Config, ConfigError> {
+    let mut tree: serde_json::Value = merged
+        .clone()
+        .try_deserialize()
+        .map_err(|e| ConfigError::Load(e.to_string()))?;
+    if !read_secret_files(&mut tree, "", origin)? {
+        return Ok(merged.clone());
+    }
+    // Back through TOML so the settings are read with the same lenient conversions.
+    drop_nulls(&mut tree);
+    let text = toml::to_string(&tree).map_err(|e| ConfigError::Load(e.to_string()))?;
+    Config::builder()
+        .add_source(File::from_str(&text, FileFormat::Toml))
+        .build()
+        .map_err(|e| ConfigError::Load(e.to_string()))
+}
+
+fn drop_nulls(node: &mut serde_json::Value) {
+    match node {
+        serde_json::Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(drop_nulls);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
+}
+
+/// Replaces `<secret>_file` keys anywhere in `node` (tables and arrays of tables);
+/// true when one was found.
+fn read_secret_files(
+    node: &mut serde_json::Value,
+    at: &str,
+    origin: &dyn Fn(&str) -> String,
+) -> Result<bool, ConfigError> {
+    let mut found = false;
+    match node {
+        serde_json::Value::Object(map) => {
+            for name in SECRET_KEYS {
+                let file_key = format!("{name}_file");
+                let Some(path) = map.remove(&file_key) else {
+                    continue;
+                };
+                found = true;
+                let key = if at.is_empty() {
+                    file_key.clone()
+                } else {
+                    format!("{at}.{file_key}")
+                };
+                let invalid = |reason: String| ConfigError::Invalid {
+                    key: key.clone(),
+                    origin: origin(&key),
+                    reason,
+                };
+                if map.get(*name).is_some_and(|v| !v.is_null()) {
+                    return Err(invalid(format!("give `{name}` or `{file_key}`, not both")));
+                }
+                let path = path
+                    .as_str()
+                    .ok_or_else(|| invalid("must be the path of a file".into()))?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| invalid(format!("cannot read {path}: {e}")))?;
+                let secret = text.trim_end_matches(['\n', '\r']);
+                if secret.is_empty() {
+                    return Err(invalid(format!("{path} is empty")));
+                }
+                map.insert(name.to_string(), serde_json::Value::from(secret));
+            }
+            for (key, child) in map.iter_mut() {
+                let child_at = if at.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{at}.{key}")
+                };
+                found |= read_secret_files(child, &child_at, origin)?;
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                found |= read_secret_files(item, &format!("{at}[{i}]"), origin)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(found)
 }
 
 fn flatten_keys(config: &Config) -> BTreeMap<String, ()> {
@@ -596,6 +735,7 @@ fn check_known(
 ) -> Result<(), ConfigError> {
     const OPTIONAL: &[&str] = &[
         "api.token",
+        "api.token_file",
         "logging.dir",
         "database.vfs",
         "backup.max_age_secs",

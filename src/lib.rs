@@ -13,12 +13,23 @@ pub mod client;
 pub mod config;
 pub mod db;
 pub mod events;
+pub mod exit;
 pub mod jobs;
 pub mod logging;
 pub mod metrics;
 pub mod notifier;
+pub mod privileges;
 pub mod restore;
 pub mod scheduler;
 pub mod supervisor;
 pub mod time;
 pub mod writer;
+
+/// The release, and the git revision it was built from (`-dirty` when the work tree
+/// had changes; `unknown` outside a git checkout).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("DBWARDEN_REVISION"),
+    ")"
+);

@@ -1,7 +1,9 @@
-//! Logging: human-readable lines on stderr and, when `logging.dir` is set, a daily
-//! rolled file there with at most `logging.keep_files` files. `RUST_LOG` overrides
-//! `logging.level`. The returned guard flushes the file writer when dropped: keep it
-//! alive until the end of `main`.
+//! Logging: lines on stderr and, when `logging.dir` is set, a daily rolled file there
+//! with at most `logging.keep_files` files. `logging.format = "text"` writes
+//! human-readable lines; `"json"` one JSON object per line (tracing-subscriber's JSON
+//! formatter, with the current span and the span list) for Loki, journald or any
+//! pipeline that parses logs. `RUST_LOG` overrides `logging.level`. The returned guard
+//! flushes the file writer when dropped: keep it alive until the end of `main`.
 
 use std::io::IsTerminal;
 
@@ -9,7 +11,7 @@ use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{fmt, EnvFilter, Layer};
+use tracing_subscriber::{fmt, EnvFilter, Layer, Registry};
 
 use crate::config::LoggingSettings;
 
@@ -33,12 +35,30 @@ pub fn init(settings: &LoggingSettings) -> Result<Option<WorkerGuard>, LoggingEr
             Err(_) => base,
         }
     };
-    let stderr = fmt::layer()
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .with_filter(filter());
-    let (file, guard) = match &settings.dir {
-        None => (None, None),
+    let json = settings.format == "json";
+    // One formatter for both outputs; boxed, since text and JSON are different types.
+    fn layer<W>(json: bool, ansi: bool, writer: W) -> Box<dyn Layer<Registry> + Send + Sync>
+    where
+        W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
+    {
+        if json {
+            fmt::layer()
+                .json()
+                .with_current_span(true)
+                .with_span_list(true)
+                .with_writer(writer)
+                .boxed()
+        } else {
+            fmt::layer().with_ansi(ansi).with_writer(writer).boxed()
+        }
+    }
+    let mut layers = vec![
+        layer(json, std::io::stderr().is_terminal(), std::io::stderr)
+            .with_filter(filter())
+            .boxed(),
+    ];
+    let guard = match &settings.dir {
+        None => None,
         Some(dir) => {
             let shown = dir.display().to_string();
             crate::db::create_private_dir(dir).map_err(|e| LoggingError::Dir {
@@ -57,16 +77,12 @@ pub fn init(settings: &LoggingSettings) -> Result<Option<WorkerGuard>, LoggingEr
                 })?;
             // lossy(false): under pressure logging slows down rather than drops lines.
             let (writer, guard) = NonBlockingBuilder::default().lossy(false).finish(appender);
-            let layer = fmt::layer()
-                .with_ansi(false)
-                .with_writer(writer)
-                .with_filter(filter());
-            (Some(layer), Some(guard))
+            layers.push(layer(json, false, writer).with_filter(filter()).boxed());
+            Some(guard)
         }
     };
     tracing_subscriber::registry()
-        .with(stderr)
-        .with(file)
+        .with(layers)
         .try_init()
         .map_err(|e| LoggingError::Init(e.to_string()))?;
     Ok(guard)

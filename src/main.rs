@@ -9,12 +9,14 @@ use clap::{Parser, Subcommand};
 
 use dbwarden::config::{ConfigSource, Settings};
 use dbwarden::db::{self, queries, snapshot};
+use dbwarden::exit;
 
 #[derive(Parser)]
 #[command(
     name = "dbwarden",
-    version,
-    about = "Keeps a SQLite event store alive and correct"
+    version = dbwarden::VERSION,
+    about = "Keeps a SQLite event store alive and correct",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     /// Settings file (default ./config.toml; the built-in defaults when it is missing).
@@ -23,6 +25,16 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
 }
+
+const EXIT_CODES: &str = "Exit codes:
+  0   done, or healthy
+  1   what the command looked at is not ok (a check found problems, a job failed,
+      the service is not healthy, a backup or restore could not be done)
+  64  usage: unknown command, argument or job name
+  69  unavailable: the service does not answer, or cannot listen
+  70  the service stopped after a panic
+  75  the database is held by another dbwarden process
+  78  bad configuration (settings, a job file, PUID/PGID)";
 
 #[derive(Subcommand)]
 enum Command {
@@ -73,8 +85,15 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Ask the running service whether it is healthy, for container health checks:
+    /// exit 0 healthy, 1 anything else (degraded, failing, or no answer). One line out.
+    Healthcheck {
+        /// Give up when the service has not answered within this many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 10)]
+        timeout: u64,
+    },
     /// Print the health summary of the running service (exit 0 healthy, 1 degraded or
-    /// failing, 2 unreachable).
+    /// failing, 69 unreachable).
     Status {
         /// Give up when the service has not answered within this many seconds.
         #[arg(long, value_name = "SECS", default_value_t = 10)]
@@ -124,14 +143,94 @@ fn main() -> ExitCode {
     unsafe {
         libc::umask(0o077);
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    // As root with PUID/PGID, become that user before anything is opened.
+    match dbwarden::privileges::wanted_ids(|k| std::env::var(k).ok()) {
+        Ok(Some((uid, gid))) => {
+            if let Err(e) = dbwarden::privileges::switch_to(uid, gid) {
+                eprintln!("dbwarden: cannot switch to PUID/PGID {uid}:{gid}: {e}");
+                return ExitCode::from(exit::CONFIG);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("dbwarden: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    }
     match dispatch(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("dbwarden: {}", each_cause_once(&e));
-            ExitCode::from(2)
+            ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// The exit code an error means (see [`dbwarden::exit`]).
+fn exit_code(e: &anyhow::Error) -> u8 {
+    use dbwarden::client::ClientError;
+    use dbwarden::db::lock::LockError;
+    use dbwarden::jobs::registry::TriggerError;
+    use dbwarden::jobs::run_now::RunNowError;
+    use dbwarden::supervisor::StartError;
+    fn of_start(e: &StartError) -> Option<u8> {
+        match e {
+            // A path from the settings that cannot be used fails the same way each time.
+            StartError::Jobs(_)
+            | StartError::Registry(_)
+            | StartError::Backup(dbwarden::backup::BackupError::Io { .. })
+            | StartError::Db(dbwarden::db::DbError::Io { .. }) => Some(exit::CONFIG),
+            StartError::Lock(LockError::Held { .. }) => Some(exit::TEMPFAIL),
+            StartError::Listen { .. } => Some(exit::UNAVAILABLE),
+            _ => None,
+        }
+    }
+    for cause in e.chain() {
+        let code = if cause.is::<dbwarden::config::ConfigError>()
+            || cause.is::<dbwarden::jobs::JobErrors>()
+            || cause.is::<dbwarden::logging::LoggingError>()
+        {
+            Some(exit::CONFIG)
+        } else if let Some(LockError::Held { .. }) = cause.downcast_ref::<LockError>() {
+            Some(exit::TEMPFAIL)
+        } else if let Some(ClientError::Unreachable { .. } | ClientError::TimedOut { .. }) =
+            cause.downcast_ref::<ClientError>()
+        {
+            Some(exit::UNAVAILABLE)
+        } else if let Some(start) = cause.downcast_ref::<StartError>() {
+            of_start(start)
+        } else if let Some(run) = cause.downcast_ref::<RunNowError>() {
+            match run {
+                RunNowError::Start(start) => of_start(start),
+                RunNowError::Lock(LockError::Held { .. }) => Some(exit::TEMPFAIL),
+                RunNowError::Service(
+                    ClientError::Unreachable { .. } | ClientError::TimedOut { .. },
+                ) => Some(exit::UNAVAILABLE),
+                RunNowError::Trigger(TriggerError::Unknown(_))
+                | RunNowError::Service(ClientError::Refused { status: 404, .. }) => {
+                    Some(exit::USAGE)
+                }
+                _ => None,
+            }
+        } else {
+            None
+        };
+        if let Some(code) = code {
+            return code;
+        }
+    }
+    exit::NOT_OK
 }
 
 /// The error and its causes joined with ": ", each said once. Our error messages
@@ -264,6 +363,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Jobs { command } => jobs(settings, command),
         Command::Status { timeout } => status(&settings, Duration::from_secs(timeout)),
+        Command::Healthcheck { timeout } => {
+            Ok(healthcheck(&settings, Duration::from_secs(timeout)))
+        }
         Command::Completions { .. } | Command::Manpage => Ok(0),
         Command::Config {
             command: ConfigCommand::Check,
@@ -368,6 +470,29 @@ fn spinner(message: String) -> indicatif::ProgressBar {
     bar.set_message(message);
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     bar
+}
+
+/// 0 when the service answers `healthy`, 1 otherwise; one line on stdout.
+fn healthcheck(settings: &Settings, timeout: Duration) -> u8 {
+    let client = dbwarden::client::ServiceClient::new(settings).with_timeout(timeout);
+    match actix_rt::System::new().block_on(client.get(&["api", "health"])) {
+        Ok((_, health)) if health["status"] == "healthy" => {
+            println!("healthy");
+            exit::OK
+        }
+        Ok((code, health)) => {
+            println!(
+                "{} (HTTP {code}): {}",
+                health["status"].as_str().unwrap_or("no status"),
+                health["reasons"]
+            );
+            exit::NOT_OK
+        }
+        Err(e) => {
+            println!("unhealthy: {e}");
+            exit::NOT_OK
+        }
+    }
 }
 
 fn status(settings: &Settings, timeout: Duration) -> anyhow::Result<u8> {

@@ -129,6 +129,12 @@ pub struct Snapshot {
     pub backups_stored: i64,
     /// Whether backups are being taken as health requires (`None`: unknown).
     pub backups_healthy: Option<bool>,
+    /// Whether the last integrity check of some kind failed.
+    pub integrity_failing: bool,
+    /// WAL content not yet checkpointed, and whether a reader starved the last
+    /// checkpoint, from the last scheduled checkpoint.
+    pub wal_pending_bytes: Option<i64>,
+    pub checkpoint_starved: Option<bool>,
     /// (channel, sent, failed, dropped)
     pub notifications: Vec<(String, u64, u64, u64)>,
     /// (bucket, corruptions)
@@ -177,6 +183,28 @@ impl Metrics {
             "Verified backups under their final names.",
             snapshot.backups_stored,
         )?;
+        gauge(
+            &now,
+            "dbwarden_integrity_failing",
+            "1 while the last integrity check of some kind failed (backups are held back).",
+            i64::from(snapshot.integrity_failing),
+        )?;
+        if let Some(v) = snapshot.wal_pending_bytes {
+            gauge(
+                &now,
+                "dbwarden_wal_pending_bytes",
+                "WAL content not yet checkpointed at the last checkpoint (the measure that matters; the -wal file keeps its high-water size).",
+                v,
+            )?;
+        }
+        if let Some(starved) = snapshot.checkpoint_starved {
+            gauge(
+                &now,
+                "dbwarden_checkpoint_starved",
+                "1 when the last checkpoint could not finish because a reader held an old snapshot.",
+                i64::from(starved),
+            )?;
+        }
         if let Some(healthy) = snapshot.backups_healthy {
             gauge(
                 &now,

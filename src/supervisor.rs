@@ -36,7 +36,7 @@ use crate::scheduler::{Scheduler, SchedulerError};
 use crate::writer::{DbWriter, WriterHandle};
 
 /// Exit code after a panic (EX_SOFTWARE).
-pub const EXIT_PANIC: i32 = 70;
+pub const EXIT_PANIC: i32 = crate::exit::SOFTWARE as i32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -452,6 +452,16 @@ pub async fn run(settings: Settings) -> Result<i32, StartError> {
         source,
     })?;
     let service = Service::start(settings).await?;
+    // systemd `Type=notify`: ready once the API answers (a no-op without NOTIFY_SOCKET).
+    if let Err(e) = sd_notify::notify(
+        false,
+        &[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&format!("serving on {}", service.addr)),
+        ],
+    ) {
+        tracing::warn!(error = %e, "could not tell systemd the service is ready");
+    }
     let (notify, panicked) = panic_notify();
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
@@ -470,6 +480,7 @@ pub async fn run(settings: Settings) -> Result<i32, StartError> {
             server.stop(false).await;
         }
     });
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let report = service.shutdown(true).await;
     hurry.abort();
     let code = if panicked.load(Ordering::SeqCst) {

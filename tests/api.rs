@@ -250,6 +250,20 @@ async fn token_guards_everything_but_health() {
             .expect("stats");
         assert_eq!(res.status(), StatusCode::OK, "scheme {scheme}");
     }
+    // Healarr's clients send their key as X-Api-Key.
+    for (key, expected) in [
+        ("s3cret-token", StatusCode::OK),
+        ("nope", StatusCode::UNAUTHORIZED),
+    ] {
+        let res = app
+            .client
+            .get(app.url("/api/stats/dashboard"))
+            .header("x-api-key", key)
+            .send()
+            .await
+            .expect("stats");
+        assert_eq!(res.status(), expected, "X-Api-Key {key}");
+    }
     // The status page itself is open (it holds no data); the API behind it is not.
     let page = app.client.get(app.url("/")).send().await.expect("page");
     assert_eq!(page.status(), StatusCode::OK);

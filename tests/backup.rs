@@ -320,7 +320,7 @@ fn verify_command_reports_good_and_bad_files() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("integrity_problems"));
     let out = run(&dir.path().join("missing.db"));
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(i32::from(dbwarden::exit::NOT_OK)));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.db"));
 }
 
@@ -514,15 +514,7 @@ async fn health_says_when_backups_stop_and_when_they_are_back() {
         "{health}"
     );
     assert!(health["backup"]["last_attempt_at"].is_string());
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = app.get_text("/metrics").await;
     assert_eq!(
         metric(&text, "dbwarden_backups_healthy").as_deref(),
         Some("0")
@@ -534,15 +526,7 @@ async fn health_says_when_backups_stop_and_when_they_are_back() {
     let health = app.get_json("/api/health").await;
     assert_eq!(health["status"], "healthy", "{health}");
     assert_eq!(health["backup"]["last_error"], Value::Null);
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = app.get_text("/metrics").await;
     assert_eq!(
         metric(&text, "dbwarden_backups_healthy").as_deref(),
         Some("1")

@@ -123,7 +123,11 @@ fn config_errors_name_the_key_and_its_origin() {
             &env,
         );
         let shown = text(&out);
-        assert!(!out.status.success(), "{file:?} {env:?} accepted: {shown}");
+        assert_eq!(
+            out.status.code(),
+            Some(i32::from(dbwarden::exit::CONFIG)),
+            "{file:?} {env:?}: {shown}"
+        );
         for needle in needles {
             assert!(
                 shown.contains(needle),
@@ -326,7 +330,7 @@ fn jobs_run_runs_one_job_once_and_exits_with_its_result() {
     );
 
     let out = dbwarden(dir.path(), &["jobs", "run", "nope"], JOB_ENV);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(i32::from(dbwarden::exit::USAGE)));
     assert!(
         text(&out).contains("no job is named `nope`"),
         "{}",
@@ -364,7 +368,7 @@ fn completions_and_manpage_come_from_the_command_definition() {
     let out = dbwarden(dir.path(), &["completions", "tcsh"], &[]);
     assert_eq!(
         out.status.code(),
-        Some(2),
+        Some(i32::from(dbwarden::exit::USAGE)),
         "an unknown shell is a usage error"
     );
     assert!(text(&out).contains("tcsh"), "{}", text(&out));
@@ -379,7 +383,7 @@ fn completions_and_manpage_come_from_the_command_definition() {
 }
 
 #[test]
-fn status_without_a_service_says_so_and_exits_2() {
+fn status_without_a_service_says_so_and_exits_unavailable() {
     let dir = tempfile::tempdir().expect("tempdir");
     // A port nothing listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -392,7 +396,10 @@ fn status_without_a_service_says_so_and_exits_2() {
         &["status"],
         &[("DBWARDEN__API__LISTEN", &listen)],
     );
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(dbwarden::exit::UNAVAILABLE))
+    );
     assert!(
         text(&out).contains("no dbwarden service answers"),
         "{}",
@@ -483,7 +490,7 @@ fn startup_errors_say_each_cause_once() {
             ("DBWARDEN__BACKUP__DIR", "afile/backups"),
         ],
     );
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(i32::from(dbwarden::exit::CONFIG)));
     let shown = String::from_utf8_lossy(&out.stderr);
     let last = shown.lines().last().unwrap_or_default();
     assert!(last.contains("afile/backups"), "{last}");
@@ -504,7 +511,7 @@ fn startup_errors_say_each_cause_once() {
             ("DBWARDEN__API__LISTEN", "127.0.0.1:0"),
         ],
     );
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(i32::from(dbwarden::exit::CONFIG)));
     let shown = String::from_utf8_lossy(&out.stderr);
     assert_eq!(shown.matches("bad.toml").count(), 1, "{shown}");
     assert_eq!(shown.matches("is not one of").count(), 1, "{shown}");

@@ -1,7 +1,7 @@
-//! Bearer-token authentication: when `api.token` is set, every request except
-//! `GET /` (the status page), `GET /api/health` (and `GET /metrics` with
-//! `metrics.public = true`) needs
-//! `Authorization: Bearer <token>`.
+//! Token authentication: when `api.token` is set, every request except `GET /` (the
+//! status page), `GET /api/health` (and `GET /metrics` with `metrics.public = true`)
+//! needs `Authorization: Bearer <token>` or, as Healarr's clients send their key,
+//! `X-Api-Key: <token>`.
 //!
 //! Both sides are hashed before the constant-time comparison, so neither the content
 //! nor the length of the token leaks through timing.
@@ -22,6 +22,9 @@ pub fn token_matches(expected: &str, presented: &str) -> bool {
     let b = Sha256::digest(presented.as_bytes());
     a.ct_eq(&b).into()
 }
+
+/// The header Healarr's API clients send their key in.
+pub const API_KEY_HEADER: &str = "x-api-key";
 
 /// The token of an `Authorization: Bearer <token>` value. The scheme is
 /// case-insensitive, as every HTTP authentication scheme is (RFC 9110, 11.1).
@@ -45,11 +48,18 @@ pub async fn require_token(
             && (matches!(req.path(), "/" | "/api/health")
                 || (metrics_public && req.path() == "/metrics"));
         if !open {
-            let presented = req
-                .headers()
+            let headers = req.headers();
+            let presented = headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(bearer_token);
+                .and_then(bearer_token)
+                .or_else(|| {
+                    headers
+                        .get(API_KEY_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::trim)
+                        .filter(|t| !t.is_empty())
+                });
             match presented {
                 Some(p) if token_matches(&expected, p) => {}
                 _ => return Err(ApiError::Unauthorized.into()),

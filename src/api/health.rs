@@ -133,6 +133,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let body = json!({
         "status": status,
         "version": env!("CARGO_PKG_VERSION"),
+        "revision": env!("DBWARDEN_REVISION"),
         "uptime": uptime_text(state.started.elapsed()),
         "uptime_seconds": state.started.elapsed().as_secs(),
         "database": database,

@@ -101,6 +101,22 @@ pub fn request(
                 .json(&json!({ "title": title(alert), "message": alert.message, "priority": priority }))
         }
         ChannelSettings::Heartbeat { url } => client.get(url),
+        ChannelSettings::Apprise { url, urls, tag } => {
+            let kind = match alert.severity {
+                _ if alert.resolved => "success",
+                Severity::Critical => "failure",
+                Severity::Warning => "warning",
+                Severity::Info => "info",
+            };
+            let mut body = json!({ "title": title(alert), "body": alert.message, "type": kind });
+            if let Some(urls) = urls {
+                body["urls"] = json!(urls);
+            }
+            if let Some(tag) = tag {
+                body["tag"] = json!(tag);
+            }
+            client.post(url).json(&body)
+        }
     }
 }
 

@@ -119,6 +119,18 @@ impl TestApp {
             .expect("json body")
     }
 
+    /// GET `path` and return the body as text (e.g. `/metrics`).
+    pub async fn get_text(&self, path: &str) -> String {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("get")
+            .text()
+            .await
+            .expect("text body")
+    }
+
     /// POST a JSON body written by hand, byte for byte.
     pub async fn post_text(&self, path: &str, body: impl Into<String>) -> reqwest::Response {
         self.client

@@ -14,6 +14,7 @@ use std::sync::Mutex;
 
 use anyhow::Context;
 use dbwarden::config::{ConfigSource, Settings};
+use dbwarden::cron::Schedule;
 use dbwarden::db::queries;
 use dbwarden::jobs::{Job, JobContext, JobFuture, JobReport, JobSpec};
 use dbwarden::notifier::Severity;
@@ -88,7 +89,8 @@ fn main() -> anyhow::Result<()> {
     let _logs = dbwarden::logging::init(&settings.logging)?;
     let job = JobSpec::new(
         "quiet-store",
-        env_or("QUIET_SCHEDULE", "0 0 * * * *".to_string())?,
+        Schedule::parse(&env_or("QUIET_SCHEDULE", "0 0 * * * *".to_string())?)
+            .map_err(|reason| anyhow::anyhow!("QUIET_SCHEDULE: {reason}"))?,
         QuietStore::new(env_or("QUIET_RUNS", 24)?),
     );
     actix_rt::System::new().block_on(async move {

@@ -17,6 +17,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, File, FileFormat, ValueKind};
+
+use crate::cron::Schedule;
 use serde::{Deserialize, Serialize};
 
 /// The documented defaults, embedded at build time.
@@ -87,8 +89,8 @@ pub struct WriterSettings {
 #[serde(deny_unknown_fields)]
 pub struct BackupSettings {
     pub dir: PathBuf,
-    pub schedule: String,
-    pub reverify_schedule: String,
+    pub schedule: Schedule,
+    pub reverify_schedule: Schedule,
     pub at_startup: bool,
     pub keep_last: usize,
     pub keep_daily: usize,
@@ -105,7 +107,8 @@ impl BackupSettings {
         self.max_age_secs
             .map(std::time::Duration::from_secs)
             .or_else(|| {
-                crate::scheduler::longest_interval(&self.schedule, chrono::Utc::now(), 32)
+                self.schedule
+                    .longest_interval(chrono::Utc::now(), 32)
                     .map(|gap| gap * 2)
             })
             .unwrap_or(std::time::Duration::from_secs(2 * 86_400))
@@ -115,15 +118,15 @@ impl BackupSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointSettings {
-    pub schedule: String,
+    pub schedule: Schedule,
     pub wal_alert_bytes: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IntegritySettings {
-    pub quick_schedule: String,
-    pub full_schedule: String,
+    pub quick_schedule: Schedule,
+    pub full_schedule: Schedule,
     pub quick_at_startup: bool,
 }
 
@@ -340,7 +343,7 @@ impl Settings {
         let origin = |key: &str| origin_of(&merged, key);
         let settings: Settings = with_secret_files(&merged, &origin)?
             .try_deserialize()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
+            .map_err(|e| read_error(e, &origin))?;
         settings.validate(&origin)?;
         Ok(settings)
     }
@@ -421,15 +424,6 @@ impl Settings {
                 "backup.dir",
                 format!("{} is a file, not a directory", self.backup.dir.display()),
             ));
-        }
-        for (key, expr) in [
-            ("backup.schedule", &self.backup.schedule),
-            ("backup.reverify_schedule", &self.backup.reverify_schedule),
-            ("checkpoint.schedule", &self.checkpoint.schedule),
-            ("integrity.quick_schedule", &self.integrity.quick_schedule),
-            ("integrity.full_schedule", &self.integrity.full_schedule),
-        ] {
-            crate::scheduler::validate_schedule(expr).map_err(|reason| invalid(key, reason))?;
         }
         if !(1..=1i64 << 40).contains(&self.checkpoint.wal_alert_bytes) {
             return Err(invalid(
@@ -619,6 +613,23 @@ impl Settings {
 fn toml_render(settings: &Settings) -> String {
     toml::to_string(settings)
         .unwrap_or_else(|e| format!("# the settings could not be shown as TOML: {e}\n"))
+}
+
+/// A value that did not deserialize: with the key and where it came from when
+/// config-rs knows the key (a typed setting's own check, such as a cron schedule).
+fn read_error(e: config::ConfigError, origin: &dyn Fn(&str) -> String) -> ConfigError {
+    match e {
+        config::ConfigError::At {
+            error,
+            key: Some(key),
+            ..
+        } => ConfigError::Invalid {
+            origin: origin(&key),
+            key,
+            reason: error.to_string(),
+        },
+        other => ConfigError::Load(other.to_string()),
+    }
 }
 
 /// `merged` with every `<secret>_file` key replaced by `<secret>` = the file's content.

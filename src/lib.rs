@@ -11,6 +11,7 @@ pub mod backup;
 pub mod checkpointer;
 pub mod client;
 pub mod config;
+pub mod cron;
 pub mod db;
 pub mod events;
 pub mod exit;

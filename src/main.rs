@@ -399,14 +399,9 @@ fn jobs(settings: Settings, command: JobsCommand) -> anyhow::Result<u8> {
             );
         }
         JobsCommand::List => {
-            let builtin = dbwarden::jobs::builtin::schedules(&settings)
-                .into_iter()
-                .map(|(name, schedule)| (name.to_string(), "builtin", schedule, true));
-            let custom = custom
-                .iter()
-                .map(|j| (j.name.clone(), j.kind.name(), j.schedule.clone(), j.enabled));
-            for (name, kind, schedule, enabled) in builtin.chain(custom) {
-                let next = match (enabled, dbwarden::jobs::next_run(&schedule)) {
+            for job in dbwarden::jobs::listing(&settings, &custom) {
+                let (name, kind, schedule) = (&job.name, job.kind, job.schedule.as_str());
+                let next = match (job.enabled, job.schedule.next_run()) {
                     (false, _) => "disabled".to_string(),
                     (true, Some(t)) => format!(
                         "{} UTC ({} local)",

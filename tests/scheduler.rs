@@ -24,6 +24,10 @@ impl Job for Sleeper {
 }
 
 /// (start in ms since the epoch, duration in ms) of each recorded run, oldest first.
+fn every_second() -> dbwarden::cron::Schedule {
+    dbwarden::cron::Schedule::parse("* * * * * *").expect("schedule")
+}
+
 fn recorded_runs(app: &TestApp, job: &str) -> Vec<(i64, i64, String)> {
     let conn = app.open();
     let mut stmt = conn
@@ -56,7 +60,7 @@ async fn run_for(job: JobSpec, window: Duration) -> (TestApp, String) {
 
 #[actix_rt::test]
 async fn a_job_still_running_is_not_started_twice() {
-    let spec = JobSpec::new("slow", "* * * * * *", Sleeper(2500));
+    let spec = JobSpec::new("slow", every_second(), Sleeper(2500));
     let (app, name) = run_for(spec, Duration::from_millis(4800)).await;
     let runs = recorded_runs(&app, &name);
     assert!(!runs.is_empty(), "the job ran");
@@ -74,7 +78,7 @@ async fn a_job_still_running_is_not_started_twice() {
 
 #[actix_rt::test]
 async fn a_queued_tick_runs_right_after_the_run_it_waited_for() {
-    let spec = JobSpec::new("queued", "* * * * * *", Sleeper(1500)).overlap(Overlap::Queue);
+    let spec = JobSpec::new("queued", every_second(), Sleeper(1500)).overlap(Overlap::Queue);
     let (app, name) = run_for(spec, Duration::from_millis(5200)).await;
     let runs = recorded_runs(&app, &name);
     assert!(runs.len() >= 2, "several runs: {runs:?}");

@@ -13,6 +13,7 @@ use crate::auditor::AuditorHandle;
 use crate::backup::actor::BackupHandle;
 use crate::checkpointer::Checkpointer;
 use crate::config::Settings;
+use crate::cron::Schedule;
 use crate::db::snapshot::CheckKind;
 
 pub const BACKUP: &str = "backup";
@@ -22,7 +23,7 @@ pub const QUICK_CHECK: &str = "quick-check";
 pub const FULL_CHECK: &str = "full-check";
 
 /// (name, schedule) of each built-in job, as configured.
-pub fn schedules(settings: &Settings) -> Vec<(&'static str, String)> {
+pub fn schedules(settings: &Settings) -> Vec<(&'static str, Schedule)> {
     vec![
         (CHECKPOINT, settings.checkpoint.schedule.clone()),
         (QUICK_CHECK, settings.integrity.quick_schedule.clone()),

@@ -24,10 +24,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono::Timelike;
 use toml::{Table, Value};
 
-use crate::scheduler::validate_schedule;
+use crate::cron::Schedule;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overlap {
@@ -111,7 +110,7 @@ impl JobKind {
 pub struct JobDefinition {
     pub name: String,
     pub file: PathBuf,
-    pub schedule: String,
+    pub schedule: Schedule,
     pub timeout: Duration,
     pub enabled: bool,
     pub overlap: Overlap,
@@ -339,8 +338,8 @@ fn parse(t: &Table, path: &Path) -> Field<JobDefinition> {
             "must be 1 to 64 letters, digits, '-' or '_'".into(),
         ));
     }
-    let schedule = required_string(t, "schedule")?;
-    validate_schedule(&schedule).map_err(|reason| ("schedule".to_string(), reason))?;
+    let schedule = Schedule::parse(&required_string(t, "schedule")?)
+        .map_err(|reason| ("schedule".to_string(), reason))?;
     let kind_name = required_string(t, "kind")?;
     let Some((_, kind_keys)) = KINDS.iter().find(|(k, _)| *k == kind_name) else {
         let names: Vec<&str> = KINDS.iter().map(|(k, _)| *k).collect();
@@ -462,15 +461,4 @@ fn parse(t: &Table, path: &Path) -> Field<JobDefinition> {
         notify_on,
         kind,
     })
-}
-
-/// The next time `schedule` fires after now, in UTC, to the second.
-pub fn next_run(schedule: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    crate::scheduler::cron_parser()
-        .parse(schedule)
-        .ok()?
-        .find_next_occurrence(&chrono::Utc::now(), false)
-        .ok()
-        // Ticks are whole seconds; croner keeps the fraction of `now`.
-        .and_then(|t| t.with_nanosecond(0))
 }

@@ -30,7 +30,7 @@
 //!     }
 //! }
 //!
-//! let spec = JobSpec::new("count-events", "0 */5 * * * *", CountEvents);
+//! let spec = JobSpec::new("count-events", Schedule::parse("0 */5 * * * *")?, CountEvents);
 //! // dbwarden::supervisor::Service::builder(settings).job(spec).start().await
 //! ```
 
@@ -51,12 +51,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::cron::Schedule;
 use crate::db::readers::ReaderPool;
 use crate::notifier::Notifier;
 use crate::writer::{WriteError, WriterHandle};
 
 pub use definition::{
-    load_dir, load_file, next_run, JobDefinition, JobError, JobErrors, JobKind, NotifyOn, Overlap,
+    load_dir, load_file, JobDefinition, JobError, JobErrors, JobKind, NotifyOn, Overlap,
 };
 
 /// What a run reports: a one-line message and, for commands, the tail of the output.
@@ -155,12 +156,40 @@ impl JobContext {
     }
 }
 
+/// A job as listings show it before anything runs.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub name: String,
+    /// `builtin`, or the job file's kind.
+    pub kind: &'static str,
+    pub schedule: Schedule,
+    pub enabled: bool,
+}
+
+/// The built-in jobs (their schedules from the settings), then the job files.
+pub fn listing(settings: &crate::config::Settings, files: &[JobDefinition]) -> Vec<Listed> {
+    let builtin = builtin::schedules(settings)
+        .into_iter()
+        .map(|(name, schedule)| Listed {
+            name: name.to_string(),
+            kind: "builtin",
+            schedule,
+            enabled: true,
+        });
+    let custom = files.iter().map(|j| Listed {
+        name: j.name.clone(),
+        kind: j.kind.name(),
+        schedule: j.schedule.clone(),
+        enabled: j.enabled,
+    });
+    builtin.chain(custom).collect()
+}
+
 /// A job and how it is scheduled.
 #[derive(Clone)]
 pub struct JobSpec {
     pub name: String,
-    /// Six-field cron expression with seconds, UTC.
-    pub schedule: String,
+    pub schedule: Schedule,
     /// Shown in listings: `builtin`, `sql`, `query`, `command`, `http` or `rust`.
     pub kind: String,
     /// `None`: no timeout (the built-in jobs, which their actors bound themselves).
@@ -174,10 +203,10 @@ pub struct JobSpec {
 impl JobSpec {
     /// A Rust job with the defaults of a job file: 300 s timeout, enabled, overlap
     /// skip, notify on failure.
-    pub fn new(name: impl Into<String>, schedule: impl Into<String>, job: impl Job) -> JobSpec {
+    pub fn new(name: impl Into<String>, schedule: Schedule, job: impl Job) -> JobSpec {
         JobSpec {
             name: name.into(),
-            schedule: schedule.into(),
+            schedule,
             kind: "rust".into(),
             timeout: Some(Duration::from_secs(300)),
             enabled: true,

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{JobContext, JobReport, JobRun, JobSpec, NotifyOn, Outcome, Overlap, Trigger};
+use crate::cron::Schedule;
 use crate::db::readers::ReaderPool;
 use crate::notifier::{Notifier, Severity};
 use crate::writer::{WriteError, WriteRequest, WriterHandle};
@@ -44,8 +45,6 @@ pub enum RegistryError {
         first: String,
         second: String,
     },
-    #[error("job `{name}`: schedule {reason}")]
-    Schedule { name: String, reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -106,7 +105,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Checks names and schedules; nothing runs until something triggers a job.
+    /// Checks names; nothing runs until something triggers a job.
     /// Must be called on the runtime that should run the jobs.
     pub fn new(specs: Vec<JobSpec>, deps: JobDeps) -> Result<Arc<Registry>, RegistryError> {
         let mut entries: Vec<Entry> = Vec::new();
@@ -118,12 +117,6 @@ impl Registry {
                     second: spec.kind.clone(),
                 });
             }
-            crate::scheduler::validate_schedule(&spec.schedule).map_err(|reason| {
-                RegistryError::Schedule {
-                    name: spec.name.clone(),
-                    reason,
-                }
-            })?;
             entries.push(Entry {
                 spec,
                 state: Mutex::default(),
@@ -140,7 +133,7 @@ impl Registry {
     }
 
     /// (name, schedule) of every enabled job, for the cron scheduler.
-    pub fn schedules(&self) -> Vec<(String, String)> {
+    pub fn schedules(&self) -> Vec<(String, Schedule)> {
         self.entries
             .iter()
             .filter(|e| e.spec.enabled)
@@ -156,14 +149,14 @@ impl Registry {
                 JobInfo {
                     name: e.spec.name.clone(),
                     kind: e.spec.kind.clone(),
-                    schedule: e.spec.schedule.clone(),
+                    schedule: e.spec.schedule.to_string(),
                     enabled: e.spec.enabled,
                     overlap: e.spec.overlap.as_str(),
                     notify_on: e.spec.notify_on.as_str(),
                     timeout_secs: e.spec.timeout.map(|t| t.as_secs()),
                     running_since: running.map(|(since, _)| since),
                     next_run: if e.spec.enabled {
-                        super::next_run(&e.spec.schedule)
+                        e.spec.schedule.next_run()
                     } else {
                         None
                     },

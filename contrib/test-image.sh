@@ -65,6 +65,16 @@ wait_healthy() {
   fail "never healthy"
 }
 
+echo "== a release build has no crash VFS, and refuses the setting"
+if grep -q DBWARDEN_CRASH_AT target/x86_64-unknown-linux-musl/release/dbwarden; then
+  fail "the release binary contains the crash-simulating VFS"
+fi
+code=0
+"${P[@]}" run --rm -e DBWARDEN__DATABASE__VFS=dbwarden-crash localhost/dbwarden:latest config check \
+  >"$work/vfs.log" 2>&1 || code=$?
+[ "$code" = 78 ] || fail "database.vfs accepted by a release build (exit $code)"
+grep -q "database.vfs" "$work/vfs.log" || fail "the refusal does not name database.vfs"
+
 echo "== run on volumes"
 start
 wait_healthy

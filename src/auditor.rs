@@ -277,7 +277,7 @@ impl AuditorHandle {
         if findings.needs_repair() {
             tracing::warn!(found = %findings.describe(), "the summary was changed by another program; repairing");
             match self.writer.repair_summary().await {
-                Ok(report) => crate::supervisor::alert_summary_repaired(&self.notifier, &report),
+                Ok(report) => alert_summary_repaired(&self.notifier, &report),
                 Err(e) => self.notifier.alert(
                     "summary_repaired",
                     Severity::Critical,
@@ -298,4 +298,19 @@ impl AuditorHandle {
             tracing::warn!("interrupted the running integrity check for shutdown");
         }
     }
+}
+
+/// Tells every channel that another program had changed the summary and what was done.
+pub fn alert_summary_repaired(notifier: &Notifier, repair: &db::guard::RepairReport) {
+    notifier.alert(
+        "summary_repaired",
+        Severity::Warning,
+        format!(
+            "another program changed how the corruption summary is maintained ({}); removed {} foreign trigger(s), rebuilt the summary: {} corruption row(s) changed",
+            repair.found.describe(),
+            repair.triggers_removed.len(),
+            repair.rows_changed
+        ),
+        serde_json::to_value(repair).unwrap_or_default(),
+    );
 }

@@ -30,6 +30,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "./config.toml";
 /// Environment variable naming a TOML file of defaults that sits between the built-in
 /// ones and the settings file (the container image sets it).
 pub const DEFAULTS_ENV: &str = "DBWARDEN_DEFAULTS";
+/// The value of the hidden `database.vfs` setting that selects the crash-simulating
+/// VFS of the power-loss tests; refused by a build without it (every release build).
+pub const CRASH_VFS: &str = "dbwarden-crash";
 /// Names of the settings that hold secrets; `<name>_file` reads one from a file.
 pub const SECRET_KEYS: &[&str] = &["token", "secret", "urls"];
 
@@ -406,13 +409,17 @@ impl Settings {
             100_000,
         )?;
         if let Some(vfs) = &self.database.vfs {
-            if vfs != crate::db::crashvfs::NAME {
+            if !cfg!(feature = "crash-vfs") {
                 return Err(invalid(
                     "database.vfs",
-                    format!(
-                        "`{vfs}` is not a known VFS (only `{}`, for tests)",
-                        crate::db::crashvfs::NAME
-                    ),
+                    "this build has no VFS to choose: the crash VFS exists only in test builds"
+                        .into(),
+                ));
+            }
+            if vfs != CRASH_VFS {
+                return Err(invalid(
+                    "database.vfs",
+                    format!("`{vfs}` is not a known VFS (only `{CRASH_VFS}`, for tests)"),
                 ));
             }
         }

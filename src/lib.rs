@@ -9,7 +9,6 @@ pub mod api;
 pub mod auditor;
 pub mod backup;
 pub mod checkpointer;
-pub mod client;
 pub mod config;
 pub mod cron;
 pub mod db;

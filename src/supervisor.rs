@@ -162,7 +162,7 @@ impl Service {
             tracing::info!(applied = ?report.applied, "database migrated");
         }
         if let Some(repair) = &report.summary_repair {
-            alert_summary_repaired(&notifier, repair);
+            crate::auditor::alert_summary_repaired(&notifier, repair);
         }
         let page_size: i64 = conn
             .query_row("PRAGMA page_size", [], |r| r.get(0))
@@ -315,21 +315,6 @@ fn report_previous_stop(notifier: &Notifier, wal_left: Option<u64>, clean_stop: 
         ),
         (None, _) => {}
     }
-}
-
-/// Tells every channel that another program had changed the summary and what was done.
-pub fn alert_summary_repaired(notifier: &Notifier, repair: &db::guard::RepairReport) {
-    notifier.alert(
-        "summary_repaired",
-        Severity::Warning,
-        format!(
-            "another program changed how the corruption summary is maintained ({}); removed {} foreign trigger(s), rebuilt the summary: {} corruption row(s) changed",
-            repair.found.describe(),
-            repair.triggers_removed.len(),
-            repair.rows_changed
-        ),
-        serde_json::to_value(repair).unwrap_or_default(),
-    );
 }
 
 /// What only a serving service starts: the startup runs, the cron scheduler and the

@@ -19,10 +19,10 @@ use actix::prelude::*;
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use tokio::sync::oneshot;
 
+use crate::db::job_runs::{self, JobRunRow};
 use crate::db::jobsql::{self, JobSqlError, StopWhen};
 use crate::db::{self, queries, CheckpointMode, CheckpointResult, DbError};
 use crate::events::NewEvent;
-use crate::jobs::JobRun;
 use crate::metrics::Metrics;
 use crate::notifier::{Notifier, Severity};
 
@@ -39,7 +39,7 @@ pub enum WriteRequest {
     },
     /// One finished job run for the history table (keeping `keep` runs per job).
     RecordJobRun {
-        run: JobRun,
+        run: JobRunRow,
         keep: u32,
     },
     /// Drop foreign summary triggers and rebuild the summary (see [`db::guard`]), in a
@@ -433,7 +433,7 @@ fn apply(conn: &Connection, request: &WriteRequest) -> Result<WriteReply, WriteE
         WriteRequest::DeleteCorruption(id) => queries::delete_corruption(conn, id)
             .map(WriteReply::Deleted)
             .map_err(|e| classify(&e)),
-        WriteRequest::RecordJobRun { run, keep } => queries::insert_job_run(conn, run, *keep)
+        WriteRequest::RecordJobRun { run, keep } => job_runs::insert(conn, run, *keep)
             .map(|()| WriteReply::Recorded)
             .map_err(|e| classify(&e)),
         WriteRequest::Statements { .. } | WriteRequest::RepairSummary => Err(WriteError::Storage(

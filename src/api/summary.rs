@@ -17,7 +17,7 @@ use crate::db::guard::RepairReport;
 pub async fn repair(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let report = state.writer.repair_summary().await?;
     if report.rows_changed > 0 || !report.triggers_removed.is_empty() {
-        crate::supervisor::alert_summary_repaired(&state.notifier, &report);
+        crate::auditor::alert_summary_repaired(&state.notifier, &report);
     }
     Ok(HttpResponse::Ok().json(report))
 }

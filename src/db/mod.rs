@@ -7,10 +7,12 @@
 //! journal size) so that no code path quietly runs with weaker durability.
 
 pub mod adopt;
+#[cfg(feature = "crash-vfs")]
 pub mod crashvfs;
 pub mod durable;
 pub mod guard;
 pub mod indexes;
+pub mod job_runs;
 pub mod jobsql;
 pub mod lock;
 pub mod migrations;
@@ -77,6 +79,8 @@ pub enum DbError {
     Sqlite(#[from] rusqlite::Error),
     #[error("reader pool task failed: {0}")]
     Task(String),
+    #[error("database.vfs `{vfs}`: this build has no such VFS (the crash VFS exists only in test builds)")]
+    NoSuchVfs { vfs: String },
 }
 
 /// Refuses to run on a bundled SQLite older than [`MIN_SQLITE_VERSION`].
@@ -159,13 +163,17 @@ pub fn open_reader(settings: &DatabaseSettings) -> Result<Connection, DbError> {
     Ok(conn)
 }
 
-/// Opens through the configured VFS (the crash VFS in power-loss tests).
+/// Opens through the configured VFS (the crash VFS in power-loss tests; a build
+/// without it refuses the setting).
 fn open_with(settings: &DatabaseSettings, flags: OpenFlags) -> Result<Connection, DbError> {
     let opened = match settings.vfs.as_deref() {
+        #[cfg(feature = "crash-vfs")]
         Some(vfs) => {
             crashvfs::register()?;
             Connection::open_with_flags_and_vfs(&settings.path, flags, vfs)
         }
+        #[cfg(not(feature = "crash-vfs"))]
+        Some(vfs) => return Err(DbError::NoSuchVfs { vfs: vfs.to_string() }),
         None => Connection::open_with_flags(&settings.path, flags),
     };
     opened.map_err(|source| DbError::Open {
@@ -176,10 +184,12 @@ fn open_with(settings: &DatabaseSettings, flags: OpenFlags) -> Result<Connection
 
 /// FULL, except under the crash VFS when a power-loss self-test asks for less.
 fn wanted_synchronous(settings: &DatabaseSettings) -> &'static str {
-    match settings.vfs {
-        Some(_) => crashvfs::plan().synchronous,
-        None => "FULL",
+    #[cfg(feature = "crash-vfs")]
+    if settings.vfs.is_some() {
+        return crashvfs::plan().synchronous;
     }
+    let _ = settings;
+    "FULL"
 }
 
 fn apply_settings(

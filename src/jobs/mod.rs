@@ -39,7 +39,6 @@ mod command;
 pub mod custom;
 pub mod definition;
 pub mod registry;
-pub mod run_now;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -52,6 +51,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::cron::Schedule;
+use crate::db::job_runs::JobRunRow;
 use crate::db::readers::ReaderPool;
 use crate::notifier::Notifier;
 use crate::writer::{WriteError, WriterHandle};
@@ -257,12 +257,29 @@ impl Trigger {
         }
     }
 
-    pub fn parse(s: &str) -> Trigger {
-        match s {
-            "startup" => Trigger::Startup,
-            "api" => Trigger::Api,
-            "cli" => Trigger::Cli,
-            _ => Trigger::Schedule,
+    /// The trigger a stored word names; an unknown word is an error, never a default.
+    pub fn parse(s: &str) -> Result<Trigger, UnknownWord> {
+        [Trigger::Schedule, Trigger::Startup, Trigger::Api, Trigger::Cli]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| UnknownWord::new("trigger", s))
+    }
+}
+
+/// A stored word that names no trigger or outcome (a newer dbwarden wrote it, or the
+/// row was changed by hand).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{word}` is not a known {what}")]
+pub struct UnknownWord {
+    pub what: &'static str,
+    pub word: String,
+}
+
+impl UnknownWord {
+    fn new(what: &'static str, word: &str) -> UnknownWord {
+        UnknownWord {
+            what,
+            word: word.to_string(),
         }
     }
 }
@@ -288,13 +305,17 @@ impl Outcome {
         }
     }
 
-    pub fn parse(s: &str) -> Outcome {
-        match s {
-            "ok" => Outcome::Ok,
-            "timed_out" => Outcome::TimedOut,
-            "cancelled" => Outcome::Cancelled,
-            _ => Outcome::Failed,
-        }
+    /// The outcome a stored word names; an unknown word is an error, never a default.
+    pub fn parse(s: &str) -> Result<Outcome, UnknownWord> {
+        [
+            Outcome::Ok,
+            Outcome::Failed,
+            Outcome::TimedOut,
+            Outcome::Cancelled,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+        .ok_or_else(|| UnknownWord::new("outcome", s))
     }
 }
 
@@ -308,4 +329,35 @@ pub struct JobRun {
     pub outcome: Outcome,
     pub message: String,
     pub output: Option<String>,
+}
+
+impl JobRun {
+    /// The row the history table stores.
+    pub fn to_row(&self) -> JobRunRow {
+        JobRunRow {
+            job: self.job.clone(),
+            trigger: self.trigger.as_str().to_string(),
+            started_at: self.started_at,
+            duration_ms: self.duration_ms,
+            outcome: self.outcome.as_str().to_string(),
+            message: self.message.clone(),
+            output: self.output.clone(),
+        }
+    }
+}
+
+impl TryFrom<JobRunRow> for JobRun {
+    type Error = UnknownWord;
+
+    fn try_from(row: JobRunRow) -> Result<JobRun, UnknownWord> {
+        Ok(JobRun {
+            trigger: Trigger::parse(&row.trigger)?,
+            outcome: Outcome::parse(&row.outcome)?,
+            job: row.job,
+            started_at: row.started_at,
+            duration_ms: row.duration_ms,
+            message: row.message,
+            output: row.output,
+        })
+    }
 }

@@ -372,7 +372,7 @@ impl Registry {
     async fn record(&self, run: &JobRun) {
         for _ in 0..20 {
             let request = WriteRequest::RecordJobRun {
-                run: run.clone(),
+                run: run.to_row(),
                 keep: self.deps.history_keep,
             };
             match self.deps.writer.write(request).await {

@@ -36,7 +36,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use super::DbError;
 
 /// The VFS's registered name, the value of `database.vfs` that selects it.
-pub const NAME: &str = "dbwarden-crash";
+pub const NAME: &str = crate::config::CRASH_VFS;
 
 /// The exit code of a process whose power was cut.
 pub const EXIT_CODE: i32 = 86;

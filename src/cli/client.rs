@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::config::Settings;
+use dbwarden::config::Settings;
 
 /// Longest wait for a connection to the service.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -6,12 +6,12 @@
 //! DbWriter, so the command asks it over HTTP (`POST /api/jobs/NAME/run?wait=true`,
 //! with `api.token`), on `api.listen` (loopback when it listens on all addresses).
 
-use super::registry::TriggerError;
-use super::{JobRun, Trigger};
-use crate::client::{ClientError, ServiceClient};
-use crate::config::Settings;
-use crate::db::lock::{self, LockError};
-use crate::supervisor::{Mode, Service, StartError};
+use crate::cli::client::{ClientError, ServiceClient};
+use dbwarden::config::Settings;
+use dbwarden::db::lock::{self, LockError};
+use dbwarden::jobs::registry::TriggerError;
+use dbwarden::jobs::{JobRun, Trigger};
+use dbwarden::supervisor::{Mode, Service, StartError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunNowError {
@@ -55,7 +55,7 @@ pub async fn run_now(settings: Settings, name: &str) -> Result<JobRun, RunNowErr
 /// How long a run may take before the service answers: the job's own timeout plus a
 /// grace for recording it; built-in jobs (bounded by their actors) get a day.
 fn answer_within(settings: &Settings, name: &str) -> std::time::Duration {
-    let timeout = super::load_dir(&settings.jobs.dir)
+    let timeout = dbwarden::jobs::load_dir(&settings.jobs.dir)
         .ok()
         .and_then(|jobs| jobs.into_iter().find(|j| j.name == name))
         .map(|j| j.timeout)

@@ -59,6 +59,7 @@ fn nth_event(run: &str, i: usize) -> NewEvent {
         step,
         data,
     )
+    .expect("a valid event")
 }
 
 struct Row {
@@ -310,7 +311,7 @@ async fn http_phase(
                 let events: Vec<serde_json::Value> = (0..batch)
                     .map(|k| {
                         let e = nth_event(&format!("{label}-{c}"), r * batch + k);
-                        serde_json::json!({"aggregate_type": e.aggregate_type, "aggregate_id": e.aggregate_id, "event_type": e.event_type, "event_data": serde_json::from_str::<serde_json::Value>(&e.event_data).expect("data")})
+                        serde_json::json!({"aggregate_type": e.aggregate_type(), "aggregate_id": e.aggregate_id(), "event_type": e.event_type(), "event_data": serde_json::from_str::<serde_json::Value>(e.event_data()).expect("data")})
                     })
                     .collect();
                 let body = if batch == 1 { events[0].to_string() } else { serde_json::Value::Array(events).to_string() };

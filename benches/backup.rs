@@ -65,6 +65,7 @@ fn build(settings: &Settings, target_mb: u64) -> u64 {
                     ["CorruptionDetected", "DownloadProgress", "DownloadFailed", "VerificationSuccess"][n % 4],
                     serde_json::json!({"file_path": format!("/media/{n}.mkv"), "error": if n % 4 == 2 { Some("x") } else { None }, "pad": pad}),
                 )
+            .expect("a valid event")
             })
             .collect();
         i += events.len();
@@ -109,7 +110,8 @@ fn start_load(settings: &Settings) -> Load {
                 &format!("live-{n}"),
                 "CorruptionDetected",
                 serde_json::json!({"n": n}),
-            );
+            )
+            .expect("a valid event");
             let t = Instant::now();
             db::queries::insert_event(&conn, &e).expect("append");
             l.lock().expect("lock").push(t.elapsed());

@@ -57,52 +57,91 @@ fn check_data(data: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
-/// A validated event, ready for the writer. `event_data` is already serialized JSON.
+/// A validated event, ready for the writer. Its fields are private: it is built only
+/// by [`parse_body`] or [`NewEvent::new`], both of which check every field, so the
+/// writer never checks again. `event_data` is JSON text, stored as it is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
-    pub aggregate_type: String,
-    pub aggregate_id: String,
-    pub event_type: String,
-    pub event_data: String,
-    pub event_version: i64,
+    aggregate_type: String,
+    aggregate_id: String,
+    event_type: String,
+    event_data: String,
+    event_version: i64,
     /// Stored text (UTC), see [`crate::time`].
-    pub created_at: String,
+    created_at: String,
     /// Client-supplied id: appending the same id again writes nothing.
-    pub key: Option<Uuid>,
+    key: Option<Uuid>,
 }
 
 impl NewEvent {
-    /// Builds an event stamped now; convenient for library callers and tests.
+    /// An event stamped now, for library callers (Rust jobs, tests, benchmarks); every
+    /// field is checked as the HTTP API checks it.
     pub fn new(
         aggregate_type: &str,
         aggregate_id: &str,
         event_type: &str,
         data: Value,
-    ) -> NewEvent {
-        NewEvent {
-            aggregate_type: aggregate_type.into(),
-            aggregate_id: aggregate_id.into(),
-            event_type: event_type.into(),
-            event_data: data.to_string(),
-            event_version: 1,
-            created_at: crate::time::now_text(),
-            key: None,
-        }
-    }
-
-    /// The checks the writer repeats for callers that bypass HTTP parsing.
-    pub fn check(&self) -> Result<(), FieldError> {
+    ) -> Result<NewEvent, FieldError> {
         for (field, value) in [
-            ("aggregate_type", &self.aggregate_type),
-            ("aggregate_id", &self.aggregate_id),
-            ("event_type", &self.event_type),
+            ("aggregate_type", aggregate_type),
+            ("aggregate_id", aggregate_id),
+            ("event_type", event_type),
         ] {
             check_name(field, value)?;
         }
-        if self.event_version < 1 {
-            return Err(FieldError::new("event_version", "must be 1 or more"));
-        }
-        check_data(&self.event_data)
+        let event_data = data.to_string();
+        check_data(&event_data)?;
+        Ok(NewEvent {
+            aggregate_type: aggregate_type.into(),
+            aggregate_id: aggregate_id.into(),
+            event_type: event_type.into(),
+            event_data,
+            event_version: 1,
+            created_at: crate::time::now_text(),
+            key: None,
+        })
+    }
+
+    /// The same event with a client id: appending it again writes nothing.
+    pub fn with_key(mut self, key: Uuid) -> NewEvent {
+        self.key = Some(key);
+        self
+    }
+
+    /// The same event dated `at` (stored in UTC).
+    pub fn with_created_at(mut self, at: DateTime<Utc>) -> NewEvent {
+        self.created_at = crate::time::to_store_text(at);
+        self
+    }
+
+    pub fn aggregate_type(&self) -> &str {
+        &self.aggregate_type
+    }
+
+    pub fn aggregate_id(&self) -> &str {
+        &self.aggregate_id
+    }
+
+    pub fn event_type(&self) -> &str {
+        &self.event_type
+    }
+
+    /// The JSON text as it will be stored.
+    pub fn event_data(&self) -> &str {
+        &self.event_data
+    }
+
+    pub fn event_version(&self) -> i64 {
+        self.event_version
+    }
+
+    /// As stored: UTC text, see [`crate::time`].
+    pub fn created_at(&self) -> &str {
+        &self.created_at
+    }
+
+    pub fn key(&self) -> Option<&Uuid> {
+        self.key.as_ref()
     }
 }
 

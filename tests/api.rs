@@ -495,8 +495,9 @@ async fn group_commit(
                 "first",
                 "CorruptionDetected",
                 json!({}),
-            )])
-            .await
+            )
+            .expect("a valid event")])
+                .await
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await; // the writer is now blocked in BEGIN
@@ -528,51 +529,40 @@ fn aggregate_ids_in_order(app: &TestApp) -> Vec<String> {
 
 fn three_requests(middle_extra: NewEvent) -> Vec<Vec<NewEvent>> {
     vec![
-        vec![NewEvent::new(
-            "corruption",
-            "a",
-            "CorruptionDetected",
-            json!({}),
-        )],
         vec![
-            NewEvent::new("corruption", "b", "CorruptionDetected", json!({})),
+            NewEvent::new("corruption", "a", "CorruptionDetected", json!({}))
+                .expect("a valid event"),
+        ],
+        vec![
+            NewEvent::new("corruption", "b", "CorruptionDetected", json!({}))
+                .expect("a valid event"),
             middle_extra,
         ],
-        vec![NewEvent::new(
-            "corruption",
-            "c",
-            "CorruptionDetected",
-            json!({}),
-        )],
+        vec![
+            NewEvent::new("corruption", "c", "CorruptionDetected", json!({}))
+                .expect("a valid event"),
+        ],
     ]
 }
 
-/// Group commit: writes queued while the writer was blocked commit in one
-/// transaction, and the one invalid write (refused by the writer's handle before it
-/// is queued) fails alone, its valid sibling event with it.
-#[actix_rt::test]
-async fn one_invalid_write_fails_alone_within_a_group_commit() {
-    let mut app = TestApp::spawn(&[("DBWARDEN__DATABASE__BUSY_TIMEOUT_MS", "10000")]).await;
-    let blocker = rusqlite::Connection::open(&app.db_path).expect("blocker");
-    let mut bad = NewEvent::new("corruption", "b", "CorruptionDetected", json!({}));
-    bad.aggregate_id.clear();
-    let (first, results, transactions) = group_commit(&app, &blocker, three_requests(bad)).await;
-    assert!(first.is_ok());
-    assert!(results[0].is_ok());
-    assert!(
-        matches!(&results[1], Err(WriteError::Rejected(reason)) if reason.contains("aggregate_id")),
-        "{:?}",
-        results[1]
-    );
-    assert!(results[2].is_ok());
-    // One transaction for `first`, one shared by the three writes queued behind it.
-    assert_eq!(transactions, 2, "the queued writes shared one transaction");
-    app.stop().await;
-    assert_eq!(
-        aggregate_ids_in_order(&app),
-        ["first", "a", "c"],
-        "the invalid request's valid event was rolled back with it"
-    );
+/// An invalid event cannot be built, so it never reaches the writer: the library
+/// constructor checks every field as the HTTP API does and names the one at fault.
+/// (That one bad write fails alone inside a group commit is shown below with an event
+/// the database itself refuses.)
+#[test]
+fn an_invalid_event_cannot_be_built() {
+    for (aggregate_type, aggregate_id, event_type, field) in [
+        ("corruption", "", "CorruptionDetected", "aggregate_id"),
+        ("", "a", "CorruptionDetected", "aggregate_type"),
+        ("corruption", "a", "bad\u{0}type", "event_type"),
+    ] {
+        let err = NewEvent::new(aggregate_type, aggregate_id, event_type, json!({}))
+            .expect_err("refused");
+        assert_eq!(err.field, field, "{err}");
+    }
+    let deep = (0..200).fold(json!(1), |inner, _| json!([inner]));
+    let err = NewEvent::new("corruption", "a", "t", deep).expect_err("too deep");
+    assert_eq!(err.field, "event_data");
 }
 
 /// Fault injection: a trigger of the user's own makes the database reject one event
@@ -588,7 +578,7 @@ async fn a_request_the_database_rejects_fails_alone_within_a_group_commit() {
              BEGIN SELECT RAISE(ABORT, 'poison event refused'); END;",
         )
         .expect("install the fault");
-    let poison = NewEvent::new("corruption", "b", "Poison", json!({}));
+    let poison = NewEvent::new("corruption", "b", "Poison", json!({})).expect("a valid event");
     let (first, results, _) = group_commit(&app, &blocker, three_requests(poison)).await;
     assert!(first.is_ok());
     assert!(results[0].is_ok(), "{:?}", results[0]);

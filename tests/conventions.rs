@@ -361,14 +361,23 @@ async fn the_dashboard_and_alert_rules_use_only_exported_metrics() {
     // check, a job run, an append, a refused write, a notification.
     app.post_json("/api/events", &serde_json::json!({"aggregate_type": "corruption", "aggregate_id": "a", "event_type": "CorruptionDetected", "event_data": {}}))
         .await;
+    // A write the database refuses (a trigger of the user's own).
+    rusqlite::Connection::open(&app.db_path)
+        .expect("open")
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.event_type = 'Refused'
+             BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+        )
+        .expect("trigger");
     let writer = app.service.as_ref().expect("service").writer.clone();
     let refused = writer
         .append(vec![dbwarden::events::NewEvent::new(
-            "",
+            "corruption",
             "a",
-            "t",
+            "Refused",
             Value::Null,
-        )])
+        )
+        .expect("a valid event")])
         .await;
     assert!(refused.is_err());
     common::wait_for(&alerts.got, 1, Duration::from_secs(10)).await;

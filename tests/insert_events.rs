@@ -15,14 +15,17 @@ const KEYS: &[&str] = &[
 ];
 
 fn event(i: usize, key: Option<usize>) -> NewEvent {
-    let mut e = NewEvent::new(
+    let e = NewEvent::new(
         "corruption",
         &format!("agg-{}", i % 7),
         ["CorruptionDetected", "DownloadFailed", "FileDetected"][i % 3],
         serde_json::json!({"n": i, "error": if i.is_multiple_of(5) { Some("boom") } else { None }}),
-    );
-    e.key = key.map(|k| KEYS[k].parse().expect("uuid"));
-    e
+    )
+    .expect("a valid event");
+    match key {
+        Some(k) => e.with_key(KEYS[k].parse().expect("uuid")),
+        None => e,
+    }
 }
 
 fn fresh() -> Connection {
@@ -72,7 +75,7 @@ proptest! {
         // A repeated batch writes nothing new and answers with the same ids for keyed events.
         let again = queries::insert_events(&many, &events).expect("again");
         for (i, e) in events.iter().enumerate() {
-            if e.key.is_some() {
+            if e.key().is_some() {
                 prop_assert_eq!(again[i], ids_many[i]);
             }
         }

@@ -34,11 +34,24 @@ fn library_files() -> Vec<(String, String)> {
                 stack.push(path);
                 continue;
             }
-            let rel = path.strip_prefix(&src).expect("under src").to_string_lossy().into_owned();
-            if !rel.ends_with(".rs") || rel == "main.rs" || rel == "lib.rs" || rel.starts_with("cli/") {
+            let rel = path
+                .strip_prefix(&src)
+                .expect("under src")
+                .to_string_lossy()
+                .into_owned();
+            if !rel.ends_with(".rs")
+                || rel == "main.rs"
+                || rel == "lib.rs"
+                || rel.starts_with("cli/")
+            {
                 continue;
             }
-            let top = rel.split('/').next().unwrap_or_default().trim_end_matches(".rs").to_string();
+            let top = rel
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .trim_end_matches(".rs")
+                .to_string();
             out.push((rel, top));
         }
     }
@@ -69,12 +82,18 @@ fn uses(text: &str) -> Vec<String> {
 #[test]
 fn every_module_uses_only_the_layers_below_it() {
     let order = layers();
-    let rank: BTreeMap<&str, usize> = order.iter().enumerate().map(|(i, m)| (m.as_str(), i)).collect();
+    let rank: BTreeMap<&str, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.as_str(), i))
+        .collect();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut wrong = Vec::new();
     for (file, top) in library_files() {
         let Some(&own) = rank.get(top.as_str()) else {
-            wrong.push(format!("{file}: module `{top}` is not in the README's layer list"));
+            wrong.push(format!(
+                "{file}: module `{top}` is not in the README's layer list"
+            ));
             continue;
         };
         let text = std::fs::read_to_string(src.join(&file)).expect("read");
@@ -85,7 +104,9 @@ fn every_module_uses_only_the_layers_below_it() {
             match rank.get(used.as_str()) {
                 Some(&other) if other < own => {}
                 Some(_) => wrong.push(format!("{file}: `{top}` uses `{used}`, which is above it")),
-                None => wrong.push(format!("{file}: uses `crate::{used}`, not in the layer list")),
+                None => wrong.push(format!(
+                    "{file}: uses `crate::{used}`, not in the layer list"
+                )),
             }
         }
     }
@@ -95,10 +116,16 @@ fn every_module_uses_only_the_layers_below_it() {
 #[test]
 fn an_upward_use_is_caught() {
     // The check itself must fail on what it is there to catch.
-    assert_eq!(uses("use crate::writer::WriterHandle; // crate::api in a comment"), ["writer"]);
+    assert_eq!(
+        uses("use crate::writer::WriterHandle; // crate::api in a comment"),
+        ["writer"]
+    );
     assert_eq!(uses("let x = crate::db::queries::max_event_id(c);"), ["db"]);
     let order = layers();
     let pos = |m: &str| order.iter().position(|o| o == m).expect(m);
-    assert!(pos("db") < pos("writer"), "the writer is above the database layer");
+    assert!(
+        pos("db") < pos("writer"),
+        "the writer is above the database layer"
+    );
     assert!(pos("config") < pos("db"));
 }

@@ -47,15 +47,14 @@ fn event(writer: usize, i: usize) -> NewEvent {
     } else {
         "CorruptionDetected"
     };
-    NewEvent {
-        aggregate_type: "corruption".into(),
-        aggregate_id: aggregate,
-        event_type: event_type.into(),
-        event_data: format!("{{\"n\":{i}}}"),
-        event_version: 1,
-        created_at: dbwarden::time::now_text(),
-        key: Some(uuid::Uuid::new_v4()),
-    }
+    NewEvent::new(
+        "corruption",
+        &aggregate,
+        event_type,
+        serde_json::json!({ "n": i }),
+    )
+    .expect("a valid event")
+    .with_key(uuid::Uuid::new_v4())
 }
 
 /// The workload, run in a child process: appends from several tasks through the real
@@ -81,9 +80,9 @@ fn crash_child() {
                         .map(|e| {
                             format!(
                                 "{} {} {}",
-                                e.key.map(|k| k.to_string()).unwrap_or_default(),
-                                e.aggregate_id,
-                                e.event_type
+                                e.key().map(|k| k.to_string()).unwrap_or_default(),
+                                e.aggregate_id(),
+                                e.event_type()
                             )
                         })
                         .collect();

@@ -144,7 +144,7 @@ impl From<WriteError> for ApiError {
             WriteError::Busy => ApiError::Busy,
             WriteError::DiskFull(_) => ApiError::InsufficientStorage,
             WriteError::Unavailable => ApiError::ShuttingDown,
-            WriteError::Storage(detail) => ApiError::Internal(detail),
+            WriteError::Storage(detail) => ApiError::Internal(detail.to_string()),
         }
     }
 }

@@ -35,8 +35,7 @@ fn backup_now(settings: &Settings) -> anyhow::Result<serde_json::Value> {
             Ok(serde_json::to_value(manifest)?)
         }
         Err(db::lock::LockError::Held { .. }) => {
-            let client = ServiceClient::new(settings)
-                .with_timeout(Duration::from_secs(6 * 3600));
+            let client = ServiceClient::new(settings).with_timeout(Duration::from_secs(6 * 3600));
             Ok(actix_rt::System::new()
                 .block_on(client.post(&["api", "backups"], None))
                 .context("asking the running service for a backup")?)
@@ -44,4 +43,3 @@ fn backup_now(settings: &Settings) -> anyhow::Result<serde_json::Value> {
         Err(e) => Err(e.into()),
     }
 }
-

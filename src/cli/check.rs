@@ -103,8 +103,7 @@ pub fn repair(settings: &Settings) -> anyhow::Result<u8> {
         }
         Err(db::lock::LockError::Held { .. }) => {
             // A rebuild of a large summary takes a while: bound it generously.
-            let client = ServiceClient::new(settings)
-                .with_timeout(Duration::from_secs(3600));
+            let client = ServiceClient::new(settings).with_timeout(Duration::from_secs(3600));
             let body = actix_rt::System::new()
                 .block_on(client.post(&["api", "summary", "repair"], None))
                 .context("asking the running service to repair the summary")?;

@@ -71,4 +71,3 @@ pub fn jobs(settings: Settings, command: JobsCommand) -> anyhow::Result<u8> {
     }
     Ok(0)
 }
-

@@ -174,8 +174,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     use client::ClientError;
     use dbwarden::db::lock::LockError;
     use dbwarden::jobs::registry::TriggerError;
-    use jobs::RunNowError;
     use dbwarden::supervisor::StartError;
+    use jobs::RunNowError;
     fn of_start(e: &StartError) -> Option<u8> {
         match e {
             // A path from the settings that cannot be used fails the same way each time.
@@ -283,10 +283,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         } => restore::restore(&settings, file, latest, dry_run),
         Command::Jobs { command } => jobs::jobs(settings, command),
         Command::Status { timeout } => status::status(&settings, Duration::from_secs(timeout)),
-        Command::Healthcheck { timeout } => Ok(status::healthcheck(
-            &settings,
-            Duration::from_secs(timeout),
-        )),
+        Command::Healthcheck { timeout } => {
+            Ok(status::healthcheck(&settings, Duration::from_secs(timeout)))
+        }
         Command::Completions { .. } | Command::Manpage => Ok(exit::OK),
         Command::Config {
             command: config::ConfigCommand::Check,
@@ -309,4 +308,3 @@ pub fn spinner(message: String) -> indicatif::ProgressBar {
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     bar
 }
-

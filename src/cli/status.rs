@@ -67,4 +67,3 @@ pub fn status(settings: &Settings, timeout: Duration) -> anyhow::Result<u8> {
     }
     Ok(u8::from(state != "healthy"))
 }
-

@@ -75,7 +75,9 @@ pub fn last_runs(conn: &Connection) -> Result<BTreeMap<String, JobRunRow>, DbErr
         "SELECT {COLUMNS} FROM dbwarden_job_runs
           WHERE id IN (SELECT max(id) FROM dbwarden_job_runs GROUP BY job)"
     ))?;
-    let runs = stmt.query_map([], from_row)?.collect::<Result<Vec<_>, _>>()?;
+    let runs = stmt
+        .query_map([], from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(runs.into_iter().map(|r| (r.job.clone(), r)).collect())
 }
 

@@ -20,7 +20,9 @@ use std::time::Instant;
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, ErrorCode};
+use rusqlite::Connection;
+
+use super::sqlite_errors::{kind_of, ErrorKind};
 use tokio_util::sync::CancellationToken;
 
 /// When a job's SQL must stop.
@@ -36,7 +38,7 @@ impl StopWhen {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum JobSqlError {
     /// The statement is wrong or not allowed; the transaction was rolled back.
     #[error("statement {index}: {reason}")]
@@ -46,10 +48,10 @@ pub enum JobSqlError {
     Stopped { index: usize },
     /// The disk is full: nothing was committed.
     #[error("the disk is full: {0}")]
-    DiskFull(String),
+    DiskFull(#[source] rusqlite::Error),
     /// Any other storage failure: nothing was committed.
     #[error("storage error: {0}")]
-    Storage(String),
+    Storage(#[source] rusqlite::Error),
 }
 
 /// Pragmas a `sql` job may run on the writer's connection.
@@ -174,17 +176,15 @@ fn unfence(conn: &mut Connection) {
 }
 
 fn statement_error(
-    e: &rusqlite::Error,
+    e: rusqlite::Error,
     index: usize,
     refused: &Mutex<Option<String>>,
 ) -> JobSqlError {
-    match e.sqlite_error_code() {
-        Some(ErrorCode::OperationInterrupted) => JobSqlError::Stopped { index },
-        Some(ErrorCode::DiskFull) => JobSqlError::DiskFull(e.to_string()),
-        Some(ErrorCode::SystemIoFailure) | Some(ErrorCode::DatabaseCorrupt) => {
-            JobSqlError::Storage(e.to_string())
-        }
-        Some(ErrorCode::AuthorizationForStatementDenied) => JobSqlError::Statement {
+    match kind_of(&e) {
+        ErrorKind::Interrupted => JobSqlError::Stopped { index },
+        ErrorKind::DiskFull => JobSqlError::DiskFull(e),
+        ErrorKind::Storage => JobSqlError::Storage(e),
+        ErrorKind::NotAuthorized => JobSqlError::Statement {
             index,
             reason: refused
                 .lock()
@@ -192,7 +192,8 @@ fn statement_error(
                 .and_then(|mut r| r.take())
                 .unwrap_or_else(|| e.to_string()),
         },
-        _ => JobSqlError::Statement {
+        // Whatever else went wrong, the user's statement is what failed.
+        ErrorKind::DataRefused | ErrorKind::Other => JobSqlError::Statement {
             index,
             reason: e.to_string(),
         },
@@ -211,9 +212,9 @@ pub fn execute(
     statements: &[String],
     stop: &StopWhen,
 ) -> Result<u64, JobSqlError> {
-    let storage = |e: rusqlite::Error| match e.sqlite_error_code() {
-        Some(ErrorCode::DiskFull) => JobSqlError::DiskFull(e.to_string()),
-        _ => JobSqlError::Storage(e.to_string()),
+    let storage = |e: rusqlite::Error| match kind_of(&e) {
+        ErrorKind::DiskFull => JobSqlError::DiskFull(e),
+        _ => JobSqlError::Storage(e),
     };
     conn.execute_batch("BEGIN IMMEDIATE").map_err(storage)?;
     let before = conn.total_changes();
@@ -258,15 +259,14 @@ fn run_fenced(
     for (index, sql) in statements.iter().enumerate() {
         // execute_batch: one entry may hold several `;`-separated statements.
         conn.execute_batch(sql)
-            .map_err(|e| statement_error(&e, index, refused))?;
+            .map_err(|e| statement_error(e, index, refused))?;
     }
     Ok(())
 }
 
 /// Runs a query that must answer one number (first column of the first row).
 pub fn query_number(conn: &mut Connection, sql: &str, stop: &StopWhen) -> Result<f64, JobSqlError> {
-    let refused =
-        fence(conn, Policy::Read, stop).map_err(|e| JobSqlError::Storage(e.to_string()))?;
+    let refused = fence(conn, Policy::Read, stop).map_err(JobSqlError::Storage)?;
     let result = query_fenced(conn, sql, &refused);
     unfence(conn);
     result
@@ -280,16 +280,14 @@ fn query_fenced(
     let fail = |reason: String| JobSqlError::Statement { index: 0, reason };
     let mut stmt = conn
         .prepare(sql)
-        .map_err(|e| statement_error(&e, 0, refused))?;
+        .map_err(|e| statement_error(e, 0, refused))?;
     if !stmt.readonly() {
         return Err(fail("a query job must only read".into()));
     }
-    let mut rows = stmt
-        .query([])
-        .map_err(|e| statement_error(&e, 0, refused))?;
+    let mut rows = stmt.query([]).map_err(|e| statement_error(e, 0, refused))?;
     let row = rows
         .next()
-        .map_err(|e| statement_error(&e, 0, refused))?
+        .map_err(|e| statement_error(e, 0, refused))?
         .ok_or_else(|| fail("the query returned no row".into()))?;
     let value = row.get_ref(0).map_err(|e| fail(e.to_string()))?;
     match value {

@@ -19,6 +19,7 @@ pub mod migrations;
 pub mod queries;
 pub mod readers;
 pub mod snapshot;
+pub mod sqlite_errors;
 
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -173,7 +174,11 @@ fn open_with(settings: &DatabaseSettings, flags: OpenFlags) -> Result<Connection
             Connection::open_with_flags_and_vfs(&settings.path, flags, vfs)
         }
         #[cfg(not(feature = "crash-vfs"))]
-        Some(vfs) => return Err(DbError::NoSuchVfs { vfs: vfs.to_string() }),
+        Some(vfs) => {
+            return Err(DbError::NoSuchVfs {
+                vfs: vfs.to_string(),
+            })
+        }
         None => Connection::open_with_flags(&settings.path, flags),
     };
     opened.map_err(|source| DbError::Open {

@@ -92,7 +92,7 @@ pub fn insert_events<E: Borrow<NewEvent>>(
     let mut repeats: Vec<(usize, usize)> = Vec::new();
     let mut to_insert: Vec<usize> = Vec::with_capacity(events.len());
     for (i, event) in events.iter().map(|e| e.borrow()).enumerate() {
-        if let Some(key) = &event.key {
+        if let Some(key) = event.key() {
             if let Some(&first) = first_with_key.get(key) {
                 repeats.push((i, first));
                 continue;
@@ -119,20 +119,38 @@ pub fn insert_events<E: Borrow<NewEvent>>(
         let (chunk, tail) = rest.split_at(rows);
         rest = tail;
         let mut stmt = conn.prepare_cached(&insert_sql(rows))?;
-        let data: Vec<EventData<'_>> = chunk
+        /// One row's values, borrowed from its event.
+        struct Values<'e> {
+            aggregate_type: &'e str,
+            aggregate_id: &'e str,
+            event_type: &'e str,
+            data: EventData<'e>,
+            version: i64,
+            created_at: &'e str,
+        }
+        let values: Vec<Values<'_>> = chunk
             .iter()
-            .map(|&i| EventData(&events[i].borrow().event_data))
+            .map(|&i| {
+                let e: &NewEvent = events[i].borrow();
+                Values {
+                    aggregate_type: e.aggregate_type(),
+                    aggregate_id: e.aggregate_id(),
+                    event_type: e.event_type(),
+                    data: EventData(e.event_data()),
+                    version: e.event_version(),
+                    created_at: e.created_at(),
+                }
+            })
             .collect();
         let mut params: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(rows * 6);
-        for (&i, data) in chunk.iter().zip(&data) {
-            let e: &NewEvent = events[i].borrow();
+        for v in &values {
             params.extend_from_slice(&[
-                &e.aggregate_type as &dyn rusqlite::ToSql,
-                &e.aggregate_id,
-                &e.event_type,
-                data,
-                &e.event_version,
-                &e.created_at,
+                &v.aggregate_type as &dyn rusqlite::ToSql,
+                &v.aggregate_id,
+                &v.event_type,
+                &v.data,
+                &v.version,
+                &v.created_at,
             ]);
         }
         let mut new_ids: Vec<i64> = stmt
@@ -146,7 +164,7 @@ pub fn insert_events<E: Borrow<NewEvent>>(
         }
     }
     for &i in &to_insert {
-        if let (Some(key), Some(id)) = (&events[i].borrow().key, ids[i]) {
+        if let (Some(key), Some(id)) = (events[i].borrow().key(), ids[i]) {
             conn.prepare_cached(
                 "INSERT INTO dbwarden_event_keys (event_key, event_id) VALUES (?1, ?2)",
             )?

@@ -13,6 +13,7 @@
 //! written through the DbWriter, and notifications.
 //!
 //! ```no_run
+//! use dbwarden::cron::Schedule;
 //! use dbwarden::jobs::{Job, JobContext, JobFuture, JobReport, JobSpec};
 //!
 //! struct CountEvents;
@@ -30,8 +31,11 @@
 //!     }
 //! }
 //!
+//! # fn main() -> Result<(), String> {
 //! let spec = JobSpec::new("count-events", Schedule::parse("0 */5 * * * *")?, CountEvents);
 //! // dbwarden::supervisor::Service::builder(settings).job(spec).start().await
+//! # Ok(())
+//! # }
 //! ```
 
 pub mod builtin;
@@ -259,10 +263,15 @@ impl Trigger {
 
     /// The trigger a stored word names; an unknown word is an error, never a default.
     pub fn parse(s: &str) -> Result<Trigger, UnknownWord> {
-        [Trigger::Schedule, Trigger::Startup, Trigger::Api, Trigger::Cli]
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .ok_or_else(|| UnknownWord::new("trigger", s))
+        [
+            Trigger::Schedule,
+            Trigger::Startup,
+            Trigger::Api,
+            Trigger::Cli,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+        .ok_or_else(|| UnknownWord::new("trigger", s))
     }
 }
 

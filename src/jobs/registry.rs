@@ -28,7 +28,7 @@ use super::{JobContext, JobReport, JobRun, JobSpec, NotifyOn, Outcome, Overlap, 
 use crate::cron::Schedule;
 use crate::db::readers::ReaderPool;
 use crate::notifier::{Notifier, Severity};
-use crate::writer::{WriteError, WriteRequest, WriterHandle};
+use crate::writer::{WriteError, WriterHandle};
 
 /// How long a cancelled run may take to stop before its future is dropped.
 pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
@@ -371,11 +371,12 @@ impl Registry {
     /// Writes the run to the history table; a busy writer is retried briefly.
     async fn record(&self, run: &JobRun) {
         for _ in 0..20 {
-            let request = WriteRequest::RecordJobRun {
-                run: run.to_row(),
-                keep: self.deps.history_keep,
-            };
-            match self.deps.writer.write(request).await {
+            let recorded = self
+                .deps
+                .writer
+                .record_job_run(run.to_row(), self.deps.history_keep)
+                .await;
+            match recorded {
                 Ok(_) => return,
                 Err(WriteError::Busy) => tokio::time::sleep(Duration::from_millis(100)).await,
                 Err(e) => {

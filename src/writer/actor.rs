@@ -1,0 +1,241 @@
+//! The DbWriter actor: its mailbox, the flush that hands queued requests to the batch,
+//! checkpoints on its connection, and the final stop.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use rusqlite::Connection;
+
+use super::batch;
+use super::handle::{WriterHandle, WriterStats};
+use super::request::{Batched, Request};
+use super::WriteError;
+use crate::db::{self, queries, CheckpointMode, CheckpointResult};
+use crate::metrics::Metrics;
+use crate::notifier::{Notifier, Severity};
+
+/// A request for the writer, from the [`WriterHandle`].
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct Write(pub Request);
+
+/// Runs a checkpoint on the writer's connection (the Checkpointer's path).
+#[derive(Message)]
+#[rtype(result = "Result<CheckpointResult, WriteError>")]
+pub(super) struct Checkpoint(pub CheckpointMode);
+
+/// Commits everything queued, records the clean stop, runs a final TRUNCATE
+/// checkpoint, closes the connection and stops the actor. Messages sent after it are
+/// refused.
+#[derive(Message)]
+#[rtype(result = "Result<CheckpointResult, WriteError>")]
+pub(super) struct Shutdown;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Flush;
+
+/// How long the final TRUNCATE checkpoint waits for other connections.
+const FINAL_CHECKPOINT_WAIT: Duration = Duration::from_secs(1);
+
+pub struct DbWriter {
+    conn: Option<Connection>,
+    pending: Vec<Request>,
+    flush_scheduled: bool,
+    max_batch: usize,
+    mailbox_capacity: usize,
+    stats: Arc<WriterStats>,
+    /// Told when writes start failing on storage (disk full, I/O error) and when they
+    /// succeed again.
+    notifier: Notifier,
+    metrics: Arc<Metrics>,
+}
+
+impl Actor for DbWriter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.mailbox_capacity);
+    }
+}
+
+impl DbWriter {
+    /// Starts the writer on its own arbiter; `conn` must be migrated already.
+    pub fn start(
+        conn: Connection,
+        mailbox_capacity: usize,
+        max_batch: usize,
+        notifier: Notifier,
+        metrics: Arc<Metrics>,
+    ) -> (WriterHandle, Arbiter) {
+        let stats = Arc::new(WriterStats::default());
+        let arbiter = Arbiter::new();
+        let actor_stats = stats.clone();
+        let actor_metrics = metrics.clone();
+        let addr = DbWriter::start_in_arbiter(&arbiter.handle(), move |_| DbWriter {
+            conn: Some(conn),
+            pending: Vec::new(),
+            flush_scheduled: false,
+            max_batch,
+            mailbox_capacity,
+            stats: actor_stats,
+            notifier,
+            metrics: actor_metrics,
+        });
+        (WriterHandle::new(addr, stats, metrics), arbiter)
+    }
+
+    /// Commits what is queued, in order: runs of batched requests share a transaction;
+    /// a request that must be alone runs between them in its own.
+    fn flush(&mut self) {
+        self.flush_scheduled = false;
+        let mut run: Vec<Batched> = Vec::new();
+        for request in std::mem::take(&mut self.pending) {
+            match request {
+                Request::Batched(b) => run.push(b),
+                Request::Exclusive(e) => {
+                    self.commit(std::mem::take(&mut run));
+                    match self.conn.as_mut() {
+                        Some(conn) => batch::run_alone(conn, e),
+                        None => Request::Exclusive(e).fail(WriteError::Unavailable),
+                    }
+                }
+            }
+        }
+        self.commit(run);
+    }
+
+    fn commit(&mut self, mut run: Vec<Batched>) {
+        if run.is_empty() {
+            return;
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            for request in run {
+                request.fail(WriteError::Unavailable);
+            }
+            return;
+        };
+        let started = Instant::now();
+        let n = run.len();
+        match batch::commit(conn, &mut run) {
+            Ok(()) => {
+                let events: usize = run.iter().map(Batched::appended).sum();
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                self.stats.requests.fetch_add(n as u64, Ordering::Relaxed);
+                self.stats
+                    .events
+                    .fetch_add(events as u64, Ordering::Relaxed);
+                self.metrics.write_batch_requests.observe(n as f64);
+                self.metrics
+                    .write_commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                if self.stats.storage_failing.swap(false, Ordering::Relaxed) {
+                    self.notifier
+                        .resolve("storage_failing", "writes are committed again");
+                }
+                for request in run {
+                    request.finish();
+                }
+                tracing::trace!(
+                    requests = n,
+                    events,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "batch committed"
+                );
+            }
+            Err(err) => {
+                tracing::error!(requests = n, error = %err, "write batch failed; nothing of it was committed");
+                self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+                if !self.stats.storage_failing.swap(true, Ordering::Relaxed) {
+                    self.notifier.alert(
+                        "storage_failing",
+                        Severity::Critical,
+                        format!("writes are failing and are refused: {err}"),
+                        serde_json::json!({ "requests": n }),
+                    );
+                }
+                if let Ok(mut last) = self.stats.last_error.lock() {
+                    *last = Some(err.to_string());
+                }
+                for request in run {
+                    request.fail(err.clone());
+                }
+            }
+        }
+    }
+}
+
+impl Handler<Write> for DbWriter {
+    type Result = ();
+
+    fn handle(&mut self, Write(request): Write, ctx: &mut Self::Context) {
+        if self.conn.is_none() {
+            request.fail(WriteError::Unavailable);
+            return;
+        }
+        self.pending.push(request);
+        if self.pending.len() >= self.max_batch {
+            self.flush();
+        } else if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            ctx.notify(Flush);
+        }
+    }
+}
+
+impl Handler<Flush> for DbWriter {
+    type Result = ();
+
+    fn handle(&mut self, _: Flush, _: &mut Self::Context) {
+        self.flush();
+    }
+}
+
+impl Handler<Checkpoint> for DbWriter {
+    type Result = Result<CheckpointResult, WriteError>;
+
+    fn handle(&mut self, msg: Checkpoint, _: &mut Self::Context) -> Self::Result {
+        self.flush();
+        let conn = self.conn.as_ref().ok_or(WriteError::Unavailable)?;
+        db::wal_checkpoint(conn, msg.0).map_err(WriteError::storage)
+    }
+}
+
+impl Handler<Shutdown> for DbWriter {
+    type Result = Result<CheckpointResult, WriteError>;
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) -> Self::Result {
+        self.flush();
+        ctx.stop();
+        let conn = self.conn.take().ok_or(WriteError::Unavailable)?;
+        if let Err(e) = queries::record_clean_stop(&conn) {
+            tracing::error!(error = %e, "could not record the clean stop; the next start will report an unclean one");
+        }
+        // Another connection's read transaction (Healarr's, a backup tool's,
+        // Litestream's) blocks the WAL reset however long we wait; waiting the full
+        // busy timeout would only delay the stop.
+        if let Err(e) = conn.busy_timeout(FINAL_CHECKPOINT_WAIT) {
+            tracing::warn!(error = %e, "could not shorten the busy timeout for the final checkpoint");
+        }
+        let result =
+            db::wal_checkpoint(&conn, CheckpointMode::Truncate).map_err(WriteError::storage);
+        match &result {
+            Ok(r) if !r.busy => tracing::info!(
+                frames = r.log_frames,
+                "final checkpoint done; WAL truncated"
+            ),
+            Ok(r) => tracing::warn!(
+                frames = r.log_frames,
+                checkpointed = r.checkpointed_frames,
+                "final checkpoint was blocked by another connection's read transaction; the WAL stays (every commit in it is durable) and is checkpointed later"
+            ),
+            Err(e) => tracing::error!(error = %e, "final checkpoint failed"),
+        }
+        if let Err((_, e)) = conn.close() {
+            tracing::error!(error = %e, "closing the database failed");
+        }
+        result
+    }
+}

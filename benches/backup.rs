@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use dbwarden::backup::{catalog, take_backup};
 use dbwarden::config::{ConfigSource, Settings};
-use dbwarden::db::{self, snapshot, CheckpointMode};
+use dbwarden::db::{self, integrity, CheckpointMode};
 use dbwarden::events::NewEvent;
 use rusqlite::{Connection, OpenFlags};
 
@@ -290,18 +290,14 @@ fn main() {
     let ro =
         || Connection::open_with_flags(&copy, OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open copy");
     let (_, quick) = timed(|| {
-        assert!(
-            snapshot::integrity_problems(&ro(), snapshot::CheckKind::Quick)
-                .expect("quick")
-                .is_empty()
-        )
+        assert!(integrity::problems(&ro(), integrity::CheckKind::Quick)
+            .expect("quick")
+            .is_empty())
     });
     let (_, full) = timed(|| {
-        assert!(
-            snapshot::integrity_problems(&ro(), snapshot::CheckKind::Full)
-                .expect("full")
-                .is_empty()
-        )
+        assert!(integrity::problems(&ro(), integrity::CheckKind::Full)
+            .expect("full")
+            .is_empty())
     });
     let (_, sha) = timed(|| catalog::sha256_file(&copy).expect("sha"));
 

@@ -23,7 +23,7 @@ use crate::db::InterruptSlot;
 use crate::db::{
     self,
     guard::SummaryFindings,
-    snapshot::{integrity_problems, CheckKind},
+    integrity::{self, CheckKind},
     DbError,
 };
 use crate::metrics::Metrics;
@@ -40,7 +40,8 @@ pub struct CheckRecord {
     pub problems: Vec<String>,
 }
 
-/// The latest results, shared with health and the BackupActor.
+/// A board (the last-known state an actor publishes for others to read without asking it):
+/// the latest integrity results, read by health, `/metrics` and the BackupActor.
 #[derive(Debug, Default)]
 pub struct IntegrityBoard {
     quick: RwLock<Option<CheckRecord>>,
@@ -138,20 +139,9 @@ pub fn check_database(
     let started = Instant::now();
     let conn = db::open_reader(db_settings)?;
     on_open(conn.get_interrupt_handle());
-    let mut problems = integrity_problems(&conn, kind)?;
+    let mut problems = integrity::problems(&conn, kind)?;
     if kind == CheckKind::Full {
-        let mut stmt = conn.prepare("PRAGMA foreign_key_check")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(format!(
-                "foreign key: row {} of {} refers to a missing row of {}",
-                r.get::<_, Option<i64>>(1)?.unwrap_or_default(),
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(2)?
-            ))
-        })?;
-        for row in rows {
-            problems.push(row?);
-        }
+        problems.extend(integrity::foreign_key_problems(&conn)?);
     }
     problems.truncate(20);
     let record = CheckRecord {
@@ -250,7 +240,10 @@ impl AuditorHandle {
             .addr
             .send(RunCheck(kind))
             .await
-            .map_err(|e| DbError::Task(e.to_string()))?;
+            .map_err(|source| DbError::Mailbox {
+                actor: "IntegrityAuditor",
+                source,
+            })?;
         let label = match kind {
             CheckKind::Quick => "quick",
             CheckKind::Full => "full",

@@ -13,13 +13,10 @@ use std::sync::{Arc, RwLock};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::db::{CheckpointMode, CheckpointResult};
+use crate::db::{wal, CheckpointMode};
 use crate::metrics::Metrics;
 use crate::notifier::{Notifier, Severity};
 use crate::writer::{WriteError, WriterHandle};
-
-/// Bytes a WAL frame adds to its page.
-const FRAME_HEADER_BYTES: i64 = 24;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckpointRecord {
@@ -35,6 +32,8 @@ pub struct CheckpointRecord {
     pub starved: bool,
 }
 
+/// A board: the last-known state one actor publishes for health, `/metrics` and the
+/// status page to read without asking the actor. This one holds the latest checkpoint.
 #[derive(Debug, Default)]
 pub struct CheckpointBoard {
     last: RwLock<Option<CheckpointRecord>>,
@@ -84,10 +83,6 @@ pub struct Checkpointer {
     metrics: Arc<Metrics>,
 }
 
-fn pending_bytes(r: &CheckpointResult, page_size: i64) -> i64 {
-    (r.log_frames - r.checkpointed_frames).max(0) * (page_size + FRAME_HEADER_BYTES)
-}
-
 impl Checkpointer {
     pub fn new(
         writer: WriterHandle,
@@ -128,7 +123,7 @@ impl Checkpointer {
     /// One scheduled pass.
     pub async fn tick(&self) -> Result<CheckpointRecord, WriteError> {
         let passive = self.run(CheckpointMode::Passive, "passive").await?;
-        let pending = pending_bytes(&passive, self.page_size);
+        let pending = wal::pending_bytes(&passive, self.page_size);
         let mut record = CheckpointRecord {
             at: Utc::now(),
             mode: "passive",
@@ -147,7 +142,7 @@ impl Checkpointer {
                 serde_json::json!({ "pending_bytes": pending, "threshold": self.alert_bytes }),
             );
             let restart = self.run(CheckpointMode::Restart, "restart").await?;
-            let still = pending_bytes(&restart, self.page_size);
+            let still = wal::pending_bytes(&restart, self.page_size);
             record = CheckpointRecord {
                 at: Utc::now(),
                 mode: "restart",

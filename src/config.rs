@@ -230,7 +230,8 @@ impl ChannelSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiSettings {
-    pub listen: String,
+    #[serde(deserialize_with = "listen_address")]
+    pub listen: SocketAddr,
     #[serde(default)]
     pub token: Option<String>,
     pub max_body_bytes: usize,
@@ -252,11 +253,20 @@ pub struct ApiSettings {
 #[serde(deny_unknown_fields)]
 pub struct LoggingSettings {
     pub level: String,
-    /// `text` (lines for people) or `json` (one object per line).
-    pub format: String,
+    pub format: LogFormat,
     #[serde(default)]
     pub dir: Option<PathBuf>,
     pub keep_files: usize,
+}
+
+/// `logging.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object per line, for a pipeline that parses logs.
+    Json,
 }
 
 /// Where the settings file comes from.
@@ -351,247 +361,21 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Each section checks its own values; the first problem is the error.
     fn validate(&self, origin: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
-        let invalid = |key: &str, reason: String| ConfigError::Invalid {
-            key: key.to_string(),
-            origin: origin(key),
-            reason,
-        };
-        let range = |key: &str, v: u64, lo: u64, hi: u64| {
-            if v < lo || v > hi {
-                Err(invalid(key, format!("{v} is out of range {lo}..={hi}")))
-            } else {
-                Ok(())
-            }
-        };
-        if self.database.path.as_os_str().is_empty() {
-            return Err(invalid("database.path", "must not be empty".into()));
-        }
-        if self.database.path.is_dir() {
-            return Err(invalid(
-                "database.path",
-                format!("{} is a directory", self.database.path.display()),
-            ));
-        }
-        range(
-            "database.busy_timeout_ms",
-            self.database.busy_timeout_ms,
-            1,
-            600_000,
-        )?;
-        if !(0..=1 << 30).contains(&self.database.journal_size_limit_bytes) {
-            return Err(invalid(
-                "database.journal_size_limit_bytes",
-                format!(
-                    "{} is out of range 0..={}",
-                    self.database.journal_size_limit_bytes,
-                    1u64 << 30
-                ),
-            ));
-        }
-        range(
-            "database.wal_autocheckpoint_pages",
-            u64::from(self.database.wal_autocheckpoint_pages),
-            0,
-            1_000_000,
-        )?;
-        range("database.readers", self.database.readers as u64, 1, 64)?;
-        range(
-            "writer.mailbox_capacity",
-            self.writer.mailbox_capacity as u64,
-            1,
-            100_000,
-        )?;
-        range(
-            "writer.max_batch_requests",
-            self.writer.max_batch_requests as u64,
-            1,
-            100_000,
-        )?;
-        if let Some(vfs) = &self.database.vfs {
-            if !cfg!(feature = "crash-vfs") {
-                return Err(invalid(
-                    "database.vfs",
-                    "this build has no VFS to choose: the crash VFS exists only in test builds"
-                        .into(),
-                ));
-            }
-            if vfs != CRASH_VFS {
-                return Err(invalid(
-                    "database.vfs",
-                    format!("`{vfs}` is not a known VFS (only `{CRASH_VFS}`, for tests)"),
-                ));
-            }
-        }
-        if self.backup.dir.as_os_str().is_empty() {
-            return Err(invalid("backup.dir", "must not be empty".into()));
-        }
-        if self.backup.dir.is_file() {
-            return Err(invalid(
-                "backup.dir",
-                format!("{} is a file, not a directory", self.backup.dir.display()),
-            ));
-        }
-        if !(1..=1i64 << 40).contains(&self.checkpoint.wal_alert_bytes) {
-            return Err(invalid(
-                "checkpoint.wal_alert_bytes",
-                format!(
-                    "{} is out of range 1..={}",
-                    self.checkpoint.wal_alert_bytes,
-                    1i64 << 40
-                ),
-            ));
-        }
-        range(
-            "notify.cooldown_secs",
-            self.notify.cooldown_secs,
-            0,
-            7 * 86_400,
-        )?;
-        range("notify.timeout_secs", self.notify.timeout_secs, 1, 300)?;
-        range("notify.retries", u64::from(self.notify.retries), 0, 10)?;
-        range(
-            "notify.queue_capacity",
-            self.notify.queue_capacity as u64,
-            1,
-            100_000,
-        )?;
-        range(
-            "notify.shutdown_flush_secs",
-            self.notify.shutdown_flush_secs,
-            0,
-            120,
-        )?;
-        for (i, channel) in self.notify.channels.iter().enumerate() {
-            let url = channel.url();
-            if !(url.starts_with("http://") || url.starts_with("https://"))
-                || reqwest::Url::parse(url).is_err()
-            {
-                return Err(invalid(
-                    "notify.channels",
-                    format!(
-                        "channel {i} ({}): `{url}` is not an http(s) URL",
-                        channel.kind()
-                    ),
-                ));
-            }
-        }
-        range(
-            "jobs.history_keep",
-            u64::from(self.jobs.history_keep),
-            1,
-            100_000,
-        )?;
-        range(
-            "jobs.shutdown_wait_secs",
-            self.jobs.shutdown_wait_secs,
-            0,
-            3600,
-        )?;
-        range("backup.keep_last", self.backup.keep_last as u64, 0, 10_000)?;
-        range(
-            "backup.keep_daily",
-            self.backup.keep_daily as u64,
-            0,
-            10_000,
-        )?;
-        range(
-            "backup.keep_weekly",
-            self.backup.keep_weekly as u64,
-            0,
-            10_000,
-        )?;
-        if let Some(age) = self.backup.max_age_secs {
-            range("backup.max_age_secs", age, 60, 366 * 86_400)?;
-        }
-        if self.api.listen.parse::<SocketAddr>().is_err() {
-            return Err(invalid(
-                "api.listen",
-                format!(
-                    "`{}` is not an address like 127.0.0.1:8484",
-                    self.api.listen
-                ),
-            ));
-        }
-        match &self.api.token {
-            Some(token) if token.trim().is_empty() => {
-                return Err(invalid("api.token", "must not be empty when set".into()));
-            }
-            None if self.api.require_token => {
-                return Err(invalid(
-                    "api.token",
-                    format!(
-                        "is required (api.require_token = true) to listen on {}: set api.token or api.token_file, or set api.require_token = false to run without one (anyone who can reach the port can then write events)",
-                        self.api.listen
-                    ),
-                ));
-            }
-            _ => {}
-        }
-        range(
-            "api.max_body_bytes",
-            self.api.max_body_bytes as u64,
-            1024,
-            64 << 20,
-        )?;
-        range(
-            "api.max_batch_events",
-            self.api.max_batch_events as u64,
-            1,
-            100_000,
-        )?;
-        range(
-            "api.max_page_size",
-            u64::from(self.api.max_page_size),
-            1,
-            10_000,
-        )?;
-        range("api.workers", self.api.workers as u64, 1, 64)?;
-        range(
-            "api.rate_limit_per_second",
-            self.api.rate_limit_per_second,
-            0,
-            1_000_000,
-        )?;
-        range(
-            "api.rate_limit_burst",
-            u64::from(self.api.rate_limit_burst),
-            1,
-            1_000_000,
-        )?;
-        range(
-            "api.shutdown_grace_secs",
-            self.api.shutdown_grace_secs,
-            1,
-            300,
-        )?;
-        if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
-            return Err(invalid(
-                "logging.level",
-                format!("`{}` is not a level or tracing filter", self.logging.level),
-            ));
-        }
-        if !matches!(self.logging.format.as_str(), "text" | "json") {
-            return Err(invalid(
-                "logging.format",
-                format!("`{}` is not `text` or `json`", self.logging.format),
-            ));
-        }
-        range(
-            "logging.keep_files",
-            self.logging.keep_files as u64,
-            1,
-            3650,
-        )?;
-        Ok(())
+        let check = Check { origin };
+        self.database.validate(&check)?;
+        self.writer.validate(&check)?;
+        self.backup.validate(&check)?;
+        self.checkpoint.validate(&check)?;
+        self.notify.validate(&check)?;
+        self.jobs.validate(&check)?;
+        self.api.validate(&check)?;
+        self.logging.validate(&check)
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
-        // Checked in `validate`; a parse failure here would be a bug, so fall back loudly.
-        self.api
-            .listen
-            .parse()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8484)))
+        self.api.listen
     }
 
     /// The effective settings as TOML, with secrets masked.
@@ -615,11 +399,220 @@ impl Settings {
     }
 }
 
+/// What a section's check needs: where each key came from, and the shapes of error.
+struct Check<'a> {
+    origin: &'a dyn Fn(&str) -> String,
+}
+
+impl Check<'_> {
+    fn invalid(&self, key: &str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.to_string(),
+            origin: (self.origin)(key),
+            reason: reason.into(),
+        }
+    }
+
+    /// `value` within `lo..=hi`, or an error naming the key and the range.
+    fn range<T>(&self, key: &str, value: T, lo: T, hi: T) -> Result<(), ConfigError>
+    where
+        T: PartialOrd + std::fmt::Display,
+    {
+        if value < lo || value > hi {
+            Err(self.invalid(key, format!("{value} is out of range {lo}..={hi}")))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl DatabaseSettings {
+    fn validate(&self, check: &Check) -> Result<(), ConfigError> {
+        if self.path.as_os_str().is_empty() {
+            return Err(check.invalid("database.path", "must not be empty"));
+        }
+        if self.path.is_dir() {
+            return Err(check.invalid(
+                "database.path",
+                format!("{} is a directory", self.path.display()),
+            ));
+        }
+        check.range("database.busy_timeout_ms", self.busy_timeout_ms, 1, 600_000)?;
+        check.range(
+            "database.journal_size_limit_bytes",
+            self.journal_size_limit_bytes,
+            0,
+            1 << 30,
+        )?;
+        check.range(
+            "database.wal_autocheckpoint_pages",
+            self.wal_autocheckpoint_pages,
+            0,
+            1_000_000,
+        )?;
+        check.range("database.readers", self.readers, 1, 64)?;
+        if let Some(vfs) = &self.vfs {
+            if !cfg!(feature = "crash-vfs") {
+                return Err(check.invalid(
+                    "database.vfs",
+                    "this build has no VFS to choose: the crash VFS exists only in test builds",
+                ));
+            }
+            if vfs != CRASH_VFS {
+                return Err(check.invalid(
+                    "database.vfs",
+                    format!("`{vfs}` is not a known VFS (only `{CRASH_VFS}`, for tests)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl WriterSettings {
+    fn validate(&self, check: &Check) -> Result<(), ConfigError> {
+        check.range("writer.mailbox_capacity", self.mailbox_capacity, 1, 100_000)?;
+        check.range(
+            "writer.max_batch_requests",
+            self.max_batch_requests,
+            1,
+            100_000,
+        )
+    }
+}
+
+impl BackupSettings {
+    fn validate(&self, check: &Check) -> Result<(), ConfigError> {
+        if self.dir.as_os_str().is_empty() {
+            return Err(check.invalid("backup.dir", "must not be empty"));
+        }
+        if self.dir.is_file() {
+            return Err(check.invalid(
+                "backup.dir",
+                format!("{} is a file, not a directory", self.dir.display()),
+            ));
+        }
+        check.range("backup.keep_last", self.keep_last, 0, 10_000)?;
+        check.range("backup.keep_daily", self.keep_daily, 0, 10_000)?;
+        check.range("backup.keep_weekly", self.keep_weekly, 0, 10_000)?;
+        if let Some(age) = self.max_age_secs {
+            check.range("backup.max_age_secs", age, 60, 366 * 86_400)?;
+        }
+        Ok(())
+    }
+}
+
+impl CheckpointSettings {
+    fn validate(&self, check: &Check) -> Result<(), ConfigError> {
+        check.range(
+            "checkpoint.wal_alert_bytes",
+            self.wal_alert_bytes,
+            1,
+            1 << 40,
+        )
+    }
+}
+
+impl NotifySettings {
+    fn validate(&self, check: &Check) -> Result<(), ConfigError> {
+        check.range("notify.cooldown_secs", self.cooldown_secs, 0, 7 * 86_400)?;
+        check.range("notify.timeout_secs", self.timeout_secs, 1, 300)?;
+        check.range("notify.retries", self.retries, 0, 10)?;
+        check.range("notify.queue_capacity", self.queue_capacity, 1, 100_000)?;
+        check.range(
+            "notify.shutdown_flush_secs",
+            self.shutdown_flush_secs,
+            0,
+            120,
+        )?;
+        for (i, channel) in self.channels.iter().enumerate() {
+            http_url(channel.url()).map_err(|reason| {
+                check.invalid(
+                    "notify.channels",
+                    format!("channel {i} ({}): {reason}", channel.kind()),
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl JobsSettings {
+    fn validate(&self, check: &Check) -> Result<(), ConfigError> {
+        check.range("jobs.history_keep", self.history_keep, 1, 100_000)?;
+        check.range("jobs.shutdown_wait_secs", self.shutdown_wait_secs, 0, 3600)
+    }
+}
+
+impl ApiSettings {
+    fn validate(&self, check: &Check) -> Result<(), ConfigError> {
+        match &self.token {
+            Some(token) if token.trim().is_empty() => {
+                return Err(check.invalid("api.token", "must not be empty when set"));
+            }
+            None if self.require_token => {
+                return Err(check.invalid(
+                    "api.token",
+                    format!(
+                        "is required (api.require_token = true) to listen on {}: set api.token or api.token_file, or set api.require_token = false to run without one (anyone who can reach the port can then write events)",
+                        self.listen
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        check.range("api.max_body_bytes", self.max_body_bytes, 1024, 64 << 20)?;
+        check.range("api.max_batch_events", self.max_batch_events, 1, 100_000)?;
+        check.range("api.max_page_size", self.max_page_size, 1, 10_000)?;
+        check.range("api.workers", self.workers, 1, 64)?;
+        check.range(
+            "api.rate_limit_per_second",
+            self.rate_limit_per_second,
+            0,
+            1_000_000,
+        )?;
+        check.range("api.rate_limit_burst", self.rate_limit_burst, 1, 1_000_000)?;
+        check.range("api.shutdown_grace_secs", self.shutdown_grace_secs, 1, 300)
+    }
+}
+
+impl LoggingSettings {
+    fn validate(&self, check: &Check) -> Result<(), ConfigError> {
+        if tracing_subscriber::EnvFilter::try_new(&self.level).is_err() {
+            return Err(check.invalid(
+                "logging.level",
+                format!("`{}` is not a level or tracing filter", self.level),
+            ));
+        }
+        check.range("logging.keep_files", self.keep_files, 1, 3650)
+    }
+}
+
+/// `api.listen` read as an address, so a bad one is refused with the key and an example.
+fn listen_address<'de, D>(deserializer: D) -> Result<SocketAddr, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!("`{text}` is not an address like 127.0.0.1:8484"))
+    })
+}
+
 /// Real TOML (the `toml` crate's), which `--config` reads back as it is; unset
 /// optional keys are left out.
 fn toml_render(settings: &Settings) -> String {
     toml::to_string(settings)
         .unwrap_or_else(|e| format!("# the settings could not be shown as TOML: {e}\n"))
+}
+
+/// `text` as an http(s) URL, or why it is not one (notification channels, `http`
+/// jobs).
+pub fn http_url(text: &str) -> Result<reqwest::Url, String> {
+    match reqwest::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(url),
+        _ => Err(format!("`{text}` is not an http(s) URL")),
+    }
 }
 
 /// A value that did not deserialize: with the key and where it came from when

@@ -35,7 +35,7 @@ pub fn init(settings: &LoggingSettings) -> Result<Option<WorkerGuard>, LoggingEr
             Err(_) => base,
         }
     };
-    let json = settings.format == "json";
+    let json = settings.format == crate::config::LogFormat::Json;
     // One formatter for both outputs; boxed, since text and JSON are different types.
     fn layer<W>(json: bool, ansi: bool, writer: W) -> Box<dyn Layer<Registry> + Send + Sync>
     where

@@ -121,8 +121,11 @@ impl Metrics {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub writes_in_flight: i64,
+    /// WAL content not yet checkpointed, and the frames in the WAL (see
+    /// [`crate::db::wal`]); the `-wal` file's size beside them.
     pub wal_bytes: Option<i64>,
     pub wal_frames: Option<i64>,
+    pub wal_file_bytes: Option<i64>,
     pub database_bytes: Option<i64>,
     /// (size in bytes, seconds since it was verified) of the newest verified backup.
     pub newest_backup: Option<(i64, i64)>,
@@ -131,9 +134,7 @@ pub struct Snapshot {
     pub backups_healthy: Option<bool>,
     /// Whether the last integrity check of some kind failed.
     pub integrity_failing: bool,
-    /// WAL content not yet checkpointed, and whether a reader starved the last
-    /// checkpoint, from the last scheduled checkpoint.
-    pub wal_pending_bytes: Option<i64>,
+    /// Whether a reader starved the last scheduled checkpoint.
     pub checkpoint_starved: Option<bool>,
     /// (channel, sent, failed, dropped)
     pub notifications: Vec<(String, u64, u64, u64)>,
@@ -159,15 +160,23 @@ impl Metrics {
             snapshot.writes_in_flight,
         )?;
         if let Some(v) = snapshot.wal_bytes {
-            gauge(&now, "dbwarden_wal_bytes", "Size of the -wal file.", v)?;
-        }
-        if let Some(v) = snapshot.wal_frames {
             gauge(
                 &now,
-                "dbwarden_wal_frames",
-                "Frames in the WAL at the last checkpoint.",
+                "dbwarden_wal_bytes",
+                "WAL content not yet checkpointed into the database (what health reports; the measure that matters).",
                 v,
             )?;
+        }
+        if let Some(v) = snapshot.wal_file_bytes {
+            gauge(
+                &now,
+                "dbwarden_wal_file_bytes",
+                "Size of the -wal file (it keeps its high-water size after a checkpoint).",
+                v,
+            )?;
+        }
+        if let Some(v) = snapshot.wal_frames {
+            gauge(&now, "dbwarden_wal_frames", "Frames in the WAL now.", v)?;
         }
         if let Some(v) = snapshot.database_bytes {
             gauge(
@@ -189,14 +198,6 @@ impl Metrics {
             "1 while the last integrity check of some kind failed (backups are held back).",
             i64::from(snapshot.integrity_failing),
         )?;
-        if let Some(v) = snapshot.wal_pending_bytes {
-            gauge(
-                &now,
-                "dbwarden_wal_pending_bytes",
-                "WAL content not yet checkpointed at the last checkpoint (the measure that matters; the -wal file keeps its high-water size).",
-                v,
-            )?;
-        }
         if let Some(starved) = snapshot.checkpoint_starved {
             gauge(
                 &now,

@@ -13,7 +13,7 @@ use chrono::Utc;
 
 use crate::backup::{self, catalog, BackupError};
 use crate::config::Settings;
-use crate::db::{self, durable, lock, snapshot};
+use crate::db::{self, durable, lock, verified_copy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -63,14 +63,7 @@ pub fn latest(settings: &Settings) -> Result<PathBuf, RestoreError> {
 }
 
 fn current_is_readable(path: &Path) -> bool {
-    path.is_file()
-        && rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .and_then(|c| {
-                c.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
-                    r.get::<_, i64>(0)
-                })
-            })
-            .is_ok()
+    path.is_file() && db::is_readable_database(path)
 }
 
 /// Checks everything and says what would happen, changing nothing.
@@ -121,9 +114,9 @@ pub fn restore(settings: &Settings, backup_file: &Path) -> Result<RestorePlan, R
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        snapshot::write_verified_copy(&current, &dir, &name)?;
+        verified_copy::write(&current, &dir, &name)?;
     }
-    let temp = dir.join(format!(".restore{}", snapshot::TEMP_SUFFIX));
+    let temp = dir.join(format!(".restore{}", verified_copy::TEMP_SUFFIX));
     let staged = (|| {
         fs::copy(backup_file, &temp).map_err(io(&temp))?;
         durable::sync_file(&temp).map_err(io(&temp))?;

@@ -156,7 +156,7 @@ impl Service {
             Ok::<_, DbError>((conn, report, clean_stop))
         })
         .await
-        .map_err(|e| DbError::Task(e.to_string()))??;
+        .map_err(|source| DbError::Task { source })??;
         report_previous_stop(&notifier, wal_left, clean_stop);
         if !report.applied.is_empty() {
             tracing::info!(applied = ?report.applied, "database migrated");
@@ -164,9 +164,7 @@ impl Service {
         if let Some(repair) = &report.summary_repair {
             crate::auditor::alert_summary_repaired(&notifier, repair);
         }
-        let page_size: i64 = conn
-            .query_row("PRAGMA page_size", [], |r| r.get(0))
-            .map_err(DbError::from)?;
+        let page_size = db::wal::page_size(&conn)?;
         let readers = ReaderPool::open(&settings.database)?;
         let metrics = Arc::new(Metrics::new()?);
         let (writer, writer_arbiter) = DbWriter::start(

@@ -4,7 +4,7 @@
 
 mod common;
 
-use dbwarden::db::{self, migrations, snapshot};
+use dbwarden::db::{self, integrity, migrations};
 use rusqlite::{params, Connection};
 
 const HEALARR_SCHEMA: &str = "
@@ -231,7 +231,7 @@ fn adopts_a_healarr_database() {
         })
         .collect();
     assert_eq!(copies.len(), 1, "one pre-adoption copy: {copies:?}");
-    snapshot::verify_file(&copies[0]).expect("copy passes integrity_check");
+    integrity::verify_file(&copies[0]).expect("copy passes integrity_check");
     let copy = Connection::open(&copies[0]).expect("open copy");
     assert_eq!(dump_events(&copy), events_before, "copy holds every event");
     let unadopted: i64 = copy

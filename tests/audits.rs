@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use dbwarden::checkpointer::Checkpointer;
-use dbwarden::db::snapshot::CheckKind;
+use dbwarden::db::integrity::CheckKind;
 use dbwarden::supervisor::Service;
 use rusqlite::Connection;
 use serde_json::{json, Value};

@@ -330,7 +330,7 @@ fn dbwarden_cli(dir: &Path, args: &[&str], settings: &Settings) -> std::process:
         .args(args)
         .env("DBWARDEN__DATABASE__PATH", &settings.database.path)
         .env("DBWARDEN__BACKUP__DIR", &settings.backup.dir)
-        .env("DBWARDEN__API__LISTEN", &settings.api.listen)
+        .env("DBWARDEN__API__LISTEN", settings.api.listen.to_string())
         .env_remove("RUST_LOG")
         .output()
         .expect("run dbwarden")

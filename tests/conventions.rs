@@ -110,7 +110,8 @@ fn a_distributions_defaults_sit_between_the_built_in_ones_and_the_file() {
     let settings =
         load(dir.path(), Some("[backup]\ndir = \"/srv/backups\"\n"), &env).expect("load");
     assert_eq!(
-        settings.api.listen, "0.0.0.0:8484",
+        settings.api.listen.to_string(),
+        "0.0.0.0:8484",
         "from the distribution's defaults"
     );
     assert!(settings.api.require_token);

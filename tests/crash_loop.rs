@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::process::{assert_all_present, load, start_with};
-use dbwarden::db::snapshot::TEMP_SUFFIX;
+use dbwarden::db::verified_copy::TEMP_SUFFIX;
 
 const SETTINGS: &[(&str, &str)] = &[
     ("DBWARDEN__BACKUP__DIR", "backups"),

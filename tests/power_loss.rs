@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dbwarden::db::{crashvfs, queries, snapshot};
+use dbwarden::db::{crashvfs, integrity, queries};
 use dbwarden::events::NewEvent;
 use dbwarden::supervisor::Service;
 
@@ -208,7 +208,7 @@ fn check_recovery(db: &Path, backups: &Path, acked: &[(String, String, String)],
             return;
         }
     };
-    match snapshot::integrity_problems(&conn, snapshot::CheckKind::Full) {
+    match integrity::problems(&conn, integrity::CheckKind::Full) {
         Ok(p) => v.integrity.extend(p),
         Err(e) => v.integrity.push(e.to_string()),
     }

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::db::{self, queries, CheckpointMode};
+use crate::db::{self, queries};
 
 fn uptime_text(d: Duration) -> String {
     let minutes = d.as_secs() / 60;
@@ -53,13 +53,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         .run(move |conn| {
             let pending = queries::pending_count(conn)?;
             // Un-checkpointed WAL content, not the file's high-water size.
-            let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-            let wal = db::wal_checkpoint(conn, CheckpointMode::Noop)?;
-            let wal_bytes = if wal.log_frames > 0 {
-                32 + wal.log_frames.saturating_sub(wal.checkpointed_frames) * (page_size + 24)
-            } else {
-                0
-            };
+            let wal_bytes = db::wal::state(conn)?.pending_bytes;
             let size_bytes = std::fs::metadata(&db_path).map(|m| m.len()).unwrap_or(0);
             Ok(DbFacts {
                 pending,

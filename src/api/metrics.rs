@@ -13,7 +13,7 @@ use actix_web::{web, HttpResponse};
 use super::error::ApiError;
 use super::AppState;
 use crate::backup::catalog::{self, BackupStatus};
-use crate::db::queries;
+use crate::db::{self, queries};
 use crate::metrics::Snapshot;
 
 /// Counts and times each request once it is answered.
@@ -77,7 +77,7 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
     let backup_dir = state.backups.cfg.dir.clone();
     let backup_handle = state.backups.clone();
     let uptime = state.started.elapsed();
-    let (database_bytes, wal_bytes, backups, backup_health) = web::block(move || {
+    let (database_bytes, wal_file_bytes, backups, backup_health) = web::block(move || {
         let mut wal = db.as_os_str().to_owned();
         wal.push("-wal");
         (
@@ -89,6 +89,7 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let wal = state.readers.run(|conn| db::wal::state(conn)).await.ok();
     let good: Vec<_> = backups
         .iter()
         .filter(|m| m.status == BackupStatus::Good)
@@ -107,9 +108,9 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
         .collect();
     let snapshot = Snapshot {
         writes_in_flight: state.writer.in_flight(),
-        wal_bytes,
-        wal_frames: state.checkpoints.last().map(|c| c.log_frames),
-        wal_pending_bytes: state.checkpoints.last().map(|c| c.pending_bytes),
+        wal_bytes: wal.map(|w| w.pending_bytes),
+        wal_frames: wal.map(|w| w.frames),
+        wal_file_bytes,
         checkpoint_starved: state.checkpoints.last().map(|c| c.starved),
         integrity_failing: state.integrity.view().result == "failing",
         database_bytes,

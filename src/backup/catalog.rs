@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::BackupError;
 use crate::db::durable;
-use crate::db::snapshot::TEMP_SUFFIX;
+use crate::db::verified_copy::TEMP_SUFFIX;
 
 pub const PREFIX: &str = "dbwarden-";
 pub const EXTENSION: &str = ".db";

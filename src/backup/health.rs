@@ -26,7 +26,8 @@ pub struct Attempt {
     pub error: Option<String>,
 }
 
-/// The latest backup attempt of this run of the service.
+/// A board (the last-known state an actor publishes for others to read without asking it):
+/// the latest backup attempt of this run of the service.
 #[derive(Debug, Default)]
 pub struct BackupBoard {
     last: Mutex<Option<Attempt>>,

@@ -22,11 +22,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
-use rusqlite::OptionalExtension;
 use serde::Serialize;
 
 use crate::config::{BackupSettings, DatabaseSettings};
-use crate::db::{self, snapshot, DbError};
+use crate::db::{self, integrity, verified_copy, DbError};
 use catalog::{BackupStatus, Manifest};
 
 #[derive(Debug, thiserror::Error)]
@@ -96,17 +95,9 @@ fn describe_copy(
     verified_at: chrono::DateTime<Utc>,
     duration_ms: Option<u64>,
 ) -> Result<Manifest, BackupError> {
-    let copy = snapshot::open_read_only(path)?;
-    let schema_version: String = copy
-        .query_row(
-            "SELECT name FROM dbwarden_migrations ORDER BY name DESC LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?
-        .unwrap_or_default();
-    let last_event_id: i64 =
-        copy.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?;
+    let copy = db::open_file_read_only(path)?;
+    let schema_version = db::migrations::newest_applied(&copy)?.unwrap_or_default();
+    let last_event_id = db::queries::max_event_id(&copy)?;
     drop(copy);
     let size_bytes = fs::metadata(path)
         .map_err(|source| BackupError::Io {
@@ -192,12 +183,12 @@ pub fn take_backup(
     let started = std::time::Instant::now();
     let source = db::open_reader(db)?;
     on_open(source.get_interrupt_handle());
-    let problems = snapshot::integrity_problems(&source, snapshot::CheckKind::Quick)?;
+    let problems = integrity::problems(&source, integrity::CheckKind::Quick)?;
     if !problems.is_empty() {
         return Err(BackupError::SourceCorrupt(problems));
     }
     let name = catalog::new_name(&cfg.dir, Utc::now());
-    let path = snapshot::write_verified_copy(&source, &cfg.dir, &name)?;
+    let path = verified_copy::write(&source, &cfg.dir, &name)?;
     drop(source);
     let verified_at = Utc::now();
     let duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
@@ -286,8 +277,8 @@ pub fn verify_file(path: &Path) -> Result<VerifyReport, BackupError> {
         });
     }
     let sha256 = catalog::sha256_file(path)?;
-    let integrity_problems = match snapshot::open_read_only(path) {
-        Ok(conn) => match snapshot::integrity_problems(&conn, snapshot::CheckKind::Full) {
+    let integrity_problems = match db::open_file_read_only(path) {
+        Ok(conn) => match integrity::problems(&conn, integrity::CheckKind::Full) {
             Ok(p) => p,
             Err(e) => vec![format!("integrity_check could not run: {e}")],
         },
@@ -326,8 +317,8 @@ pub fn reverify_all(cfg: &BackupSettings) -> Result<Vec<Manifest>, BackupError> 
         } else if catalog::sha256_file(&path)? != manifest.sha256 {
             Some("SHA-256 differs from the manifest (bit rot or tampering)".to_string())
         } else {
-            match snapshot::open_read_only(&path)
-                .and_then(|c| snapshot::integrity_problems(&c, snapshot::CheckKind::Quick))
+            match db::open_file_read_only(&path)
+                .and_then(|c| integrity::problems(&c, integrity::CheckKind::Quick))
             {
                 Ok(p) if p.is_empty() => None,
                 Ok(p) => Some(format!("quick_check: {}", p.join("; "))),

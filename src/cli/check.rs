@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 
 use super::{client::ServiceClient, spinner};
 use dbwarden::config::Settings;
-use dbwarden::db::{self, queries, snapshot};
+use dbwarden::db::{self, integrity, queries};
 
 pub fn check(settings: &Settings, summary_only: bool, full: bool) -> anyhow::Result<u8> {
     let path = &settings.database.path;
@@ -25,11 +25,11 @@ pub fn check(settings: &Settings, summary_only: bool, full: bool) -> anyhow::Res
     if !summary_only {
         let (kind, name) = if full {
             (
-                snapshot::CheckKind::Full,
+                integrity::CheckKind::Full,
                 "integrity_check + foreign_key_check",
             )
         } else {
-            (snapshot::CheckKind::Quick, "quick_check")
+            (integrity::CheckKind::Quick, "quick_check")
         };
         let working = spinner(format!("{name} of {}", path.display()));
         let checked = dbwarden::auditor::check_database(&settings.database, kind, &|_| {});

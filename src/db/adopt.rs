@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension};
 
-use super::{snapshot, DbError};
+use super::{verified_copy, DbError};
 
 fn table_exists(conn: &Connection, name: &str) -> Result<bool, DbError> {
     Ok(conn
@@ -53,7 +53,7 @@ pub fn protect_before_adoption(
         .unwrap_or_else(|| "database".into());
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
     let name = format!("{file_name}.healarr-{stamp}.bak");
-    snapshot::write_verified_copy(conn, &dir, &name).map(Some)
+    verified_copy::write(conn, &dir, &name).map(Some)
 }
 
 /// Stashes Healarr's summary rows for migration 0004 (see the module doc). Does

@@ -175,6 +175,17 @@ pub fn migrate(conn: &mut Connection) -> Result<MigrationReport, DbError> {
     Ok(report)
 }
 
+/// The name of the newest migration applied, if any.
+pub fn newest_applied(conn: &Connection) -> Result<Option<String>, DbError> {
+    Ok(conn
+        .query_row(
+            "SELECT name FROM dbwarden_migrations ORDER BY name DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
 /// True when every embedded migration is recorded as applied.
 pub fn is_current(conn: &Connection) -> Result<bool, DbError> {
     let exists: Option<String> = conn

@@ -12,14 +12,16 @@ pub mod crashvfs;
 pub mod durable;
 pub mod guard;
 pub mod indexes;
+pub mod integrity;
 pub mod job_runs;
 pub mod jobsql;
 pub mod lock;
 pub mod migrations;
 pub mod queries;
 pub mod readers;
-pub mod snapshot;
 pub mod sqlite_errors;
+pub mod verified_copy;
+pub mod wal;
 
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -78,8 +80,25 @@ pub enum DbError {
     DiskFull { path: PathBuf, detail: String },
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
-    #[error("reader pool task failed: {0}")]
-    Task(String),
+    /// Blocking SQLite work handed to tokio's pool panicked or was cancelled.
+    #[error("a database task did not finish: {source}")]
+    Task {
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    #[error("the reader pool is closed")]
+    PoolClosed,
+    #[error("the reader pool's idle list was poisoned by a panic")]
+    PoolPoisoned,
+    /// An actor that does database work did not answer (it stopped or its mailbox is gone).
+    #[error("the {actor} did not answer: {source}")]
+    Mailbox {
+        actor: &'static str,
+        #[source]
+        source: actix::MailboxError,
+    },
+    #[error("the crash VFS could not be registered: {reason}")]
+    CrashVfs { reason: String },
     #[error("database.vfs `{vfs}`: this build has no such VFS (the crash VFS exists only in test builds)")]
     NoSuchVfs { vfs: String },
 }
@@ -153,6 +172,29 @@ pub fn open_writer(settings: &DatabaseSettings) -> Result<Connection, DbError> {
     let conn = open_with(settings, flags)?;
     apply_settings(&conn, settings, false)?;
     Ok(conn)
+}
+
+/// Opens any SQLite file (a copy, a backup) read-only, without the service's settings.
+pub fn open_file_read_only(path: &Path) -> Result<Connection, DbError> {
+    Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| DbError::Open {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// True when `path` opens as an SQLite database whose schema can be read.
+pub fn is_readable_database(path: &Path) -> bool {
+    open_file_read_only(path)
+        .and_then(|c| {
+            Ok(c.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })?)
+        })
+        .is_ok()
 }
 
 /// Opens a read-only connection with the same settings as the writer.

@@ -38,12 +38,8 @@ impl ReaderPool {
             .permits
             .acquire()
             .await
-            .map_err(|e| DbError::Task(e.to_string()))?;
-        let pooled = self
-            .idle
-            .lock()
-            .map_err(|e| DbError::Task(e.to_string()))?
-            .pop();
+            .map_err(|_| DbError::PoolClosed)?;
+        let pooled = self.idle.lock().map_err(|_| DbError::PoolPoisoned)?.pop();
         let conn = match pooled {
             Some(c) => c,
             // A connection is lost only when a query panicked; replace it.
@@ -55,7 +51,7 @@ impl ReaderPool {
             (conn, result)
         })
         .await
-        .map_err(|e| DbError::Task(e.to_string()))?;
+        .map_err(|source| DbError::Task { source })?;
         if let Ok(mut idle) = self.idle.lock() {
             idle.push(conn);
         }

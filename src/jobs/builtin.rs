@@ -14,7 +14,7 @@ use crate::backup::actor::BackupHandle;
 use crate::checkpointer::Checkpointer;
 use crate::config::Settings;
 use crate::cron::Schedule;
-use crate::db::snapshot::CheckKind;
+use crate::db::integrity::CheckKind;
 
 pub const BACKUP: &str = "backup";
 pub const BACKUP_REVERIFY: &str = "backup-reverify";
@@ -22,15 +22,53 @@ pub const CHECKPOINT: &str = "checkpoint";
 pub const QUICK_CHECK: &str = "quick-check";
 pub const FULL_CHECK: &str = "full-check";
 
+/// The built-in jobs. A closed set: adding one means adding a variant here, and the
+/// compiler then asks for its name, its schedule and the job that runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    Checkpoint,
+    QuickCheck,
+    FullCheck,
+    Backup,
+    BackupReverify,
+}
+
+impl Builtin {
+    pub const ALL: [Builtin; 5] = [
+        Builtin::Checkpoint,
+        Builtin::QuickCheck,
+        Builtin::FullCheck,
+        Builtin::Backup,
+        Builtin::BackupReverify,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Builtin::Checkpoint => CHECKPOINT,
+            Builtin::QuickCheck => QUICK_CHECK,
+            Builtin::FullCheck => FULL_CHECK,
+            Builtin::Backup => BACKUP,
+            Builtin::BackupReverify => BACKUP_REVERIFY,
+        }
+    }
+
+    pub fn schedule(self, settings: &Settings) -> Schedule {
+        match self {
+            Builtin::Checkpoint => settings.checkpoint.schedule.clone(),
+            Builtin::QuickCheck => settings.integrity.quick_schedule.clone(),
+            Builtin::FullCheck => settings.integrity.full_schedule.clone(),
+            Builtin::Backup => settings.backup.schedule.clone(),
+            Builtin::BackupReverify => settings.backup.reverify_schedule.clone(),
+        }
+    }
+}
+
 /// (name, schedule) of each built-in job, as configured.
 pub fn schedules(settings: &Settings) -> Vec<(&'static str, Schedule)> {
-    vec![
-        (CHECKPOINT, settings.checkpoint.schedule.clone()),
-        (QUICK_CHECK, settings.integrity.quick_schedule.clone()),
-        (FULL_CHECK, settings.integrity.full_schedule.clone()),
-        (BACKUP, settings.backup.schedule.clone()),
-        (BACKUP_REVERIFY, settings.backup.reverify_schedule.clone()),
-    ]
+    Builtin::ALL
+        .into_iter()
+        .map(|b| (b.name(), b.schedule(settings)))
+        .collect()
 }
 
 /// The built-in jobs, bound to the actors that do the work.
@@ -40,19 +78,19 @@ pub fn specs(
     auditor: &AuditorHandle,
     checkpointer: &Arc<Checkpointer>,
 ) -> Vec<JobSpec> {
-    schedules(settings)
+    Builtin::ALL
         .into_iter()
-        .map(|(name, schedule)| {
-            let job: Arc<dyn Job> = match name {
-                CHECKPOINT => Arc::new(CheckpointJob(checkpointer.clone())),
-                QUICK_CHECK => Arc::new(CheckJob(auditor.clone(), CheckKind::Quick)),
-                FULL_CHECK => Arc::new(CheckJob(auditor.clone(), CheckKind::Full)),
-                BACKUP => Arc::new(BackupJob(backups.clone())),
-                _ => Arc::new(ReverifyJob(backups.clone())),
+        .map(|builtin| {
+            let job: Arc<dyn Job> = match builtin {
+                Builtin::Checkpoint => Arc::new(CheckpointJob(checkpointer.clone())),
+                Builtin::QuickCheck => Arc::new(CheckJob(auditor.clone(), CheckKind::Quick)),
+                Builtin::FullCheck => Arc::new(CheckJob(auditor.clone(), CheckKind::Full)),
+                Builtin::Backup => Arc::new(BackupJob(backups.clone())),
+                Builtin::BackupReverify => Arc::new(ReverifyJob(backups.clone())),
             };
             JobSpec {
-                name: name.to_string(),
-                schedule,
+                name: builtin.name().to_string(),
+                schedule: builtin.schedule(settings),
                 kind: "builtin".into(),
                 timeout: None,
                 enabled: true,

@@ -420,11 +420,7 @@ fn parse(t: &Table, path: &Path) -> Field<JobDefinition> {
         }
         _ => {
             let url = required_string(t, "url")?;
-            if !(url.starts_with("http://") || url.starts_with("https://"))
-                || reqwest::Url::parse(&url).is_err()
-            {
-                return Err(("url".into(), format!("`{url}` is not an http(s) URL")));
-            }
+            crate::config::http_url(&url).map_err(|reason| ("url".to_string(), reason))?;
             let method = string(t, "method")?
                 .unwrap_or_else(|| "GET".into())
                 .to_ascii_uppercase();

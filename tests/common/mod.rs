@@ -562,7 +562,8 @@ pub fn final_backups(dir: &Path) -> Vec<(PathBuf, Option<String>)> {
                         .file_name()
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_default();
-                    name.ends_with(".db") && !name.contains(dbwarden::db::snapshot::TEMP_SUFFIX)
+                    name.ends_with(".db")
+                        && !name.contains(dbwarden::db::verified_copy::TEMP_SUFFIX)
                 })
                 .collect()
         })

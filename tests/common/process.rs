@@ -134,7 +134,7 @@ pub fn assert_all_present(db: &PathBuf, acked: &HashMap<i64, String>) {
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .expect("open");
     let problems =
-        dbwarden::db::snapshot::integrity_problems(&conn, dbwarden::db::snapshot::CheckKind::Full)
+        dbwarden::db::integrity::problems(&conn, dbwarden::db::integrity::CheckKind::Full)
             .expect("check");
     assert!(problems.is_empty(), "integrity: {problems:?}");
     let mut stmt = conn

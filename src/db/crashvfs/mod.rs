@@ -158,7 +158,7 @@ fn lock() -> MutexGuard<'static, Recorder> {
 
 /// Registers the VFS (once per process) and reads its plan from the environment.
 pub fn register() -> Result<(), DbError> {
-    shim::register().map_err(|reason| DbError::Task(format!("crash VFS: {reason}")))?;
+    shim::register().map_err(|reason| DbError::CrashVfs { reason })?;
     drop(lock());
     Ok(())
 }

@@ -8,76 +8,16 @@ use std::fs::{self, Permissions};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 
-use super::{durable, DbError};
+use super::{durable, integrity, DbError};
 
 /// Suffix of copies being written; a file with it was never verified.
 pub const TEMP_SUFFIX: &str = ".dbwarden-tmp";
 
-/// Which integrity pragma to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CheckKind {
-    /// `PRAGMA quick_check`: O(N), skips index/table cross-checks.
-    Quick,
-    /// `PRAGMA integrity_check`: O(N log N), the full check.
-    Full,
-}
-
-/// Runs the check and returns the problems it reported (empty means "ok").
-pub fn integrity_problems(conn: &Connection, kind: CheckKind) -> Result<Vec<String>, DbError> {
-    let sql = match kind {
-        CheckKind::Quick => "PRAGMA quick_check",
-        CheckKind::Full => "PRAGMA integrity_check",
-    };
-    let mut stmt = conn.prepare(sql)?;
-    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-    let mut problems = Vec::new();
-    for row in rows {
-        let line = row?;
-        if line != "ok" {
-            problems.push(line);
-        }
-    }
-    Ok(problems)
-}
-
-/// Opens any SQLite file (a copy, a backup) read-only, without the service's settings.
-pub fn open_read_only(path: &Path) -> Result<Connection, DbError> {
-    Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|source| DbError::Open {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Opens `path` read-only and runs the full integrity check on it.
-pub fn verify_file(path: &Path) -> Result<(), DbError> {
-    let conn = open_read_only(path)?;
-    let problems = integrity_problems(&conn, CheckKind::Full).map_err(|e| DbError::Copy {
-        path: path.to_path_buf(),
-        reason: format!("integrity_check could not run: {e}"),
-    })?;
-    drop(conn);
-    if !problems.is_empty() {
-        return Err(DbError::Copy {
-            path: path.to_path_buf(),
-            reason: format!("integrity_check failed: {}", problems.join("; ")),
-        });
-    }
-    Ok(())
-}
-
 /// Writes a verified copy of `conn`'s main database as `dir/final_name` and returns
 /// its path. On any failure the temporary file is removed and nothing else changes.
-pub fn write_verified_copy(
-    conn: &Connection,
-    dir: &Path,
-    final_name: &str,
-) -> Result<PathBuf, DbError> {
+pub fn write(conn: &Connection, dir: &Path, final_name: &str) -> Result<PathBuf, DbError> {
     let final_path = dir.join(final_name);
     let temp_path = dir.join(format!("{final_name}{TEMP_SUFFIX}"));
     if final_path.exists() {
@@ -144,7 +84,7 @@ fn copy_verify_rename(
     })?;
     fs::set_permissions(temp_path, Permissions::from_mode(0o600))
         .map_err(|e| io_err("chmod", e))?;
-    verify_file(temp_path)?;
+    integrity::verify_file(temp_path)?;
     durable::sync_file(temp_path).map_err(|e| io_err("fsync", e))?;
     durable::rename(temp_path, final_path).map_err(|e| io_err("rename", e))?;
     durable::sync_dir(dir).map_err(|e| io_err("fsync of directory", e))?;

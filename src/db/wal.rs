@@ -1,0 +1,42 @@
+//! The one measure of the WAL that matters: content not yet checkpointed back into the
+//! database. The `-wal` file keeps its high-water size after a checkpoint (until
+//! TRUNCATE or `journal_size_limit`), so its size alone is a poor signal; health, the
+//! Checkpointer's threshold and `/metrics` all use [`pending_bytes`].
+//!
+//! The WAL file format (sqlite.org/fileformat2.html): a 32-byte header, then frames of
+//! a 24-byte header and one page each.
+
+use rusqlite::Connection;
+
+use super::{wal_checkpoint, CheckpointMode, CheckpointResult, DbError};
+
+/// Bytes of the WAL file header.
+pub const HEADER_BYTES: i64 = 32;
+/// Bytes of each frame's header, before its page.
+pub const FRAME_HEADER_BYTES: i64 = 24;
+
+/// WAL content the checkpoint result says is not yet back in the database, in bytes:
+/// the frames not checkpointed, each a frame header and a page.
+pub fn pending_bytes(result: &CheckpointResult, page_size: i64) -> i64 {
+    (result.log_frames - result.checkpointed_frames).max(0) * (page_size + FRAME_HEADER_BYTES)
+}
+
+/// The database's page size.
+pub fn page_size(conn: &Connection) -> Result<i64, DbError> {
+    Ok(conn.query_row("PRAGMA page_size", [], |r| r.get(0))?)
+}
+
+/// What the WAL holds now, read without checkpointing anything (`NOOP`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalState {
+    pub frames: i64,
+    pub pending_bytes: i64,
+}
+
+pub fn state(conn: &Connection) -> Result<WalState, DbError> {
+    let now = wal_checkpoint(conn, CheckpointMode::Noop)?;
+    Ok(WalState {
+        frames: now.log_frames.max(0),
+        pending_bytes: pending_bytes(&now, page_size(conn)?),
+    })
+}

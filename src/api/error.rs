@@ -1,7 +1,6 @@
 //! Every error the API returns is `{"error": {"code", "message", "field"}}` with a
 //! status that says whose mistake it was: 4xx for the client's, 5xx only for ours.
 
-use actix_web::body::EitherBody;
 use actix_web::dev::ServiceResponse;
 use actix_web::http::{header, StatusCode};
 use actix_web::middleware::ErrorHandlerResponse;
@@ -190,6 +189,3 @@ pub fn json_error_fallback<B>(
         ServiceResponse::new(req, response).map_into_right_body::<B>(),
     ))
 }
-
-/// The type `json_error_fallback` produces, for the middleware's signature.
-pub type FallbackBody<B> = EitherBody<B>;

@@ -4,14 +4,14 @@
 mod auth;
 mod backups;
 mod corruptions;
-pub mod error;
+pub(crate) mod error;
 mod events;
 mod health;
 mod jobs;
 mod limits;
 mod metrics;
-pub mod openapi;
-pub mod schema;
+pub(crate) mod openapi;
+pub(crate) mod schema;
 mod status;
 mod summary;
 

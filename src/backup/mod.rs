@@ -13,10 +13,10 @@
 //! and the backup API taken in small steps restarts whenever the source is written and
 //! never finished under a steady writer.
 
-pub mod actor;
+pub(crate) mod actor;
 pub mod catalog;
-pub mod health;
-pub mod retention;
+pub(crate) mod health;
+pub(crate) mod retention;
 
 use std::fs;
 use std::path::{Path, PathBuf};

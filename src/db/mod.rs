@@ -6,22 +6,22 @@
 //! `synchronous=FULL`, foreign keys, busy timeout, in-memory temp store, bounded
 //! journal size) so that no code path quietly runs with weaker durability.
 
-pub mod adopt;
+pub(crate) mod adopt;
 #[cfg(feature = "crash-vfs")]
 pub mod crashvfs;
-pub mod durable;
+pub(crate) mod durable;
 pub mod guard;
-pub mod indexes;
+pub(crate) mod indexes;
 pub mod integrity;
-pub mod job_runs;
-pub mod jobsql;
+pub(crate) mod job_runs;
+pub(crate) mod jobsql;
 pub mod lock;
 pub mod migrations;
 pub mod queries;
-pub mod readers;
-pub mod sqlite_errors;
+pub(crate) mod readers;
+pub(crate) mod sqlite_errors;
 pub mod verified_copy;
-pub mod wal;
+pub(crate) mod wal;
 
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -158,7 +158,7 @@ pub fn hot_wal_bytes(path: &Path) -> Option<u64> {
     std::fs::metadata(PathBuf::from(wal))
         .ok()
         .map(|m| m.len())
-        .filter(|&len| len > 0)
+        .filter(|&len| len > wal::HEADER_BYTES as u64)
 }
 
 /// Opens the one read-write connection (the DbWriter's, or a CLI command's when the

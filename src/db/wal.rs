@@ -40,3 +40,33 @@ pub fn state(conn: &Connection) -> Result<WalState, DbError> {
         pending_bytes: pending_bytes(&now, page_size(conn)?),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The format constants, checked against a WAL SQLite really wrote: with no
+    /// checkpoint, the file is one header and one frame header plus page per frame.
+    #[test]
+    fn a_wal_file_is_a_header_and_frames_of_the_sizes_named_here() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("w.db");
+        let conn = Connection::open(&path).expect("open");
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
+             CREATE TABLE t(x); INSERT INTO t VALUES (randomblob(10000));",
+        )
+        .expect("write");
+        let state = state(&conn).expect("state");
+        let page = page_size(&conn).expect("page size");
+        assert!(state.frames > 2, "the write spans several pages");
+        let file = std::fs::metadata(dir.path().join("w.db-wal"))
+            .expect("wal")
+            .len() as i64;
+        assert_eq!(
+            file,
+            HEADER_BYTES + state.frames * (page + FRAME_HEADER_BYTES)
+        );
+        assert_eq!(state.pending_bytes, file - HEADER_BYTES);
+    }
+}

@@ -38,10 +38,10 @@
 //! # }
 //! ```
 
-pub mod builtin;
+pub(crate) mod builtin;
 mod command;
-pub mod custom;
-pub mod definition;
+pub(crate) mod custom;
+pub(crate) mod definition;
 pub mod registry;
 
 use std::future::Future;

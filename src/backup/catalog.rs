@@ -5,9 +5,8 @@
 //! survives the loss of the database it protects. A file without a manifest of ours
 //! was not made by dbwarden and is never touched.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::{self, File};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -142,15 +141,7 @@ pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), BackupError
         reason: e.to_string(),
     })?;
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(io_err(&temp))?;
-        f.write_all(&body).map_err(io_err(&temp))?;
-        drop(f);
+        durable::write_file(&temp, &body, 0o600).map_err(io_err(&temp))?;
         durable::sync_file(&temp).map_err(io_err(&temp))?;
         durable::rename(&temp, &path).map_err(io_err(&path))?;
         durable::sync_dir(dir).map_err(io_err(dir))

@@ -230,13 +230,13 @@ pub fn apply_retention(cfg: &BackupSettings) -> Result<Vec<String>, BackupError>
     let mut deleted = Vec::new();
     for name in doomed {
         let file = cfg.dir.join(&name);
-        match fs::remove_file(&file) {
+        match crate::db::durable::remove_file(&file) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => return Err(BackupError::Io { path: file, source }),
         }
         let manifest = catalog::manifest_path(&cfg.dir, &name);
-        fs::remove_file(&manifest).map_err(|source| BackupError::Io {
+        crate::db::durable::remove_file(&manifest).map_err(|source| BackupError::Io {
             path: manifest,
             source,
         })?;

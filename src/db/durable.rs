@@ -1,5 +1,6 @@
-//! The file-system steps that make a file durable outside SQLite: fsync a file, rename
-//! it, fsync its directory. Backups, manifests and restores take them through here.
+//! The file-system steps outside SQLite whose durability matters: write a new file,
+//! fsync it, rename it, remove one, fsync their directory. Backups, manifests,
+//! retention and restores take them through here.
 //!
 //! In a release build they are the plain system calls. Test builds (the `crash-vfs`
 //! feature) report them to the crash-simulating VFS of the power-loss tests
@@ -9,6 +10,33 @@
 use std::fs::File;
 use std::io;
 use std::path::Path;
+
+/// Creates (or truncates) `path` with permissions `mode` and writes `content`; durable
+/// only once [`sync_file`] and then [`sync_dir`] ran.
+pub fn write_file(path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
+    #[cfg(feature = "crash-vfs")]
+    return super::crashvfs::write_file(path, content, mode);
+    #[cfg(not(feature = "crash-vfs"))]
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(path)?
+            .write_all(content)
+    }
+}
+
+/// unlink(2); durable only once the directory is synced.
+pub fn remove_file(path: &Path) -> io::Result<()> {
+    #[cfg(feature = "crash-vfs")]
+    return super::crashvfs::remove_file(path);
+    #[cfg(not(feature = "crash-vfs"))]
+    std::fs::remove_file(path)
+}
 
 /// fsync of a file's content.
 pub fn sync_file(path: &Path) -> io::Result<()> {

@@ -1,39 +1,49 @@
 //! A crash-simulating SQLite VFS, for the power-loss tests (in the spirit of SQLite's
-//! own `test6.c`). Not for production: nothing uses it unless the hidden setting
-//! `database.vfs = "dbwarden-crash"` asks for it.
+//! own `test6.c`). Compiled only with the `crash-vfs` feature (the tests turn it on);
+//! nothing uses it unless the hidden setting `database.vfs = "dbwarden-crash"` asks.
 //!
 //! Killing a process never loses data the kernel already has, so SIGKILL cannot test
 //! power loss. This VFS wraps the default `unix` VFS (shared memory passes through)
 //! and remembers what a power cut would take back:
-//! - every write and truncation made to a file since that file's last sync, with the
-//!   bytes it overwrote (its pre-image);
-//! - every file created, renamed or deleted since its directory's last sync.
+//! - for every file written since its last sync, the content it had at that sync and
+//!   every write and truncation since ([`disk::FileHistory`]);
+//! - every file created, renamed or deleted since its directory's last sync (a deleted
+//!   file comes back as the disk had it: its synced content plus what the cut keeps).
 //!
 //! At the chosen sync (the Nth `xSync`, file fsync or directory fsync, counted across
 //! the process) or when [`power_cut_now`] is called, it "cuts the power" before the
-//! sync happens: it undoes the unsynced writes (all of them, a random subset, or all
-//! but a random subset of one write's 512-byte sectors: a torn write), undoes the
-//! unsynced directory operations, deletes every `-shm` (shared memory does not survive
-//! a power loss) and ends the process at once with [`EXIT_CODE`]. A fresh process then
-//! recovers with the normal VFS.
+//! sync happens: each file is rebuilt from its synced content and the unsynced changes
+//! the mode keeps (`all`: none; `subset`: each at random; `torn`: in one file, the
+//! changes before a random one whole, that one torn sector by sector, appends
+//! included, and none after it), unsynced directory operations are undone, every
+//! `-shm` is deleted (shared memory does not survive a power loss), the cut is written
+//! to the report file, and the process ends at once with [`EXIT_CODE`]. A fresh process
+//! then recovers with the normal VFS.
 //!
 //! The plan comes from the environment of the process that registers the VFS:
 //! `DBWARDEN_CRASH_AT` (sync number; unset: only an explicit cut), `DBWARDEN_CRASH_MODE`
-//! (`all`, `subset`, `torn`), `DBWARDEN_CRASH_SEED`, and `DBWARDEN_CRASH_SYNCHRONOUS`
-//! (`FULL` by default; `NORMAL` or `OFF` let the harness prove it can detect losses).
+//! (`all`, `subset`, `torn`), `DBWARDEN_CRASH_SEED`, `DBWARDEN_CRASH_SYNCHRONOUS`
+//! (`FULL` by default; `NORMAL` or `OFF` let the harness prove it can detect losses)
+//! and `DBWARDEN_CRASH_REPORT` (a file that receives `planned N` or `explicit N`: which
+//! cut happened, at which sync count, so the harness can prove each point cut where it
+//! meant to).
 //!
-//! Syncs that dbwarden makes outside SQLite (a backup's fsync, rename and directory
-//! fsync) go through [`super::durable`], which reports them here.
+//! Syncs, renames, file writes and deletes that dbwarden makes outside SQLite (a
+//! backup's fsync and rename, a manifest, retention's deletes) go through
+//! [`super::durable`], which reports them here.
 
+pub mod disk;
 mod shim;
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use super::DbError;
+use disk::{Change, Fate, FileHistory};
 
 /// The VFS's registered name, the value of `database.vfs` that selects it.
 pub const NAME: &str = crate::config::CRASH_VFS;
@@ -41,19 +51,17 @@ pub const NAME: &str = crate::config::CRASH_VFS;
 /// The exit code of a process whose power was cut.
 pub const EXIT_CODE: i32 = 86;
 
-/// The sector size torn writes are cut at.
-const SECTOR: u64 = 512;
-
-/// Deleted files larger than this are not kept for a possible undo.
+/// Deleted or replaced files larger than this are not kept for a possible undo.
 const KEEP_DELETED_UP_TO: u64 = 64 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Every unsynced write is lost.
+    /// Every unsynced change is lost.
     All,
-    /// Each unsynced write is lost or kept, at random.
+    /// Each unsynced change is lost or kept, at random.
     Subset,
-    /// Every unsynced write is lost, except some sectors of one of them.
+    /// One write is torn: its file keeps the changes before it, none after it; every
+    /// other file loses its unsynced changes.
     Torn,
 }
 
@@ -64,6 +72,8 @@ pub struct Plan {
     pub seed: u64,
     /// The `PRAGMA synchronous` the writer runs with under this VFS.
     pub synchronous: &'static str,
+    /// Where the cut is reported (`planned N` / `explicit N`).
+    pub report: Option<PathBuf>,
 }
 
 impl Plan {
@@ -84,19 +94,9 @@ impl Plan {
                 Some("NORMAL") => "NORMAL",
                 _ => "FULL",
             },
+            report: var("DBWARDEN_CRASH_REPORT").map(PathBuf::from),
         }
     }
-}
-
-enum Undo {
-    /// `old` was at `offset` and the file was `old_size` long before the write.
-    Write {
-        offset: u64,
-        old: Vec<u8>,
-        old_size: u64,
-    },
-    /// The file was `old_size` long and ended with `tail` (from the new size on).
-    Resize { old_size: u64, tail: Vec<u8> },
 }
 
 enum DirOp {
@@ -104,11 +104,12 @@ enum DirOp {
     Renamed {
         from: PathBuf,
         to: PathBuf,
-        replaced: Option<Vec<u8>>,
+        /// What was under `to` before, as the disk had it.
+        replaced: Option<FileHistory>,
     },
     Deleted {
         path: PathBuf,
-        content: Vec<u8>,
+        history: FileHistory,
     },
 }
 
@@ -124,7 +125,7 @@ impl DirOp {
 struct Recorder {
     plan: Plan,
     syncs: u64,
-    unsynced: HashMap<PathBuf, Vec<Undo>>,
+    unsynced: HashMap<PathBuf, FileHistory>,
     dir_ops: Vec<DirOp>,
     databases: Vec<PathBuf>,
     rng: u64,
@@ -173,10 +174,31 @@ pub fn sync_count() -> u64 {
     lock().syncs
 }
 
-/// Cuts the power now.
+/// Cuts the power now (reported as `explicit`).
 pub fn power_cut_now() -> ! {
     let mut rec = lock();
-    rec.power_cut()
+    rec.power_cut("explicit")
+}
+
+/// A file's content as the disk has it now, when small enough to keep.
+fn content_of(path: &Path) -> Option<Vec<u8>> {
+    std::fs::metadata(path)
+        .ok()
+        .filter(|m| m.is_file() && m.len() <= KEEP_DELETED_UP_TO)
+        .and_then(|_| std::fs::read(path).ok())
+}
+
+/// Writes `content` as the whole of `path`.
+fn put(path: &Path, content: &[u8]) {
+    if let Ok(file) = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+    {
+        let _ = file.write_all_at(content, 0);
+        let _ = file.set_len(content.len() as u64);
+    }
 }
 
 impl Recorder {
@@ -190,15 +212,11 @@ impl Recorder {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    fn coin(&mut self) -> bool {
-        self.next_random() >> 63 == 0
-    }
-
     /// Counts a sync point; cuts the power if it is the planned one.
     fn sync_point(&mut self) {
         self.syncs += 1;
         if self.plan.crash_at == Some(self.syncs) {
-            self.power_cut();
+            self.power_cut("planned");
         }
     }
 
@@ -206,59 +224,53 @@ impl Recorder {
         self.dir_ops.retain(|op| op.dir() != Some(dir));
     }
 
-    fn power_cut(&mut self) -> ! {
-        let mode = self.plan.mode;
-        let files: Vec<(PathBuf, Vec<Undo>)> = self.unsynced.drain().collect();
-        let torn_file = if mode == Mode::Torn && !files.is_empty() {
-            Some((self.next_random() as usize) % files.len())
+    /// The file's history since its last sync, or one that starts from its content now.
+    fn history(&mut self, path: &Path) -> Option<FileHistory> {
+        match self.unsynced.remove(path) {
+            Some(h) => Some(h),
+            None => content_of(path).map(FileHistory::new),
+        }
+    }
+
+    /// What of `history` is on the disk after the cut, for a file that is not torn.
+    fn survivor(&mut self, history: &FileHistory) -> Vec<u8> {
+        let fate = match self.plan.mode {
+            Mode::Subset => Fate::Subset,
+            Mode::All | Mode::Torn => Fate::LoseAll,
+        };
+        let mut random = || self.next_random();
+        history.after_cut(fate, &mut random)
+    }
+
+    fn power_cut(&mut self, kind: &str) -> ! {
+        let mut files: Vec<(PathBuf, FileHistory)> = self.unsynced.drain().collect();
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        let torn = if self.plan.mode == Mode::Torn {
+            let candidates: Vec<usize> = (0..files.len())
+                .filter(|&i| !files[i].1.changes.is_empty())
+                .collect();
+            if candidates.is_empty() {
+                None
+            } else {
+                let file = candidates[(self.next_random() as usize) % candidates.len()];
+                let at = (self.next_random() as usize) % files[file].1.changes.len();
+                Some((file, at))
+            }
         } else {
             None
         };
-        for (i, (path, undos)) in files.into_iter().enumerate() {
-            let torn_write = match torn_file {
-                Some(f) if f == i && !undos.is_empty() => {
-                    Some((self.next_random() as usize) % undos.len())
-                }
-                _ => None,
-            };
-            let Ok(file) = OpenOptions::new().write(true).open(&path) else {
+        for (i, (path, history)) in files.iter().enumerate() {
+            if !path.exists() {
                 continue;
-            };
-            for (j, undo) in undos.into_iter().enumerate().rev() {
-                let lose = mode != Mode::Subset || self.coin();
-                if !lose {
-                    continue;
-                }
-                match undo {
-                    Undo::Write {
-                        offset,
-                        old,
-                        old_size,
-                    } => {
-                        if torn_write == Some(j) {
-                            // Some of this write's sectors reached the disk.
-                            let mut at = 0u64;
-                            while at < old.len() as u64 {
-                                let end = (at + SECTOR).min(old.len() as u64);
-                                if self.coin() {
-                                    let _ =
-                                        file.write_at(&old[at as usize..end as usize], offset + at);
-                                }
-                                at = end;
-                            }
-                        } else {
-                            let _ = file.write_at(&old, offset);
-                            let _ = file.set_len(old_size);
-                        }
-                    }
-                    Undo::Resize { old_size, tail } => {
-                        let _ = file.set_len(old_size);
-                        if !tail.is_empty() {
-                            let _ = file.write_at(&tail, old_size - tail.len() as u64);
-                        }
-                    }
-                }
             }
+            let image = match torn {
+                Some((file, at)) if file == i => {
+                    let mut random = || self.next_random();
+                    history.after_cut(Fate::TornAt(at), &mut random)
+                }
+                _ => self.survivor(history),
+            };
+            put(path, &image);
         }
         for op in std::mem::take(&mut self.dir_ops).into_iter().rev() {
             match op {
@@ -267,12 +279,14 @@ impl Recorder {
                 }
                 DirOp::Renamed { from, to, replaced } => {
                     let _ = std::fs::rename(&to, &from);
-                    if let Some(content) = replaced {
-                        let _ = std::fs::write(&to, content);
+                    if let Some(history) = replaced {
+                        let image = self.survivor(&history);
+                        put(&to, &image);
                     }
                 }
-                DirOp::Deleted { path, content } => {
-                    let _ = std::fs::write(path, content);
+                DirOp::Deleted { path, history } => {
+                    let image = self.survivor(&history);
+                    put(&path, &image);
                 }
             }
         }
@@ -280,6 +294,9 @@ impl Recorder {
             let mut shm = db.as_os_str().to_owned();
             shm.push("-shm");
             let _ = std::fs::remove_file(PathBuf::from(shm));
+        }
+        if let Some(report) = &self.plan.report {
+            let _ = std::fs::write(report, format!("{kind} {}\n", self.syncs));
         }
         // SAFETY: _exit ends the process at once, like a power cut: no destructors,
         // no buffered output flushed after this point.
@@ -303,22 +320,31 @@ fn key(path: &Path) -> PathBuf {
 // a power cut never lands between a record and the operation it describes.
 
 impl Recorder {
-    fn before_write(&mut self, path: &Path, offset: u64, old: Vec<u8>, old_size: u64) {
+    /// A write of `data` at `offset`; `now` reads the whole file as it is before it
+    /// (called only on the first change since the file's last sync).
+    fn before_write(
+        &mut self,
+        path: &Path,
+        offset: u64,
+        data: &[u8],
+        now: impl FnOnce() -> Vec<u8>,
+    ) {
         self.unsynced
             .entry(path.to_path_buf())
-            .or_default()
-            .push(Undo::Write {
+            .or_insert_with(|| FileHistory::new(now()))
+            .changes
+            .push(Change::Write {
                 offset,
-                old,
-                old_size,
+                data: data.to_vec(),
             });
     }
 
-    fn before_resize(&mut self, path: &Path, old_size: u64, tail: Vec<u8>) {
+    fn before_set_len(&mut self, path: &Path, len: u64, now: impl FnOnce() -> Vec<u8>) {
         self.unsynced
             .entry(path.to_path_buf())
-            .or_default()
-            .push(Undo::Resize { old_size, tail });
+            .or_insert_with(|| FileHistory::new(now()))
+            .changes
+            .push(Change::SetLen(len));
     }
 
     fn created(&mut self, path: &Path) {
@@ -332,17 +358,12 @@ impl Recorder {
     }
 
     fn before_delete(&mut self, path: &Path) {
-        let content = std::fs::metadata(path)
-            .ok()
-            .filter(|m| m.len() <= KEEP_DELETED_UP_TO)
-            .and_then(|_| std::fs::read(path).ok());
-        if let Some(content) = content {
+        if let Some(history) = self.history(path) {
             self.dir_ops.push(DirOp::Deleted {
                 path: path.to_path_buf(),
-                content,
+                history,
             });
         }
-        self.unsynced.remove(path);
     }
 
     /// The file's writes reached the disk; with `dir_too`, its directory's entries too.
@@ -396,8 +417,8 @@ pub(crate) fn rename(from: &Path, to: &Path) -> std::io::Result<()> {
         return std::fs::rename(from, to);
     }
     let (from_key, to_key) = (key(from), key(to));
-    let replaced = std::fs::read(to).ok();
     let mut rec = lock();
+    let replaced = rec.history(&to_key);
     std::fs::rename(from, to)?;
     rec.dir_ops.push(DirOp::Renamed {
         from: from_key.clone(),
@@ -407,6 +428,57 @@ pub(crate) fn rename(from: &Path, to: &Path) -> std::io::Result<()> {
     // Writes not yet synced follow the file to its new name.
     if let Some(undos) = rec.unsynced.remove(&from_key) {
         rec.unsynced.insert(to_key, undos);
+    }
+    Ok(())
+}
+
+/// `durable::write_file`: a new file's content, written through the recorder so a cut
+/// before its sync can take it back (and before its directory's sync, the file itself).
+pub(crate) fn write_file(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = || {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(path)
+    };
+    if !active() {
+        return open()?.write_all(content);
+    }
+    let path_key = key(path);
+    let mut rec = lock();
+    let existed = path.exists();
+    let before = content_of(path).unwrap_or_default();
+    let mut file = open()?;
+    if !existed {
+        rec.created(&path_key);
+    }
+    rec.before_set_len(&path_key, 0, || before);
+    rec.before_write(&path_key, 0, content, Vec::new);
+    file.write_all(content)
+}
+
+/// `durable::remove_file`: comes back at a cut until its directory is synced.
+pub(crate) fn remove_file(path: &Path) -> std::io::Result<()> {
+    if !active() {
+        return std::fs::remove_file(path);
+    }
+    let path_key = key(path);
+    let mut rec = lock();
+    let history = rec.history(&path_key);
+    if let Err(e) = std::fs::remove_file(path) {
+        if let Some(h) = history.filter(|h| !h.changes.is_empty()) {
+            rec.unsynced.insert(path_key, h);
+        }
+        return Err(e);
+    }
+    if let Some(history) = history {
+        rec.dir_ops.push(DirOp::Deleted {
+            path: path_key,
+            history,
+        });
     }
     Ok(())
 }

@@ -245,8 +245,11 @@ unsafe extern "C" fn x_write(
     };
     let mut rec = lock();
     let size = file_size(real, methods);
-    let old = read_existing(real, methods, offset, i64::from(amount), size);
-    rec.before_write(path, offset as u64, old, size as u64);
+    // SAFETY: SQLite hands xWrite `amount` readable bytes at `buf`.
+    let data = std::slice::from_raw_parts(buf as *const u8, amount.max(0) as usize);
+    rec.before_write(path, offset as u64, data, || {
+        read_existing(real, methods, 0, size, size)
+    });
     write(real, buf, amount, offset)
 }
 
@@ -260,8 +263,9 @@ unsafe extern "C" fn x_truncate(file: *mut ffi::sqlite3_file, size: ffi::sqlite3
     };
     let mut rec = lock();
     let current = file_size(real, methods);
-    let tail = read_existing(real, methods, size, current - size, current);
-    rec.before_resize(path, current as u64, tail);
+    rec.before_set_len(path, size.max(0) as u64, || {
+        read_existing(real, methods, 0, current, current)
+    });
     truncate(real, size)
 }
 
@@ -297,8 +301,14 @@ unsafe extern "C" fn x_file_control(
         Some(path) if op == ffi::SQLITE_FCNTL_SIZE_HINT => {
             let mut rec = lock();
             let current = file_size(real, methods);
-            rec.before_resize(path, current as u64, Vec::new());
-            control(real, op, arg)
+            let rc = control(real, op, arg);
+            let after = file_size(real, methods);
+            if after != current {
+                rec.before_set_len(path, after.max(0) as u64, || {
+                    read_existing(real, methods, 0, current, current)
+                });
+            }
+            rc
         }
         _ => control(real, op, arg),
     }

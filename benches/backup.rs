@@ -301,6 +301,8 @@ fn main() {
     });
     let (_, sha) = timed(|| catalog::sha256_file(&copy).expect("sha"));
 
+    // The service creates the backup directory at startup; here, the bench does.
+    dbwarden::backup::ensure_dir(&settings.backup.dir).expect("backup directory");
     let load = start_load(&settings);
     let (manifest, whole) = timed(|| {
         take_backup(&settings.database, &settings.backup, &|_| {}).expect("verified backup")

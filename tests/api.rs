@@ -579,8 +579,12 @@ async fn a_request_the_database_rejects_fails_alone_within_a_group_commit() {
         )
         .expect("install the fault");
     let poison = NewEvent::new("corruption", "b", "Poison", json!({})).expect("a valid event");
-    let (first, results, _) = group_commit(&app, &blocker, three_requests(poison)).await;
+    let (first, results, transactions) = group_commit(&app, &blocker, three_requests(poison)).await;
     assert!(first.is_ok());
+    assert_eq!(
+        transactions, 2,
+        "the first append alone, then the three queued requests in one transaction"
+    );
     assert!(results[0].is_ok(), "{:?}", results[0]);
     assert!(
         matches!(&results[1], Err(WriteError::Rejected(reason)) if reason.contains("poison")),
@@ -591,6 +595,25 @@ async fn a_request_the_database_rejects_fails_alone_within_a_group_commit() {
     app.stop().await;
     assert_eq!(aggregate_ids_in_order(&app), ["first", "a", "c"]);
     common::assert_summary_exact(&app.open());
+}
+
+/// Requests queued while the writer waits for the write lock are committed together:
+/// one transaction for all of them, each answered with its own ids.
+#[actix_rt::test]
+async fn requests_queued_behind_a_busy_writer_commit_in_one_transaction() {
+    let mut app = TestApp::spawn(&[("DBWARDEN__DATABASE__BUSY_TIMEOUT_MS", "10000")]).await;
+    let blocker = rusqlite::Connection::open(&app.db_path).expect("second connection");
+    let extra = NewEvent::new("corruption", "b", "DownloadFailed", json!({})).expect("valid");
+    let (first, results, transactions) = group_commit(&app, &blocker, three_requests(extra)).await;
+    assert_eq!(first.expect("first"), vec![1]);
+    let ids: Vec<Vec<i64>> = results.into_iter().map(|r| r.expect("committed")).collect();
+    assert_eq!(ids, vec![vec![2], vec![3, 4], vec![5]]);
+    assert_eq!(
+        transactions, 2,
+        "the first alone, then the three queued together"
+    );
+    app.stop().await;
+    assert_eq!(aggregate_ids_in_order(&app), ["first", "a", "b", "b", "c"]);
 }
 
 #[actix_rt::test]

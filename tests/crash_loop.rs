@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::process::{assert_all_present, load, start_with};
+use common::process::{assert_all_present, load, start_with, Acked};
 use dbwarden::db::verified_copy::TEMP_SUFFIX;
 
 const SETTINGS: &[(&str, &str)] = &[
@@ -66,9 +66,10 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let db = dir.path().join("data/events.db");
     let backups = dir.path().join("backups");
     let mut seed = 0x2545_F491_4F6C_DD1D_u64;
-    let mut all_acked: HashMap<i64, String> = HashMap::new();
-    let mut last_round: HashMap<i64, String> = HashMap::new();
+    let mut all_acked: HashMap<i64, Acked> = HashMap::new();
+    let mut last_round: HashMap<i64, Acked> = HashMap::new();
     let (mut kills, mut leftovers_seen, mut backups_checked) = (0, 0, 0);
+    let mut backups_answered = 0;
     for round in 0..rounds {
         let left = leftovers(&backups);
         let mut running = start_with(dir.path(), SETTINGS);
@@ -98,22 +99,45 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         }
         let base = running.base.clone();
         let client = reqwest::Client::new();
+        // Counts the backups the service answered as verified.
+        let verified = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let answered = verified.clone();
         let backup_asker = tokio::spawn(async move {
             loop {
-                let _ = client.post(format!("{base}/api/backups")).send().await;
+                if let Ok(res) = client.post(format!("{base}/api/backups")).send().await {
+                    if res.status().is_success() {
+                        answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         });
         let loader = tokio::spawn(load(running.base.clone(), 4, Duration::from_millis(2500)));
-        let kill_after = 200 + next(&mut seed) % 2000;
-        tokio::time::sleep(Duration::from_millis(kill_after)).await;
+        // Every third round dies in the middle of a backup: killed as soon as a
+        // temporary backup file appears, so the next start has leftovers to clean.
+        let kill_after = if round % 3 == 0 {
+            let started = std::time::Instant::now();
+            while leftovers(&backups).is_empty() {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "round {round}: no backup began"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            started.elapsed().as_millis() as u64
+        } else {
+            let after = 200 + next(&mut seed) % 2000;
+            tokio::time::sleep(Duration::from_millis(after)).await;
+            after
+        };
         running.child.kill().expect("SIGKILL");
         running.child.wait().expect("reap");
         kills += 1;
         backup_asker.abort();
+        backups_answered += verified.load(std::sync::atomic::Ordering::Relaxed);
         // Checked while nothing runs (a running service applies retention).
         backups_checked += assert_backups_verify(&backups);
-        last_round = loader.await.expect("loader");
+        last_round = loader.await.expect("loader").acked;
         all_acked.extend(last_round.iter().map(|(k, v)| (*k, v.clone())));
         eprintln!(
             "round {round}: killed after {kill_after} ms, {} acknowledged this round",
@@ -129,8 +153,20 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let _ = running.child.wait();
     backups_checked += assert_backups_verify(&backups);
     println!(
-        "crash loop: {kills} SIGKILLs, {} acknowledged events all present, {backups_checked} backup checks all verified, {leftovers_seen} leftover temporary files removed and reported",
+        "crash loop: {kills} SIGKILLs, {} acknowledged events all present, {backups_answered} backups answered as verified, {backups_checked} backup checks all verified, {leftovers_seen} leftover temporary files removed and reported",
         all_acked.len()
     );
     assert!(!all_acked.is_empty());
+    assert!(
+        backups_answered > 0,
+        "some backups were taken and answered as verified"
+    );
+    assert!(
+        backups_checked > 0,
+        "some files under a backup's final name were verified"
+    );
+    assert!(
+        leftovers_seen > 0,
+        "a kill during a backup left a temporary file that the restart removed"
+    );
 }

@@ -9,13 +9,13 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::process::{assert_all_present, load, start};
+use common::process::{assert_all_present, load, start, Acked};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_survive_sigkill() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("data/events.db");
-    let mut acked_before: Option<HashMap<i64, String>> = None;
+    let mut acked_before: Option<HashMap<i64, Acked>> = None;
     for round in 0..4 {
         let mut running = start(dir.path());
         if let Some(acked) = acked_before.take() {
@@ -43,7 +43,7 @@ async fn acknowledged_events_survive_sigkill() {
         tokio::time::sleep(Duration::from_millis(700 + 200 * round)).await;
         running.child.kill().expect("SIGKILL");
         running.child.wait().expect("reap");
-        let acked = loader.await.expect("loader");
+        let acked = loader.await.expect("loader").acked;
         assert!(
             !acked.is_empty(),
             "round {round}: some writes were acknowledged"
@@ -72,7 +72,7 @@ async fn sigterm_under_load_exits_cleanly_with_everything_on_disk() {
         started.elapsed() < Duration::from_secs(15),
         "stopped within the shutdown bound"
     );
-    let acked = loader.await.expect("loader");
+    let acked = loader.await.expect("loader").acked;
     assert!(!acked.is_empty());
     let wal = PathBuf::from(format!("{}-wal", db.display()));
     let wal_len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);

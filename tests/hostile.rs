@@ -212,17 +212,34 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-/// (events, summary rows) on disk.
-fn footprint(app: &TestApp) -> (i64, i64) {
+/// Every row of the tables a write could touch (events, their keys, the summary and its
+/// counts), as text, sorted: equal footprints mean nothing was written or changed.
+fn footprint(app: &TestApp) -> Vec<String> {
     let conn = app.open();
-    let count = |sql: &str| {
-        conn.query_row(sql, [], |r| r.get::<_, i64>(0))
-            .expect("count")
-    };
-    (
-        count("SELECT count(*) FROM events"),
-        count("SELECT count(*) FROM corruption_summary"),
-    )
+    let mut rows = Vec::new();
+    for table in [
+        "events",
+        "dbwarden_event_keys",
+        "corruption_summary",
+        "corruption_state_counts",
+    ] {
+        let mut stmt = conn
+            .prepare(&format!("SELECT * FROM {table}"))
+            .expect("prepare");
+        let columns = stmt.column_count();
+        let mut table_rows: Vec<String> = stmt
+            .query_map([], |r| {
+                let values: Vec<rusqlite::types::Value> =
+                    (0..columns).map(|i| r.get(i)).collect::<Result<_, _>>()?;
+                Ok(format!("{table}: {values:?}"))
+            })
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        table_rows.sort();
+        rows.extend(table_rows);
+    }
+    rows
 }
 
 #[actix_rt::test]
@@ -240,6 +257,12 @@ async fn every_hostile_request_gets_a_4xx_json_error_and_changes_nothing() {
         .build()
         .expect("client");
     let before = footprint(&app);
+    assert!(
+        before
+            .iter()
+            .any(|row| row.starts_with("corruption_summary:")),
+        "there is data to protect: {before:?}"
+    );
     let probes = corpus();
     let total = probes.len();
     let mut failures = Vec::new();
@@ -542,6 +565,10 @@ async fn a_flood_from_one_client_is_held_to_its_rate_with_json_429s() {
         "{accepted} accepted in {elapsed:.2} s"
     );
     assert!(!limited.is_empty());
+    assert!(
+        accepted >= burst,
+        "the burst is let through before the rate applies: {accepted} accepted"
+    );
     for (_, retry_after, body) in &limited {
         assert!(*retry_after, "429 carries Retry-After");
         assert_eq!(body["error"]["code"], "rate_limited", "{body}");

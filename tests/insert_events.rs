@@ -52,6 +52,17 @@ fn dump(conn: &Connection) -> Vec<String> {
     rows.map(|r| r.expect("row")).collect()
 }
 
+/// (key, event id) of every idempotency key.
+fn keys(conn: &Connection) -> Vec<(String, i64)> {
+    let mut stmt = conn
+        .prepare("SELECT event_key, event_id FROM dbwarden_event_keys ORDER BY event_key")
+        .expect("prepare");
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query");
+    rows.map(|r| r.expect("row")).collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
@@ -72,12 +83,27 @@ proptest! {
         prop_assert_eq!(&ids_many, &ids_one);
         prop_assert_eq!(dump(&many), dump(&one));
         common::assert_summary_exact(&many);
-        // A repeated batch writes nothing new and answers with the same ids for keyed events.
+        // A repeated batch writes its keyed events no second time (it answers with their
+        // first ids and leaves the key table as it was); unkeyed events are new rows.
+        let keys_before = keys(&many);
+        let rows_before = dump(&many).len();
         let again = queries::insert_events(&many, &events).expect("again");
         for (i, e) in events.iter().enumerate() {
             if e.key().is_some() {
                 prop_assert_eq!(again[i], ids_many[i]);
+            } else {
+                prop_assert!(again[i] > *ids_many.iter().max().expect("ids"), "a new row");
             }
         }
+        let unkeyed = events.iter().filter(|e| e.key().is_none()).count();
+        prop_assert_eq!(dump(&many).len(), rows_before + unkeyed);
+        prop_assert_eq!(keys(&many), keys_before);
+        // And it means what repeating the events one at a time means.
+        for e in &events {
+            queries::insert_event(&one, e).expect("one again");
+        }
+        prop_assert_eq!(dump(&many), dump(&one));
+        prop_assert_eq!(keys(&many), keys(&one));
+        common::assert_summary_exact(&many);
     }
 }

@@ -418,10 +418,11 @@ fn acknowledged_events_and_backups_survive_power_cuts_at_every_sync() {
     );
     // Short (in `cargo test`): every sync point up to the fewest syncs of the calibration
     // runs, in every mode, once. Long: the same with nine seeds.
-    let seeds = if std::env::var("DBWARDEN_POWER_LOSS_LONG").is_ok() {
-        9
-    } else {
-        1
+    // `DBWARDEN_POWER_LOSS_SEEDS=N` for a sweep in between (CI runs 3).
+    let seeds: u64 = match std::env::var("DBWARDEN_POWER_LOSS_SEEDS") {
+        Ok(n) => n.parse().expect("DBWARDEN_POWER_LOSS_SEEDS is a number"),
+        Err(_) if std::env::var("DBWARDEN_POWER_LOSS_LONG").is_ok() => 9,
+        Err(_) => 1,
     };
     let mut points = Vec::new();
     for seed in 1..=seeds {

@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{settings_in, TestApp};
@@ -9,25 +11,65 @@ use dbwarden::backup::catalog;
 use dbwarden::jobs::{Job, JobContext, JobFuture, JobReport, JobSpec, Overlap};
 use dbwarden::supervisor::Service;
 
-/// A Rust job that takes `ms` milliseconds (and stops early when cancelled).
-struct Sleeper(u64);
+/// A Rust job that runs until the test lets it finish (one permit per run; it stops
+/// early when cancelled), counting its runs and how many were in progress at once.
+#[derive(Clone)]
+struct Gate {
+    release: Arc<tokio::sync::Semaphore>,
+    started: Arc<AtomicUsize>,
+    running: Arc<AtomicUsize>,
+    most_at_once: Arc<AtomicUsize>,
+    finished: Arc<AtomicUsize>,
+}
 
-impl Job for Sleeper {
+impl Default for Gate {
+    fn default() -> Gate {
+        Gate {
+            release: Arc::new(tokio::sync::Semaphore::new(0)),
+            started: Arc::default(),
+            running: Arc::default(),
+            most_at_once: Arc::default(),
+            finished: Arc::default(),
+        }
+    }
+}
+
+impl Job for Gate {
     fn run<'a>(&'a self, ctx: &'a JobContext) -> JobFuture<'a> {
         Box::pin(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(self.0)) => Ok(JobReport::from("slept")),
+            self.started.fetch_add(1, Ordering::SeqCst);
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_at_once.fetch_max(now, Ordering::SeqCst);
+            let result = tokio::select! {
+                permit = self.release.acquire() => {
+                    permit.expect("gate open").forget();
+                    Ok(JobReport::from("released"))
+                }
                 _ = ctx.cancelled() => Err(JobReport::from("cancelled")),
-            }
+            };
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            self.finished.fetch_add(1, Ordering::SeqCst);
+            result
         })
     }
 }
 
-/// (start in ms since the epoch, duration in ms) of each recorded run, oldest first.
-fn every_second() -> dbwarden::cron::Schedule {
-    dbwarden::cron::Schedule::parse("* * * * * *").expect("schedule")
+/// A schedule that ticks at three consecutive seconds starting a few seconds from now,
+/// and not again within the minute; and the moment just after its last tick.
+fn three_ticks() -> (dbwarden::cron::Schedule, chrono::DateTime<chrono::Utc>) {
+    use chrono::Timelike;
+    let first =
+        chrono::Utc::now().with_nanosecond(0).expect("whole second") + chrono::Duration::seconds(4);
+    let seconds: Vec<String> = (0..3)
+        .map(|i| ((first.second() + i) % 60).to_string())
+        .collect();
+    let schedule = dbwarden::cron::Schedule::parse(&format!("{} * * * * *", seconds.join(",")))
+        .expect("schedule");
+    (schedule, first + chrono::Duration::milliseconds(3000))
 }
 
+/// (start in ms since the epoch, duration in ms, outcome) of each recorded run, oldest
+/// first.
 fn recorded_runs(app: &TestApp, job: &str) -> Vec<(i64, i64, String)> {
     let conn = app.open();
     let mut stmt = conn
@@ -48,52 +90,76 @@ fn recorded_runs(app: &TestApp, job: &str) -> Vec<(i64, i64, String)> {
     .expect("rows")
 }
 
-async fn run_for(job: JobSpec, window: Duration) -> (TestApp, String) {
+async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs a gated job on three ticks: the first starts it, the other two arrive while it
+/// is held; after the last tick it is let go (with `permits` permits). Answers the job's
+/// counters and its recorded runs once nothing more can start.
+async fn three_ticks_during_one_run(
+    overlap: Overlap,
+    permits: usize,
+) -> (Gate, Vec<(i64, i64, String)>) {
+    let gate = Gate::default();
+    let (schedule, after_last_tick) = three_ticks();
+    let spec = JobSpec::new("gated", schedule, gate.clone()).overlap(overlap);
     let dir = tempfile::tempdir().expect("tempdir");
-    let name = job.name.clone();
     let settings = settings_in(dir.path(), &[]);
-    let mut app = TestApp::start(dir, Service::builder(settings).job(job)).await;
-    tokio::time::sleep(window).await;
+    let mut app = TestApp::start(dir, Service::builder(settings).job(spec)).await;
+    wait_until("the first tick started the job", || {
+        gate.started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // The other two ticks come while the first run is held.
+    let wait = (after_last_tick - chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(500)).await;
+    assert_eq!(
+        gate.started.load(Ordering::SeqCst),
+        1,
+        "held: nothing else started"
+    );
+    gate.release.add_permits(permits);
+    wait_until("the released runs finished", || {
+        gate.finished.load(Ordering::SeqCst) == gate.started.load(Ordering::SeqCst)
+    })
+    .await;
+    // No tick is left this minute: a run started now could only come from a queue.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     app.stop().await;
-    (app, name)
+    let runs = recorded_runs(&app, "gated");
+    (gate, runs)
 }
 
 #[actix_rt::test]
 async fn a_job_still_running_is_not_started_twice() {
-    let spec = JobSpec::new("slow", every_second(), Sleeper(2500));
-    let (app, name) = run_for(spec, Duration::from_millis(4800)).await;
-    let runs = recorded_runs(&app, &name);
-    assert!(!runs.is_empty(), "the job ran");
-    assert!(
-        runs.len() <= 2,
-        "a 2.5 s job ticking every second ran at most twice in 4.8 s: {runs:?}"
+    let (gate, runs) = three_ticks_during_one_run(Overlap::Skip, 5).await;
+    assert_eq!(
+        gate.started.load(Ordering::SeqCst),
+        1,
+        "the two ticks that came while it ran were skipped: {runs:?}"
     );
-    for pair in runs.windows(2) {
-        assert!(
-            pair[1].0 >= pair[0].0 + pair[0].1,
-            "runs never overlap: {runs:?}"
-        );
-    }
+    assert_eq!(gate.most_at_once.load(Ordering::SeqCst), 1);
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].2, "ok", "{runs:?}");
 }
 
 #[actix_rt::test]
 async fn a_queued_tick_runs_right_after_the_run_it_waited_for() {
-    let spec = JobSpec::new("queued", every_second(), Sleeper(1500)).overlap(Overlap::Queue);
-    let (app, name) = run_for(spec, Duration::from_millis(5200)).await;
-    let runs = recorded_runs(&app, &name);
-    assert!(runs.len() >= 2, "several runs: {runs:?}");
-    for pair in runs.windows(2) {
-        let end_of_first = pair[0].0 + pair[0].1;
-        let gap = pair[1].0 - end_of_first;
-        assert!(gap >= 0, "runs never overlap: {runs:?}");
-        // With `skip` the next run would wait for the next whole-second tick (~500 ms
-        // after a 1.5 s run that started on a tick); queued, it starts at once.
-        assert!(gap < 250, "the queued run started right after: {runs:?}");
-    }
-    // The run cut by shutdown is recorded as cancelled; all earlier ones finished.
-    let (last, earlier) = runs.split_last().expect("runs");
-    assert!(earlier.iter().all(|r| r.2 == "ok"), "{runs:?}");
-    assert!(last.2 == "ok" || last.2 == "cancelled", "{runs:?}");
+    let (gate, runs) = three_ticks_during_one_run(Overlap::Queue, 5).await;
+    // The two ticks that came meanwhile collapse into one run after the first.
+    assert_eq!(gate.started.load(Ordering::SeqCst), 2, "{runs:?}");
+    assert_eq!(gate.most_at_once.load(Ordering::SeqCst), 1, "never at once");
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let end_of_first = runs[0].0 + runs[0].1;
+    assert!(runs[1].0 >= end_of_first, "runs never overlap: {runs:?}");
+    assert!(runs.iter().all(|r| r.2 == "ok"), "{runs:?}");
 }
 
 #[actix_rt::test]

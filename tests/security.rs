@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::process::start_with;
+use common::process::start_under;
 
 #[test]
 fn the_default_listen_address_is_loopback() {
@@ -43,7 +43,10 @@ fn walk(dir: &Path, out: &mut Vec<(String, u32)>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_the_service_creates_is_open_to_other_users() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut running = start_with(
+    // The common umask (022) set for the service itself, whatever the test's own is:
+    // under it, a file created without explicit permissions would be readable by all.
+    let mut running = start_under(
+        &["sh", "-c", "umask 022 && exec \"$0\" \"$@\""],
         dir.path(),
         &[
             ("DBWARDEN__BACKUP__DIR", "backups"),

@@ -107,7 +107,9 @@ async fn chromium_renders_the_page_with_charts_and_no_console_errors() {
         "the page rendered its data:\n{html}"
     );
     let section = |id: &str| {
-        let start = html.find(&format!("id=\"{id}\"")).unwrap_or(0);
+        let start = html
+            .find(&format!("id=\"{id}\""))
+            .unwrap_or_else(|| panic!("the page has a chart with id {id}:\n{html}"));
         html[start..]
             .split("</svg>")
             .next()

@@ -78,6 +78,9 @@ enum Op {
     /// cutoff in the stored form or, as Healarr binds it, in RFC 3339.
     PruneBefore(u64, bool),
     UpdateType(usize, &'static str),
+    /// A row rewritten in place: moved to another aggregate (or aggregate type), with
+    /// another type and other data; the update trigger's two-aggregate path.
+    UpdateWhole(usize, Event),
 }
 
 fn event() -> impl Strategy<Value = Event> {
@@ -136,6 +139,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..4).prop_map(Op::PruneOldest),
         1 => (0u64..60, prop::bool::weighted(0.2)).prop_map(|(s, rfc)| Op::PruneBefore(s, rfc)),
         1 => (any::<usize>(), prop::sample::select(EVENT_TYPES)).prop_map(|(i, t)| Op::UpdateType(i, t)),
+        1 => (any::<usize>(), event()).prop_map(|(i, e)| Op::UpdateWhole(i, e)),
     ]
 }
 
@@ -156,24 +160,29 @@ fn data_of(e: &Event) -> serde_json::Value {
     serde_json::Value::Object(map)
 }
 
-fn insert(conn: &Connection, e: &Event, id: Option<i64>, tick: u64) {
+/// (aggregate type, aggregate id, event_data as stored) of an event.
+fn columns_of(e: &Event) -> (&'static str, String, rusqlite::types::Value) {
     let aggregate_type = if e.other_aggregate_type {
         "scan"
     } else {
         "corruption"
-    };
-    let aggregate_id = format!("agg-{}", e.aggregate);
-    let seconds = tick % 60;
-    let created_at = if e.go_timestamp {
-        format!("2026-01-06 01:18:{seconds:02}.123456789 +0000 UTC")
-    } else {
-        format!("2026-01-06 01:18:{seconds:02}")
     };
     let text = data_of(e).to_string();
     let data: rusqlite::types::Value = match e.storage {
         Storage::Text => text.into(),
         Storage::Blob => text.into_bytes().into(),
         Storage::LiteralNull => "null".to_string().into(),
+    };
+    (aggregate_type, format!("agg-{}", e.aggregate), data)
+}
+
+fn insert(conn: &Connection, e: &Event, id: Option<i64>, tick: u64) {
+    let (aggregate_type, aggregate_id, data) = columns_of(e);
+    let seconds = tick % 60;
+    let created_at = if e.go_timestamp {
+        format!("2026-01-06 01:18:{seconds:02}.123456789 +0000 UTC")
+    } else {
+        format!("2026-01-06 01:18:{seconds:02}")
     };
     conn.execute(
         "INSERT INTO events (id, aggregate_type, aggregate_id, event_type, event_data, created_at)
@@ -385,6 +394,17 @@ fn apply(conn: &Connection, op: &Op, model: &mut Model, deleted: &mut Vec<i64>, 
             conn.execute(
                 "UPDATE events SET event_type = ?1 WHERE id = ?2",
                 params![t, id],
+            )
+            .expect("update");
+            model.updated(conn, id);
+        }
+        Op::UpdateWhole(i, e) if !existing.is_empty() => {
+            let id = existing[i % existing.len()];
+            let (aggregate_type, aggregate_id, data) = columns_of(e);
+            conn.execute(
+                "UPDATE events SET aggregate_type = ?1, aggregate_id = ?2, event_type = ?3,
+                        event_data = ?4 WHERE id = ?5",
+                params![aggregate_type, aggregate_id, e.event_type, data, id],
             )
             .expect("update");
             model.updated(conn, id);

@@ -91,14 +91,36 @@ pub fn start_under(wrapper: &[&str], dir: &Path, env: &[(&str, &str)]) -> Runnin
     }
 }
 
-/// Appends from `clients` concurrent clients until `stop` is set; returns every
-/// acknowledged (row id → aggregate id).
-pub async fn load(base: String, clients: usize, run_for: Duration) -> HashMap<i64, String> {
-    let acked = Arc::new(Mutex::new(HashMap::new()));
+/// An acknowledged event as the client sent it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Acked {
+    pub aggregate_id: String,
+    pub event_type: String,
+    pub event_data: serde_json::Value,
+}
+
+/// What a load run saw: every acknowledged event by row id, and the requests that were
+/// not acknowledged (by status; 0 for a request that got no answer).
+#[derive(Debug, Default)]
+pub struct Load {
+    pub acked: HashMap<i64, Acked>,
+    pub refused: std::collections::BTreeMap<u16, usize>,
+}
+
+impl Load {
+    pub fn refused_total(&self) -> usize {
+        self.refused.values().sum()
+    }
+}
+
+/// Appends from `clients` concurrent clients for `run_for`; each request is a batch of
+/// two events of one aggregate, answered with their row ids in order.
+pub async fn load(base: String, clients: usize, run_for: Duration) -> Load {
+    let seen = Arc::new(Mutex::new(Load::default()));
     let deadline = Instant::now() + run_for;
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let acked = acked.clone();
+        let seen = seen.clone();
         let base = base.clone();
         tasks.push(tokio::spawn(async move {
             let client = reqwest::Client::new();
@@ -106,30 +128,71 @@ pub async fn load(base: String, clients: usize, run_for: Duration) -> HashMap<i6
             while Instant::now() < deadline {
                 n += 1;
                 let agg = format!("c{c}-{n}");
-                let body = json!([
-                    {"aggregate_type": "corruption", "aggregate_id": agg, "event_type": "CorruptionDetected", "event_data": {"file_path": format!("/m/{agg}.mkv")}},
-                    {"aggregate_type": "corruption", "aggregate_id": agg, "event_type": "DownloadFailed", "event_data": {"error": "e"}}
-                ]);
-                let Ok(res) = client.post(format!("{base}/api/events")).json(&body).send().await else { break };
-                if res.status() != 201 {
+                let events = [
+                    Acked {
+                        aggregate_id: agg.clone(),
+                        event_type: "CorruptionDetected".into(),
+                        event_data: json!({"file_path": format!("/m/{agg}.mkv")}),
+                    },
+                    Acked {
+                        aggregate_id: agg.clone(),
+                        event_type: "DownloadFailed".into(),
+                        event_data: json!({"error": "e", "n": n}),
+                    },
+                ];
+                let body: Vec<serde_json::Value> = events
+                    .iter()
+                    .map(|e| {
+                        json!({"aggregate_type": "corruption", "aggregate_id": e.aggregate_id,
+                               "event_type": e.event_type, "event_data": e.event_data})
+                    })
+                    .collect();
+                let res = match client
+                    .post(format!("{base}/api/events"))
+                    .json(&body)
+                    .send()
+                    .await
+                {
+                    Ok(res) => res,
+                    Err(_) => {
+                        *seen.lock().expect("lock").refused.entry(0).or_default() += 1;
+                        break;
+                    }
+                };
+                let status = res.status().as_u16();
+                if status != 201 {
+                    *seen
+                        .lock()
+                        .expect("lock")
+                        .refused
+                        .entry(status)
+                        .or_default() += 1;
                     continue;
                 }
-                let Ok(v) = res.json::<serde_json::Value>().await else { break };
-                let mut acked = acked.lock().expect("lock");
-                for id in v["ids"].as_array().expect("ids") {
-                    acked.insert(id.as_i64().expect("id"), agg.clone());
+                let Ok(v) = res.json::<serde_json::Value>().await else {
+                    // The answer was cut off (the service died): not acknowledged.
+                    *seen.lock().expect("lock").refused.entry(0).or_default() += 1;
+                    break;
+                };
+                let ids = v["ids"].as_array().expect("ids");
+                assert_eq!(ids.len(), events.len(), "one id per event: {v}");
+                let mut seen = seen.lock().expect("lock");
+                for (id, event) in ids.iter().zip(events) {
+                    seen.acked.insert(id.as_i64().expect("id"), event);
                 }
             }
         }));
     }
     for t in tasks {
-        let _ = t.await;
+        t.await.expect("a load client panicked");
     }
-    let acked = acked.lock().expect("lock").clone();
-    acked
+    let mut seen = seen.lock().expect("lock");
+    std::mem::take(&mut *seen)
 }
 
-pub fn assert_all_present(db: &PathBuf, acked: &HashMap<i64, String>) {
+/// Every acknowledged event is in the database under its row id, with its aggregate,
+/// type and data; integrity holds and the summary equals a recomputation.
+pub fn assert_all_present(db: &PathBuf, acked: &HashMap<i64, Acked>) {
     let conn =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .expect("open");
@@ -138,13 +201,18 @@ pub fn assert_all_present(db: &PathBuf, acked: &HashMap<i64, String>) {
             .expect("check");
     assert!(problems.is_empty(), "integrity: {problems:?}");
     let mut stmt = conn
-        .prepare("SELECT aggregate_id FROM events WHERE id = ?1")
+        .prepare("SELECT aggregate_id, event_type, event_data FROM events WHERE id = ?1")
         .expect("prepare");
-    for (id, agg) in acked {
-        let found: String = stmt
-            .query_row([id], |r| r.get(0))
+    for (id, sent) in acked {
+        let (aggregate_id, event_type, data): (String, String, String) = stmt
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .unwrap_or_else(|_| panic!("acknowledged event {id} lost"));
-        assert_eq!(&found, agg);
+        let stored = Acked {
+            aggregate_id,
+            event_type,
+            event_data: serde_json::from_str(&data).expect("stored data is JSON"),
+        };
+        assert_eq!(&stored, sent, "event {id} as stored");
     }
     super::assert_summary_exact(&conn);
 }

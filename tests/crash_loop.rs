@@ -75,20 +75,14 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         let mut running = start_with(dir.path(), SETTINGS);
         if !left.is_empty() {
             leftovers_seen += left.len();
+            // Exactly the ones found before the restart were removed and reported. (Their
+            // names may be in use again at once: a backup the restarted service began in
+            // the same second takes the same name.)
+            let reported = format!("removed {} temporary backup file(s)", left.len());
             assert!(
-                running
-                    .startup_log
-                    .iter()
-                    .any(|l| l.contains("temporary backup file")),
-                "round {round}: removed leftovers are reported: {:#?}",
+                running.startup_log.iter().any(|l| l.contains(&reported)),
+                "round {round}: removed leftovers {left:?} are reported: {:#?}",
                 running.startup_log
-            );
-            // The ones found before the restart are gone (a backup the restarted
-            // service already began has a temporary file of its own).
-            let still = leftovers(&backups);
-            assert!(
-                left.iter().all(|name| !still.contains(name)),
-                "round {round}: leftovers removed at startup: {left:?} / {still:?}"
             );
         }
         if round > 0 {

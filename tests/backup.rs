@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -408,6 +408,37 @@ fn restore_round_trip_keeps_the_current_database() {
     common::assert_summary_exact(&conn);
 }
 
+/// A database that is not SQLite at all (overwritten, half a file) is replaced by the
+/// restore; there is nothing to keep a verified copy of, and no copy is attempted.
+/// (Found by mutation testing: nothing showed that an unreadable database is not
+/// treated as one to copy.)
+#[test]
+fn restore_replaces_a_database_that_cannot_be_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = common::settings_in(dir.path(), &[]);
+    fill(&settings, 20);
+    take(&settings).expect("backup");
+    std::fs::write(&settings.database.path, b"not a database, not even close").expect("ruin");
+    // Nothing beside it either: no `-wal` or `-shm` to remove is not an error.
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", settings.database.path.display()));
+    }
+    let out = dbwarden_cli(dir.path(), &["restore", "--latest"], &settings);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(event_count(&settings.database.path), 20);
+    let db_dir = settings.database.path.parent().expect("dir");
+    let kept = std::fs::read_dir(db_dir)
+        .expect("list")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains(".pre-restore-"))
+        .count();
+    assert_eq!(kept, 0, "nothing readable to keep");
+}
+
 #[actix_rt::test]
 async fn restore_is_refused_while_the_service_runs() {
     let mut app = TestApp::spawn(&[]).await;
@@ -444,15 +475,78 @@ fn a_corrupt_backup_is_never_restored() {
         &settings,
     );
     assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("refusing to restore"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        said.contains("refusing to restore") && said.contains("SHA-256 differs from its manifest"),
+        "the reason is the checksum its manifest records: {said}"
     );
+    // The same damaged file without a manifest beside it: the reason is the check.
+    let orphan = dir.path().join("orphan.db");
+    std::fs::copy(&path, &orphan).expect("copy");
+    let out = dbwarden_cli(
+        dir.path(),
+        &["restore", &orphan.display().to_string()],
+        &settings,
+    );
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("integrity_check"), "{said}");
     assert_eq!(
         event_count(&settings.database.path),
         3000,
         "the database is untouched"
+    );
+}
+
+/// `database.path` as a bare file name (relative to the working directory, no directory
+/// part): restore stages and syncs in `.`. (Found by mutation testing.)
+#[test]
+fn restore_works_with_a_bare_database_file_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dbwarden"))
+            .current_dir(dir.path())
+            .args(args)
+            .env("DBWARDEN__DATABASE__PATH", "events.db")
+            .env("DBWARDEN__BACKUP__DIR", "backups")
+            .env("DBWARDEN__API__LISTEN", "127.0.0.1:1")
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run dbwarden")
+    };
+    for args in [&["migrate"][..], &["backup"], &["restore", "--latest"]] {
+        let out = run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(event_count(&dir.path().join("events.db")), 0);
+}
+
+/// A stale `-wal` that cannot be removed stops the restore with an error naming it,
+/// before the database is replaced. (Found by mutation testing: ignoring every error
+/// there, not only "not found", went unnoticed.)
+#[test]
+fn a_stale_wal_that_cannot_be_removed_stops_the_restore() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = common::settings_in(dir.path(), &[]);
+    fill(&settings, 20);
+    take(&settings).expect("backup");
+    // Not a database (so nothing is kept aside), with a directory where its WAL would be.
+    std::fs::write(&settings.database.path, b"ruined").expect("ruin");
+    let wal = PathBuf::from(format!("{}-wal", settings.database.path.display()));
+    let _ = std::fs::remove_file(&wal);
+    std::fs::create_dir(&wal).expect("a directory in the way");
+    let out = dbwarden_cli(dir.path(), &["restore", "--latest"], &settings);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("events.db-wal"), "names the file: {said}");
+    assert_eq!(
+        std::fs::read(&settings.database.path).expect("read"),
+        b"ruined",
+        "the database was not replaced"
     );
 }
 

@@ -131,6 +131,17 @@ mod tests {
                 vec!["w45a"],
             ),
             (
+                // Found by mutation testing: `<=` kept one week too many unnoticed.
+                "the weekly window counts weeks with backups only, and stops there",
+                vec![
+                    c("w45", 3, 0, true),
+                    c("w46", 10, 0, true),
+                    c("w47", 17, 0, true),
+                ],
+                p(0, 0, 2),
+                vec!["w45"],
+            ),
+            (
                 "bad backups never count and are kept",
                 vec![
                     c("old", 1, 0, true),

@@ -14,10 +14,7 @@ use std::path::Path;
 /// Creates (or truncates) `path` with permissions `mode` and writes `content`; durable
 /// only once [`sync_file`] and then [`sync_dir`] ran.
 pub fn write_file(path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
-    #[cfg(feature = "crash-vfs")]
-    return super::crashvfs::write_file(path, content, mode);
-    #[cfg(not(feature = "crash-vfs"))]
-    {
+    let write = || {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
@@ -27,7 +24,11 @@ pub fn write_file(path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
             .mode(mode)
             .open(path)?
             .write_all(content)
-    }
+    };
+    #[cfg(feature = "crash-vfs")]
+    return super::crashvfs::write_file(path, content, write);
+    #[cfg(not(feature = "crash-vfs"))]
+    write()
 }
 
 /// unlink(2); durable only once the directory is synced.

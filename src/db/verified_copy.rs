@@ -73,7 +73,7 @@ fn copy_verify_rename(
         .ok_or_else(|| copy_err("path is not valid UTF-8".into()))?;
     // The path is a bound parameter: never formatted into SQL text.
     conn.execute("VACUUM INTO ?1", [temp_text]).map_err(|e| {
-        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        if super::sqlite_errors::kind_of(&e) == super::sqlite_errors::ErrorKind::DiskFull {
             DbError::DiskFull {
                 path: final_path.to_path_buf(),
                 detail: format!("VACUUM INTO: {e}"),

@@ -37,7 +37,6 @@ mod shim;
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -434,30 +433,25 @@ pub(crate) fn rename(from: &Path, to: &Path) -> std::io::Result<()> {
 
 /// `durable::write_file`: a new file's content, written through the recorder so a cut
 /// before its sync can take it back (and before its directory's sync, the file itself).
-pub(crate) fn write_file(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let open = || {
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(path)
-    };
+pub(crate) fn write_file(
+    path: &Path,
+    content: &[u8],
+    write: impl FnOnce() -> std::io::Result<()>,
+) -> std::io::Result<()> {
     if !active() {
-        return open()?.write_all(content);
+        return write();
     }
     let path_key = key(path);
     let mut rec = lock();
     let existed = path.exists();
     let before = content_of(path).unwrap_or_default();
-    let mut file = open()?;
+    write()?;
     if !existed {
         rec.created(&path_key);
     }
     rec.before_set_len(&path_key, 0, || before);
     rec.before_write(&path_key, 0, content, Vec::new);
-    file.write_all(content)
+    Ok(())
 }
 
 /// `durable::remove_file`: comes back at a cut until its directory is synced.

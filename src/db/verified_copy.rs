@@ -54,17 +54,7 @@ fn copy_verify_rename(
         path: final_path.to_path_buf(),
         reason,
     };
-    // A full disk is told apart, so callers can answer "insufficient storage".
-    let io_err = |what: &str, e: std::io::Error| {
-        if e.kind() == std::io::ErrorKind::StorageFull {
-            DbError::DiskFull {
-                path: final_path.to_path_buf(),
-                detail: format!("{what}: {e}"),
-            }
-        } else {
-            copy_err(format!("{what}: {e}"))
-        }
-    };
+    let io_err = |what: &str, e: std::io::Error| file_step_error(final_path, what, e);
     if temp_path.exists() {
         fs::remove_file(temp_path).map_err(|e| io_err("stale temporary file", e))?;
     }
@@ -89,4 +79,50 @@ fn copy_verify_rename(
     durable::rename(temp_path, final_path).map_err(|e| io_err("rename", e))?;
     durable::sync_dir(dir).map_err(|e| io_err("fsync of directory", e))?;
     Ok(())
+}
+
+/// The error of a file step (chmod, fsync, rename) of the copy meant for `final_path`.
+/// A full disk is told apart, so callers can answer "insufficient storage".
+fn file_step_error(final_path: &Path, what: &str, e: std::io::Error) -> DbError {
+    let detail = format!("{what}: {e}");
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        DbError::DiskFull {
+            path: final_path.to_path_buf(),
+            detail,
+        }
+    } else {
+        DbError::Copy {
+            path: final_path.to_path_buf(),
+            reason: detail,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Making only our fsync or rename fail with ENOSPC, after SQLite's own writes and
+    // syncs of the copy succeeded, needs a fault injector that tells them apart; the
+    // classification is checked here instead, with the errors the kernel gives.
+    #[test]
+    fn a_full_disk_in_a_file_step_is_told_apart_from_other_failures() {
+        let path = Path::new("/backups/x.db");
+        let full = std::io::Error::from_raw_os_error(28); // ENOSPC
+        match file_step_error(path, "fsync", full) {
+            DbError::DiskFull { path: p, detail } => {
+                assert_eq!(p, path);
+                assert!(detail.starts_with("fsync: "), "{detail}");
+            }
+            other => panic!("ENOSPC must be a full disk, got {other:?}"),
+        }
+        let denied = std::io::Error::from_raw_os_error(13); // EACCES
+        match file_step_error(path, "rename", denied) {
+            DbError::Copy { path: p, reason } => {
+                assert_eq!(p, path);
+                assert!(reason.starts_with("rename: "), "{reason}");
+            }
+            other => panic!("EACCES is not a full disk, got {other:?}"),
+        }
+    }
 }

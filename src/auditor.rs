@@ -307,3 +307,36 @@ pub fn alert_summary_repaired(notifier: &Notifier, repair: &db::guard::RepairRep
         serde_json::to_value(repair).unwrap_or_default(),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(ok: bool, problems: &[&str]) -> CheckRecord {
+        CheckRecord {
+            at: Utc::now(),
+            ok,
+            duration_ms: 1,
+            problems: problems.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_board_says_unknown_until_a_check_ran_then_what_the_checks_found() {
+        let board = IntegrityBoard::default();
+        assert_eq!(board.view().result, "unknown");
+        assert_eq!(board.failing(), None);
+        board.record(CheckKind::Quick, record(true, &[]));
+        assert_eq!(board.view().result, "ok");
+        assert_eq!(board.failing(), None);
+        board.record(CheckKind::Full, record(false, &["page 7: btree broken"]));
+        assert_eq!(board.view().result, "failing");
+        // The reasons are the failed check's problems, not the passing one's (none).
+        assert_eq!(board.failing().as_deref(), Some("page 7: btree broken"));
+        assert_eq!(
+            board.record(CheckKind::Full, record(true, &[])),
+            Some(false)
+        );
+        assert_eq!(board.failing(), None);
+    }
+}

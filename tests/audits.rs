@@ -157,3 +157,101 @@ async fn a_reader_that_never_lets_go_is_reported_as_starvation() {
     assert!(!fine.starved && fine.pending_bytes == 0, "{fine:?}");
     app.stop().await;
 }
+
+/// The full check runs `foreign_key_check` as well; the quick one does not.
+#[test]
+fn the_full_check_reports_a_row_that_refers_to_a_missing_row() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = common::settings_in(dir.path(), &[]);
+    {
+        let (conn, _) = dbwarden::db::open_and_migrate(&settings.database).expect("migrate");
+        conn.execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             CREATE TABLE parent (id INTEGER PRIMARY KEY);
+             CREATE TABLE child (parent_id INTEGER REFERENCES parent(id));
+             INSERT INTO child VALUES (7);",
+        )
+        .expect("a dangling reference");
+    }
+    let check = |kind| {
+        dbwarden::auditor::check_database(&settings.database, kind, &|_| {})
+            .expect("the check runs")
+            .0
+    };
+    let full = check(CheckKind::Full);
+    assert!(!full.ok, "{full:?}");
+    assert_eq!(
+        full.problems,
+        vec!["foreign key: row 1 of child refers to a missing row of parent".to_string()]
+    );
+    let quick = check(CheckKind::Quick);
+    assert!(
+        quick.ok,
+        "quick_check does not look at foreign keys: {quick:?}"
+    );
+}
+
+/// A database big enough that its full check takes a while, built in one statement.
+fn big_database(settings: &dbwarden::config::Settings, events: usize) {
+    let (conn, _) = dbwarden::db::open_and_migrate(&settings.database).expect("migrate");
+    conn.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+         INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data)
+         SELECT 'corruption', 'agg-' || (i / 3), 'CorruptionDetected', json_object('file_path', '/media/' || i || '.mkv') FROM n",
+        [events as i64],
+    )
+    .expect("fill");
+}
+
+/// At shutdown a running check is interrupted rather than waited for: asked to stop
+/// while it runs, the check answers with an error instead of a verdict.
+#[actix_rt::test]
+async fn a_running_check_is_interrupted_when_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = common::settings_in(dir.path(), &[]);
+    big_database(&settings, 200_000);
+    let mut app = common::TestApp::start(dir, Service::builder(settings)).await;
+    let auditor = app.service.as_ref().expect("service").auditor().clone();
+    let check = actix_rt::spawn({
+        let auditor = auditor.clone();
+        async move { auditor.check(CheckKind::Full).await }
+    });
+    while !check.is_finished() {
+        auditor.interrupt();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let result = check.await.expect("the check task");
+    let error = result.expect_err("an interrupted check gives no verdict");
+    assert!(error.to_string().contains("interrupt"), "{error}");
+    app.stop().await;
+}
+
+/// The check's duration reaches `/metrics` in seconds, as its record says it in ms.
+#[actix_rt::test]
+async fn the_check_duration_metric_is_the_records_duration_in_seconds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = common::settings_in(dir.path(), &[]);
+    big_database(&settings, 20_000);
+    let mut app = common::TestApp::start(dir, Service::builder(settings)).await;
+    let auditor = app.service.as_ref().expect("service").auditor().clone();
+    let record = auditor.check(CheckKind::Full).await.expect("check");
+    assert!(record.ok, "{record:?}");
+    assert!(
+        record.duration_ms > 0,
+        "the check must take a measurable time for this test to mean anything"
+    );
+    let metrics = app.get_text("/metrics").await;
+    let sum: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("dbwarden_integrity_check_duration_seconds_sum{kind=\"full\"} ")
+        })
+        .and_then(|v| v.parse().ok())
+        .expect("the full check's duration sum");
+    assert!(
+        (sum - record.duration_ms as f64 / 1000.0).abs() < 1e-9,
+        "{sum} s for a {} ms check",
+        record.duration_ms
+    );
+    app.stop().await;
+}

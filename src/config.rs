@@ -21,6 +21,9 @@ use config::{Config, Environment, File, FileFormat, ValueKind};
 use crate::cron::Schedule;
 use serde::{Deserialize, Serialize};
 
+mod replicas;
+pub use replicas::{read_identities, Encryption, ReplicaSettings, ReplicaTarget, ReplicaUrl};
+
 /// The documented defaults, embedded at build time.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config.toml");
 /// Environment prefix: `DBWARDEN__DATABASE__PATH` sets `database.path`.
@@ -34,7 +37,7 @@ pub const DEFAULTS_ENV: &str = "DBWARDEN_DEFAULTS";
 /// VFS of the power-loss tests; refused by a build without it (every release build).
 pub const CRASH_VFS: &str = "dbwarden-crash";
 /// Names of the settings that hold secrets; `<name>_file` reads one from a file.
-pub const SECRET_KEYS: &[&str] = &["token", "secret", "urls"];
+pub const SECRET_KEYS: &[&str] = &["token", "secret", "urls", "secret_access_key"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -65,6 +68,9 @@ pub struct Settings {
     pub api: ApiSettings,
     pub metrics: MetricsSettings,
     pub logging: LoggingSettings,
+    /// Off-machine copies, one `[[replicas]]` table each (none by default).
+    #[serde(default)]
+    pub replicas: Vec<ReplicaSettings>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -290,14 +296,15 @@ impl Settings {
         source: &ConfigSource,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
-        let env: Vec<(String, String)> = env.into_iter().collect();
-        let distribution_defaults = env
+        let all_env: Vec<(String, String)> = env.into_iter().collect();
+        let distribution_defaults = all_env
             .iter()
             .find(|(k, _)| k == DEFAULTS_ENV)
             .map(|(_, v)| PathBuf::from(v));
-        let env: config::Map<String, String> = env
-            .into_iter()
+        let env: config::Map<String, String> = all_env
+            .iter()
             .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .cloned()
             .collect();
         let file = match source {
             ConfigSource::Default => {
@@ -357,12 +364,16 @@ impl Settings {
         let settings: Settings = with_secret_files(&merged, &origin)?
             .try_deserialize()
             .map_err(|e| read_error(e, &origin))?;
-        settings.validate(&origin)?;
+        settings.validate(&origin, &all_env)?;
         Ok(settings)
     }
 
     /// Each section checks its own values; the first problem is the error.
-    fn validate(&self, origin: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    fn validate(
+        &self,
+        origin: &dyn Fn(&str) -> String,
+        env: &[(String, String)],
+    ) -> Result<(), ConfigError> {
         let check = Check { origin };
         self.database.validate(&check)?;
         self.writer.validate(&check)?;
@@ -371,7 +382,8 @@ impl Settings {
         self.notify.validate(&check)?;
         self.jobs.validate(&check)?;
         self.api.validate(&check)?;
-        self.logging.validate(&check)
+        self.logging.validate(&check)?;
+        replicas::validate(&self.replicas, env, &check)
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
@@ -393,6 +405,11 @@ impl Settings {
                 | ChannelSettings::Apprise { urls: Some(s), .. } => *s = "********".into(),
                 ChannelSettings::Gotify { token, .. } => *token = "********".into(),
                 _ => {}
+            }
+        }
+        for replica in &mut shown.replicas {
+            if replica.secret_access_key.is_some() {
+                replica.secret_access_key = Some("********".into());
             }
         }
         toml_render(&shown)
@@ -623,11 +640,19 @@ fn read_error(e: config::ConfigError, origin: &dyn Fn(&str) -> String) -> Config
             error,
             key: Some(key),
             ..
-        } => ConfigError::Invalid {
-            origin: origin(&key),
-            key,
-            reason: error.to_string(),
-        },
+        } => {
+            // config-rs writes an array element's field as `replicas[0]url`.
+            let key = key
+                .replace("]", "].")
+                .replace("].[", "][")
+                .replace("].]", "]]");
+            let key = key.trim_end_matches('.').to_string();
+            ConfigError::Invalid {
+                origin: origin(&key),
+                key,
+                reason: error.to_string(),
+            }
+        }
         other => ConfigError::Load(other.to_string()),
     }
 }
@@ -739,6 +764,9 @@ fn flatten_keys(config: &Config) -> BTreeMap<String, ()> {
 
 /// Every key in `layer` must be a known `section.key`. Optional keys that are only
 /// commented out in the defaults are added here by name.
+/// Top-level arrays of tables.
+const ARRAY_SECTIONS: &[&str] = &["replicas"];
+
 fn check_known(
     layer: &Config,
     known: &BTreeMap<String, ()>,
@@ -758,6 +786,9 @@ fn check_known(
     for (section, value) in table {
         let inner = match value.kind {
             ValueKind::Table(inner) => inner,
+            // `[[replicas]]`: each table's keys are checked when it is read
+            // (`deny_unknown_fields`), with its index in the error.
+            ValueKind::Array(_) if ARRAY_SECTIONS.contains(&section.as_str()) => continue,
             _ => {
                 return Err(ConfigError::UnknownKey {
                     key: section,
@@ -784,9 +815,20 @@ fn check_known(
 fn origin_of(config: &Config, key: &str) -> String {
     // Walk the merged tree: `Config::get` would rebuild the value without its origin.
     let mut node = config.cache.clone();
-    for part in key.split('.') {
-        let next = match node.kind {
-            ValueKind::Table(mut table) => table.remove(part),
+    // `replicas[1].url` walks `replicas`, element 1, then `url`.
+    let parts = key.split('.').flat_map(|part| {
+        let mut pieces = part.split('[');
+        let name = pieces.next().unwrap_or_default();
+        std::iter::once(name.to_string())
+            .chain(pieces.map(|index| format!("[{}", index.trim_end_matches(']'))))
+    });
+    for part in parts {
+        let next = match (node.kind, part.strip_prefix('[')) {
+            (ValueKind::Array(items), Some(index)) => index
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| items.into_iter().nth(i)),
+            (ValueKind::Table(mut table), None) => table.remove(&part),
             _ => None,
         };
         match next {

@@ -34,6 +34,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notifier;
 pub mod privileges;
+pub mod replica;
 pub mod restore;
 pub(crate) mod scheduler;
 pub mod supervisor;

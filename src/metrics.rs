@@ -140,6 +140,22 @@ pub struct Snapshot {
     pub notifications: Vec<(String, u64, u64, u64)>,
     /// (bucket, corruptions)
     pub corruptions: Vec<(String, i64)>,
+    pub replicas: Vec<ReplicaFigures>,
+}
+
+/// One replica's figures, as its shipper counts them since the service started.
+#[derive(Debug, Default)]
+pub struct ReplicaFigures {
+    pub name: String,
+    /// Seconds since the backup of the newest complete copy there was taken.
+    pub newest_copy_age_secs: Option<i64>,
+    pub complete_copies: i64,
+    pub shipped_bytes: u64,
+    pub shipped_copies: u64,
+    pub failures: u64,
+    pub stale: bool,
+    /// (passed, seconds since) of the last drill that reached a verdict.
+    pub last_drill: Option<(bool, i64)>,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str, value: i64) -> Result<(), prometheus::Error> {
@@ -253,6 +269,7 @@ impl Metrics {
             buckets.with_label_values(&[bucket]).set(*n);
         }
         now.register(Box::new(buckets))?;
+        register_replicas(&now, &snapshot.replicas)?;
 
         let mut families = self.registry.gather();
         families.extend(now.gather());
@@ -261,4 +278,73 @@ impl Metrics {
         TextEncoder::new().encode(&families, &mut out)?;
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
+}
+
+/// The per-replica families, labelled by the replica's name.
+fn register_replicas(r: &Registry, replicas: &[ReplicaFigures]) -> Result<(), prometheus::Error> {
+    let gauge_vec = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["replica"]);
+    let counter_vec =
+        |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), &["replica"]);
+    let age = gauge_vec(
+        "dbwarden_replica_newest_copy_age_seconds",
+        "Seconds since the backup of the replica's newest complete copy was taken (absent while it holds none).",
+    )?;
+    let copies = gauge_vec(
+        "dbwarden_replica_copies",
+        "Complete copies on the replica (object and manifest both there).",
+    )?;
+    let stale = gauge_vec(
+        "dbwarden_replica_stale",
+        "1 while the replica's newest complete copy is older than its max_age_secs (health is degraded).",
+    )?;
+    let drill_ok = gauge_vec(
+        "dbwarden_replica_drill_ok",
+        "1 when the replica's last restore drill restored and checked every copy it took; 0 when one failed (absent before the first).",
+    )?;
+    let drill_age = gauge_vec(
+        "dbwarden_replica_last_drill_age_seconds",
+        "Seconds since the replica's last restore drill reached a verdict.",
+    )?;
+    let bytes = counter_vec(
+        "dbwarden_replica_shipped_bytes_total",
+        "Bytes uploaded to the replica (compressed, encrypted).",
+    )?;
+    let shipped = counter_vec(
+        "dbwarden_replica_shipped_copies_total",
+        "Copies shipped to the replica and completed by their manifest.",
+    )?;
+    let failures = counter_vec(
+        "dbwarden_replica_failures_total",
+        "Shipping attempts to the replica that failed (each is retried with backoff).",
+    )?;
+    for figures in replicas {
+        let label = [figures.name.as_str()];
+        if let Some(secs) = figures.newest_copy_age_secs {
+            age.with_label_values(&label).set(secs);
+        }
+        copies
+            .with_label_values(&label)
+            .set(figures.complete_copies);
+        stale
+            .with_label_values(&label)
+            .set(i64::from(figures.stale));
+        if let Some((ok, secs)) = figures.last_drill {
+            drill_ok.with_label_values(&label).set(i64::from(ok));
+            drill_age.with_label_values(&label).set(secs);
+        }
+        bytes
+            .with_label_values(&label)
+            .inc_by(figures.shipped_bytes);
+        shipped
+            .with_label_values(&label)
+            .inc_by(figures.shipped_copies);
+        failures.with_label_values(&label).inc_by(figures.failures);
+    }
+    for family in [age, copies, stale, drill_ok, drill_age] {
+        r.register(Box::new(family))?;
+    }
+    for family in [bytes, shipped, failures] {
+        r.register(Box::new(family))?;
+    }
+    Ok(())
 }

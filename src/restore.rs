@@ -5,6 +5,9 @@
 //! current database when it is readable (`<name>.pre-restore-<UTC time>.bak` beside it)
 //! → copy the backup to a temporary name beside the database and fsync it → remove the
 //! stale `-wal`/`-shm` → rename into place → fsync the directory → run migrations.
+//!
+//! From a replica ([`fetch_from_replica`]) the copy is first brought back beside the
+//! database and proven (see [`crate::replica::fetch`]); then the same steps apply.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -33,6 +36,91 @@ pub enum RestoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Replica(#[from] crate::replica::ReplicaError),
+    #[error("replica {replica}: {reason}")]
+    Identity { replica: String, reason: String },
+}
+
+/// Which copy of a replica to restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pick {
+    /// The newest complete copy.
+    Latest,
+    /// The copy of this backup (its name, `dbwarden-<UTC time>.db`).
+    Named(String),
+}
+
+/// The identities a restore or drill of `replica` decrypts with: `identity_file`, or
+/// the replica's `age_identity_file`. None are needed for an unencrypted replica.
+pub fn identities_for(
+    replica: &crate::config::ReplicaSettings,
+    identity_file: Option<&Path>,
+) -> Result<Vec<age::x25519::Identity>, RestoreError> {
+    let path = match (identity_file, &replica.age_identity_file) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(p)) => p.clone(),
+        (None, None) if replica.encryption == crate::config::Encryption::None => {
+            return Ok(Vec::new())
+        }
+        (None, None) => {
+            return Err(RestoreError::Identity {
+                replica: replica.name.clone(),
+                reason: "its copies are encrypted: give --identity FILE (an age identity file) or set age_identity_file".into(),
+            })
+        }
+    };
+    crate::config::read_identities(&path).map_err(|reason| RestoreError::Identity {
+        replica: replica.name.clone(),
+        reason,
+    })
+}
+
+/// Downloads and proves the copy `pick` of the replica named `name` into `stage_dir`;
+/// answers the proven file, ready for [`restore`].
+pub async fn fetch_from_replica(
+    settings: &Settings,
+    name: &str,
+    pick: &Pick,
+    identities: &[age::x25519::Identity],
+    stage_dir: &Path,
+) -> Result<PathBuf, RestoreError> {
+    use crate::replica::{self, catalog::CopyStatus, ReplicaError};
+    let replica_settings = settings
+        .replicas
+        .iter()
+        .find(|r| r.name == name)
+        .ok_or_else(|| ReplicaError::UnknownReplica(name.to_string()))?;
+    let replica = replica::Replica::open(replica_settings)?;
+    let copies = replica::catalog::list(&replica).await?;
+    let copy = match pick {
+        Pick::Latest => copies
+            .iter()
+            .rev()
+            .find(|c| c.status == CopyStatus::Complete)
+            .ok_or_else(|| ReplicaError::Empty {
+                replica: name.to_string(),
+            })?,
+        Pick::Named(backup) => {
+            let copy = copies.iter().find(|c| &c.name == backup).ok_or_else(|| {
+                ReplicaError::NoSuchCopy {
+                    replica: name.to_string(),
+                    name: backup.clone(),
+                }
+            })?;
+            if copy.status == CopyStatus::Incomplete {
+                return Err(ReplicaError::BadCopy {
+                    replica: name.to_string(),
+                    name: backup.clone(),
+                    reason: copy.problem.clone().unwrap_or_default(),
+                }
+                .into());
+            }
+            copy
+        }
+    };
+    let fetched = replica::fetch::fetch(&replica, copy, identities, stage_dir).await?;
+    Ok(fetched.path)
 }
 
 /// What a restore will do (or did).

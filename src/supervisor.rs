@@ -2,10 +2,12 @@
 //!
 //! Start: job files (invalid ones stop startup) → database lock → notifier →
 //! database (open, adopt, migrate) → reader pool → DbWriter → Checkpointer,
-//! IntegrityAuditor, BackupActor → job registry → cron scheduler → HTTP.
+//! IntegrityAuditor, BackupActor → one replica Shipper per replica → job registry →
+//! cron scheduler → HTTP.
 //! Stop: refuse new writes (503) → stop the scheduler → running jobs finish or are
 //! cancelled (`jobs.shutdown_wait_secs`) while HTTP requests in flight finish
-//! (`api.shutdown_grace_secs`) → backups and checks are interrupted → the writer
+//! (`api.shutdown_grace_secs`) → shippers stop (an upload in flight is aborted) →
+//! backups and checks are interrupted → the writer
 //! commits everything it accepted, runs a final TRUNCATE checkpoint and closes the
 //! connection → its thread is joined → notifications are flushed.
 //!
@@ -32,6 +34,7 @@ use crate::jobs::registry::{JobDeps, Registry, RegistryError};
 use crate::jobs::{self, builtin, JobErrors, JobSpec, Trigger};
 use crate::metrics::Metrics;
 use crate::notifier::{Notifier, Severity};
+use crate::replica::{shipper::Shippers, ReplicaError};
 use crate::scheduler::{Scheduler, SchedulerError};
 use crate::writer::{DbWriter, WriterHandle};
 
@@ -54,6 +57,8 @@ pub enum StartError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -109,6 +114,8 @@ pub struct Service {
     backup_arbiter: Arbiter,
     auditor: AuditorHandle,
     auditor_arbiter: Arbiter,
+    /// One per replica; stopped before the backups (an upload in flight is aborted).
+    shippers: Option<Shippers>,
     scheduler: Option<Scheduler>,
     notifier: Notifier,
     flush_bound: std::time::Duration,
@@ -191,7 +198,15 @@ impl Service {
         );
         let (backups, backup_arbiter) =
             start_backups(&settings, integrity.clone(), &notifier, &metrics)?;
+        // Shipping outlives a one-shot command's run: replicas are the service's.
+        let shippers = match mode {
+            Mode::Serve => Some(Shippers::start(&settings, backups.verified(), &notifier)?),
+            Mode::OneShot => None,
+        };
         let mut specs = builtin::specs(&settings, &backups, &auditor, &checkpointer);
+        if let Some(shippers) = &shippers {
+            specs.extend(builtin::drill_specs(&settings, &shippers.handles));
+        }
         specs.extend(custom_jobs.into_iter().map(jobs::custom::spec));
         specs.extend(extra_jobs);
         let registry = Registry::new(
@@ -216,6 +231,10 @@ impl Service {
             integrity,
             checkpoints: checkpointer.board.clone(),
             jobs: registry.clone(),
+            replicas: shippers
+                .as_ref()
+                .map(|s| s.board.clone())
+                .unwrap_or_default(),
             metrics: metrics.clone(),
             notifier: notifier.clone(),
             started: Instant::now(),
@@ -239,6 +258,7 @@ impl Service {
             backup_arbiter,
             auditor,
             auditor_arbiter,
+            shippers,
             scheduler,
             flush_bound,
             jobs_wait,
@@ -261,6 +281,9 @@ impl Service {
                 server.stop(graceful).await;
             }
         });
+        if let Some(shippers) = self.shippers {
+            shippers.shutdown().await;
+        }
         self.backups.interrupt();
         self.auditor.interrupt();
         for arbiter in [self.backup_arbiter, self.auditor_arbiter] {

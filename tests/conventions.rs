@@ -351,7 +351,12 @@ fn unknown_metrics(text: &str, metrics: &str) -> Vec<String> {
 async fn the_dashboard_and_alert_rules_use_only_exported_metrics() {
     let alerts = common::receiver(0, Duration::ZERO);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut settings = common::settings_in(dir.path(), &[]);
+    // A replica, for the per-replica families.
+    let replica = format!(
+        "[[replicas]]\nname = \"nas\"\nurl = \"file://{}\"\nencryption = \"none\"\n",
+        dir.path().join("nas").display()
+    );
+    let mut settings = common::settings_with_file(dir.path(), &replica, &[]);
     settings.notify.channels = vec![ChannelSettings::Webhook {
         url: format!("{}/alerts", alerts.base),
         secret: None,
@@ -359,7 +364,7 @@ async fn the_dashboard_and_alert_rules_use_only_exported_metrics() {
     let mut app =
         common::TestApp::start(dir, dbwarden::supervisor::Service::builder(settings)).await;
     // Everything that is exported only once it happened: a backup, a checkpoint, a
-    // check, a job run, an append, a refused write, a notification.
+    // check, a job run, an append, a refused write, a notification, a shipped copy.
     app.post_json("/api/events", &serde_json::json!({"aggregate_type": "corruption", "aggregate_id": "a", "event_type": "CorruptionDetected", "event_data": {}}))
         .await;
     // A write the database refuses (a trigger of the user's own).
@@ -386,6 +391,21 @@ async fn the_dashboard_and_alert_rules_use_only_exported_metrics() {
     for job in ["checkpoint", "quick-check"] {
         app.run_job(job).await;
     }
+    // The backup reaches the replica on the shipper's own thread.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = app.get_text("/metrics").await;
+        if metrics.contains("dbwarden_replica_newest_copy_age_seconds{replica=\"nas\"}") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy never reached the replica:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let drill = app.run_job("drill-nas").await;
+    assert_eq!(drill["outcome"], "ok", "{drill}");
     let metrics = app.get_text("/metrics").await;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib");
     for file in ["grafana/dbwarden.json", "prometheus/dbwarden.rules.yml"] {

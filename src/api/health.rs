@@ -6,7 +6,9 @@
 //! `pending_corruptions`). `status` is `healthy`, `degraded` (writes failing on
 //! storage, or backups not being taken: see [`crate::backup::health`]) or `failing`
 //! (the writer is gone, or the last integrity check failed); `failing` answers 503
-//! so container health checks notice, the others 200.
+//! so container health checks notice, the others 200. A replica whose newest complete
+//! copy is older than its `max_age_secs`, or whose last restore drill failed, makes
+//! health `degraded`, naming the replica.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -114,6 +116,38 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
             json!(null)
         }
     };
+    let now = chrono::Utc::now();
+    let replicas: Vec<_> = state
+        .replicas
+        .view()
+        .into_iter()
+        .map(|r| {
+            let stale = r.is_stale(now, uptime);
+            if stale {
+                status = "degraded";
+                reasons.push(r.stale_reason());
+            }
+            if let Some(holder) = &r.held_by {
+                status = "degraded";
+                reasons.push(format!(
+                    "replica {}: written by another dbwarden service ({holder}); this one ships nothing there",
+                    r.name
+                ));
+            }
+            if let Some(drill) = r.last_drill.as_ref().filter(|d| !d.ok()) {
+                status = "degraded";
+                reasons.push(format!(
+                    "replica {}: the restore drill of {} failed: {}",
+                    r.name,
+                    drill.at.to_rfc3339(),
+                    drill.summary()
+                ));
+            }
+            let mut view = json!(r);
+            view["stale"] = json!(stale);
+            view
+        })
+        .collect();
     let integrity = state.integrity.view();
     if integrity.result == "failing" {
         status = "failing";
@@ -135,6 +169,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         "integrity": integrity,
         "checkpoint": state.checkpoints.last(),
         "backup": backup,
+        "replicas": replicas,
         "reasons": reasons,
     });
     if status == "failing" {

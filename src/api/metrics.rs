@@ -14,7 +14,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::backup::catalog::{self, BackupStatus};
 use crate::db::{self, queries};
-use crate::metrics::Snapshot;
+use crate::metrics::{ReplicaFigures, Snapshot};
 
 /// Counts and times each request once it is answered.
 pub async fn count_requests(
@@ -132,6 +132,7 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
             })
             .collect(),
         corruptions,
+        replicas: replica_figures(&state, uptime),
     };
     let text = state
         .metrics
@@ -140,4 +141,26 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(text))
+}
+
+fn replica_figures(state: &AppState, uptime: std::time::Duration) -> Vec<ReplicaFigures> {
+    let now = chrono::Utc::now();
+    state
+        .replicas
+        .view()
+        .into_iter()
+        .map(|r| ReplicaFigures {
+            newest_copy_age_secs: r.newest_copy_at.map(|at| (now - at).num_seconds().max(0)),
+            complete_copies: i64::try_from(r.complete_copies).unwrap_or(i64::MAX),
+            shipped_bytes: r.shipped_bytes,
+            shipped_copies: r.shipped_copies,
+            failures: r.failures,
+            stale: r.is_stale(now, uptime),
+            last_drill: r
+                .last_drill
+                .as_ref()
+                .map(|d| (d.ok(), (now - d.at).num_seconds().max(0))),
+            name: r.name,
+        })
+        .collect()
 }

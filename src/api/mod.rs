@@ -30,6 +30,7 @@ use crate::checkpointer::CheckpointBoard;
 use crate::config::Settings;
 use crate::db::readers::ReaderPool;
 use crate::jobs::registry::Registry;
+use crate::replica::shipper::ReplicaBoard;
 use crate::writer::WriterHandle;
 use error::ApiError;
 
@@ -42,6 +43,8 @@ pub struct AppState {
     pub integrity: Arc<IntegrityBoard>,
     pub checkpoints: Arc<CheckpointBoard>,
     pub jobs: Arc<Registry>,
+    /// How each replica stands (empty when none is configured).
+    pub replicas: Arc<ReplicaBoard>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub notifier: crate::notifier::Notifier,
     pub started: Instant,

@@ -114,6 +114,8 @@ pub struct BackupHandle {
     integrity: Arc<IntegrityBoard>,
     metrics: Arc<Metrics>,
     pub cfg: BackupSettings,
+    /// Counts verified backups; replicas wake on each change.
+    verified: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl BackupHandle {
@@ -146,6 +148,7 @@ impl BackupHandle {
                 integrity,
                 metrics,
                 cfg,
+                verified: Arc::new(tokio::sync::watch::Sender::new(0)),
             },
             arbiter,
         )
@@ -199,7 +202,15 @@ impl BackupHandle {
         self.metrics
             .backup_seconds
             .observe(started.elapsed().as_secs_f64());
+        if result.is_ok() {
+            self.verified.send_modify(|n| *n += 1);
+        }
         result
+    }
+
+    /// Changes each time a verified backup is recorded (what replicas ship).
+    pub fn verified(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.verified.subscribe()
     }
 
     /// Whether backups are being taken (see [`super::health`]); reads the catalog, so

@@ -8,6 +8,7 @@ mod client;
 mod config;
 mod jobs;
 mod migrate;
+mod replicas;
 mod restore;
 mod run;
 mod status;
@@ -75,17 +76,39 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
-    /// Replace the database with a verified backup (the service must be stopped).
-    #[command(group(clap::ArgGroup::new("which").required(true).args(["file", "latest"])))]
+    /// Replace the database with a verified backup (the service must be stopped), or
+    /// restore one beside it with --output. With --from, the backup comes from a
+    /// replica: downloaded, decrypted, proven, then restored by the same rules.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["file", "latest", "backup"])))]
     Restore {
         /// The backup file to restore.
+        #[arg(conflicts_with = "from")]
         file: Option<PathBuf>,
-        /// Restore the newest good backup in `backup.dir`.
+        /// Restore the newest good backup (in `backup.dir`, or on the replica).
         #[arg(long)]
         latest: bool,
+        /// The replica (its `name`) to restore from.
+        #[arg(long, value_name = "NAME")]
+        from: Option<String>,
+        /// With --from: the copy of this backup (`dbwarden-<UTC time>.db`, as
+        /// `replicas list` shows it).
+        #[arg(long, value_name = "ID", requires = "from")]
+        backup: Option<String>,
+        /// The age identity file that decrypts the replica's copies (default: the
+        /// replica's `age_identity_file`).
+        #[arg(long, value_name = "FILE", requires = "from")]
+        identity: Option<PathBuf>,
+        /// Restore into this file instead of the configured database (never in place).
+        #[arg(long, value_name = "PATH")]
+        output: Option<PathBuf>,
         /// Verify and say what would happen, changing nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Replicas: off-machine copies of the verified backups.
+    Replicas {
+        #[command(subcommand)]
+        command: replicas::ReplicasCommand,
     },
     /// Custom jobs defined in `jobs.dir`.
     Jobs {
@@ -278,9 +301,24 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Verify { file } => verify::verify(&file),
         Command::Restore {
             file,
-            latest,
+            latest: _,
+            from,
+            backup,
+            identity,
+            output,
             dry_run,
-        } => restore::restore(&settings, file, latest, dry_run),
+        } => restore::restore(
+            &settings,
+            restore::Source {
+                file,
+                from,
+                backup,
+                identity,
+            },
+            output,
+            dry_run,
+        ),
+        Command::Replicas { command } => replicas::replicas(&settings, command),
         Command::Jobs { command } => jobs::jobs(settings, command),
         Command::Status { timeout } => status::status(&settings, Duration::from_secs(timeout)),
         Command::Healthcheck { timeout } => {

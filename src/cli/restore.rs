@@ -1,42 +1,139 @@
-//! `dbwarden restore FILE | --latest [--dry-run]`: replace the database with a
-//! verified backup (refused while the service runs).
+//! `dbwarden restore FILE | --latest | --from NAME (--latest | --backup ID)
+//! [--identity FILE] [--output PATH] [--dry-run]`: replace the database with a verified
+//! backup (refused while the service runs), or restore one beside it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 
 use super::spinner;
 use dbwarden::config::Settings;
+use dbwarden::restore::Pick;
+
+/// Which backup, from the command line.
+pub struct Source {
+    /// None with no --backup: the newest good backup.
+    pub file: Option<PathBuf>,
+    pub from: Option<String>,
+    pub backup: Option<String>,
+    pub identity: Option<PathBuf>,
+}
 
 pub fn restore(
     settings: &Settings,
-    file: Option<PathBuf>,
-    latest: bool,
+    source: Source,
+    output: Option<PathBuf>,
     dry_run: bool,
 ) -> anyhow::Result<u8> {
     let _guard = dbwarden::logging::init(&settings.logging)?;
-    let backup = match (file, latest) {
-        (Some(f), _) => f,
-        (None, _) => dbwarden::restore::latest(settings)?,
+    let target = match &output {
+        Some(path) => {
+            if same_file(path, &settings.database.path) {
+                anyhow::bail!(
+                    "--output {} is the configured database: leave --output out to restore in place",
+                    path.display()
+                );
+            }
+            let mut beside = settings.clone();
+            beside.database.path = path.clone();
+            beside
+        }
+        None => settings.clone(),
+    };
+    // A copy from a replica is brought back into a directory beside the target first.
+    let stage = staging_dir(&target.database.path);
+    let fetched = match &source.from {
+        Some(name) => Some(fetch(settings, name, &source, &stage)?),
+        None => None,
+    };
+    let backup = match (&fetched, source.file) {
+        (Some(path), _) => path.clone(),
+        (None, Some(f)) => f,
+        (None, None) => dbwarden::restore::latest(settings)?,
     };
     let working = spinner(format!("verifying {} and restoring it", backup.display()));
     let plan = if dry_run {
         // A dry run is refused too while the service holds the database.
-        dbwarden::db::lock::acquire(&settings.database.path)
+        dbwarden::db::lock::acquire(&target.database.path)
             .map_err(anyhow::Error::from)
-            .and_then(|_lock| Ok(dbwarden::restore::plan(settings, &backup)?))
+            .and_then(|_lock| Ok(dbwarden::restore::plan(&target, &backup)?))
     } else {
-        dbwarden::restore::restore(settings, &backup).map_err(anyhow::Error::from)
+        dbwarden::restore::restore(&target, &backup).map_err(anyhow::Error::from)
     };
     working.finish_and_clear();
+    if fetched.is_some() {
+        let _ = std::fs::remove_dir_all(&stage);
+    }
     let plan = plan?;
     let verb = if dry_run { "would restore" } else { "restored" };
-    println!(
-        "{verb} {} into {}",
-        plan.backup.display(),
-        plan.database.display()
-    );
+    let shown = match &source.from {
+        Some(name) => format!(
+            "{} from replica {name}",
+            backup.file_name().unwrap_or_default().to_string_lossy()
+        ),
+        None => plan.backup.display().to_string(),
+    };
+    println!("{verb} {shown} into {}", plan.database.display());
     match &plan.keep_current_as {
         Some(p) => println!("current database kept as {} (verified copy)", p.display()),
         None => println!("no readable current database to keep"),
     }
     Ok(dbwarden::exit::OK)
+}
+
+fn fetch(
+    settings: &Settings,
+    name: &str,
+    source: &Source,
+    stage: &Path,
+) -> anyhow::Result<PathBuf> {
+    let replica = settings
+        .replicas
+        .iter()
+        .find(|r| r.name == name)
+        .with_context(|| {
+            let known: Vec<&str> = settings.replicas.iter().map(|r| r.name.as_str()).collect();
+            format!("no replica named `{name}` (the settings have: {known:?})")
+        })?;
+    let identities = dbwarden::restore::identities_for(replica, source.identity.as_deref())?;
+    let pick = match &source.backup {
+        Some(id) => Pick::Named(id.clone()),
+        None => Pick::Latest,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let working = spinner(format!(
+        "downloading and proving a copy from replica {name}"
+    ));
+    let fetched = runtime.block_on(dbwarden::restore::fetch_from_replica(
+        settings,
+        name,
+        &pick,
+        &identities,
+        stage,
+    ));
+    working.finish_and_clear();
+    if fetched.is_err() {
+        let _ = std::fs::remove_dir_all(stage);
+    }
+    Ok(fetched?)
+}
+
+/// `<database dir>/.dbwarden-replica-restore`: on the target's disk, so the proven file
+/// is restored from there without crossing file systems.
+fn staging_dir(database: &Path) -> PathBuf {
+    let dir = match database.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    dir.join(".dbwarden-replica-restore")
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
 }

@@ -41,6 +41,13 @@ pub fn acquire(db_path: &Path) -> Result<DatabaseLock, LockError> {
             source,
         })?;
     }
+    acquire_file(&path)
+}
+
+/// An exclusive `flock` on `path` (created 0600 if missing), without waiting; held
+/// until dropped. Replica leases on `file://` replicas use it too.
+pub fn acquire_file(path: &Path) -> Result<DatabaseLock, LockError> {
+    let path = path.to_path_buf();
     let file = OpenOptions::new()
         .read(true)
         .write(true)

@@ -435,6 +435,11 @@ pub fn max_event_id(conn: &Connection) -> Result<i64, DbError> {
     Ok(conn.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?)
 }
 
+/// Number of events (replica manifests and drills compare it).
+pub fn event_count(conn: &Connection) -> Result<i64, DbError> {
+    Ok(conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?)
+}
+
 // ---------------------------------------------------------------- consistency
 
 /// Differences between the materialized summary (and counts) and a recomputation

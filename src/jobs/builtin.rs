@@ -15,6 +15,7 @@ use crate::checkpointer::Checkpointer;
 use crate::config::Settings;
 use crate::cron::Schedule;
 use crate::db::integrity::CheckKind;
+use crate::replica::shipper::ShipperHandles;
 
 pub const BACKUP: &str = "backup";
 pub const BACKUP_REVERIFY: &str = "backup-reverify";
@@ -63,11 +64,44 @@ impl Builtin {
     }
 }
 
-/// (name, schedule) of each built-in job, as configured.
-pub fn schedules(settings: &Settings) -> Vec<(&'static str, Schedule)> {
+/// (name, schedule) of each built-in job, as configured, the drills included.
+pub fn schedules(settings: &Settings) -> Vec<(String, Schedule)> {
     Builtin::ALL
         .into_iter()
-        .map(|b| (b.name(), b.schedule(settings)))
+        .map(|b| (b.name().to_string(), b.schedule(settings)))
+        .chain(
+            settings
+                .replicas
+                .iter()
+                .map(|r| (drill_job_name(&r.name), r.drill_schedule.clone())),
+        )
+        .collect()
+}
+
+/// The job that runs restore drills of the replica `replica`.
+pub fn drill_job_name(replica: &str) -> String {
+    format!("drill-{replica}")
+}
+
+/// One `drill-<name>` job per replica, on the replica's `drill_schedule`; each run asks
+/// the replica's shipper for a drill (see [`crate::replica::drill`]).
+pub fn drill_specs(settings: &Settings, shippers: &ShipperHandles) -> Vec<JobSpec> {
+    settings
+        .replicas
+        .iter()
+        .map(|replica| JobSpec {
+            name: drill_job_name(&replica.name),
+            schedule: replica.drill_schedule.clone(),
+            kind: "builtin".into(),
+            timeout: None,
+            enabled: true,
+            overlap: Overlap::Skip,
+            notify_on: NotifyOn::Never,
+            job: Arc::new(DrillJob {
+                replica: replica.name.clone(),
+                shippers: shippers.clone(),
+            }),
+        })
         .collect()
 }
 
@@ -190,6 +224,24 @@ impl Job for ReverifyJob {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ))),
+                Err(e) => Err(JobReport::from(e.to_string())),
+            }
+        })
+    }
+}
+
+struct DrillJob {
+    replica: String,
+    shippers: ShipperHandles,
+}
+
+impl Job for DrillJob {
+    fn run<'a>(&'a self, _ctx: &'a JobContext) -> JobFuture<'a> {
+        Box::pin(async move {
+            // A drill stops with its shipper at shutdown; it has nothing to interrupt.
+            match self.shippers.drill(&self.replica).await {
+                Ok(outcome) if outcome.ok() => Ok(JobReport::from(outcome.summary())),
+                Ok(outcome) => Err(JobReport::from(format!("FAILED: {}", outcome.summary()))),
                 Err(e) => Err(JobReport::from(e.to_string())),
             }
         })

@@ -39,6 +39,7 @@
 //! ```
 
 pub(crate) mod builtin;
+pub use builtin::drill_job_name;
 mod command;
 pub(crate) mod custom;
 pub(crate) mod definition;
@@ -175,7 +176,7 @@ pub fn listing(settings: &crate::config::Settings, files: &[JobDefinition]) -> V
     let builtin = builtin::schedules(settings)
         .into_iter()
         .map(|(name, schedule)| Listed {
-            name: name.to_string(),
+            name,
             kind: "builtin",
             schedule,
             enabled: true,

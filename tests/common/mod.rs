@@ -32,6 +32,21 @@ pub const RETRY_TYPES: &[&str] = &[
 /// with the database, backups and jobs in `dir`, no startup backup, no rate limit,
 /// and the API on an ephemeral port.
 pub fn settings_in(dir: &Path, extra: &[(&str, &str)]) -> Settings {
+    Settings::load_with_env(&ConfigSource::Default, test_env(dir, extra)).expect("test settings")
+}
+
+/// Like [`settings_in`], with a settings file holding `toml` (what the environment
+/// cannot say, such as `[[replicas]]` tables) written at `dir/config.toml`.
+pub fn settings_with_file(dir: &Path, toml: &str, extra: &[(&str, &str)]) -> Settings {
+    let file = dir.join("config.toml");
+    std::fs::create_dir_all(dir).expect("dir");
+    std::fs::write(&file, toml).expect("write settings");
+    Settings::load_with_env(&ConfigSource::Explicit(file), test_env(dir, extra))
+        .expect("test settings")
+}
+
+/// The environment [`settings_in`] loads with.
+pub fn test_env(dir: &Path, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut env = vec![
         (
             "DBWARDEN__DATABASE__PATH".to_string(),
@@ -62,7 +77,7 @@ pub fn settings_in(dir: &Path, extra: &[(&str, &str)]) -> Settings {
     for (k, v) in extra {
         env.push((k.to_string(), v.to_string()));
     }
-    Settings::load_with_env(&ConfigSource::Default, env).expect("test settings")
+    env
 }
 
 pub struct TestApp {

@@ -1,0 +1,131 @@
+//! Object names under a replica's prefix (see the module docs of [`super`]).
+
+use object_store::path::Path;
+
+use crate::backup::catalog;
+use crate::config::Encryption;
+
+const BACKUPS: &str = "backups";
+const COPY_ZSTD: &str = ".zst";
+const COPY_ZSTD_AGE: &str = ".zst.age";
+const MANIFEST: &str = ".manifest.json";
+const DRILL: &str = ".drill.json";
+
+/// What an object under `backups/` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    Copy(Encryption),
+    Manifest,
+    Drill,
+}
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    prefix: String,
+}
+
+impl Layout {
+    /// `prefix` as in the replica's URL, without leading or trailing `/`.
+    pub fn new(prefix: &str) -> Layout {
+        Layout {
+            prefix: prefix.trim_matches('/').to_string(),
+        }
+    }
+
+    fn under(&self, rest: &str) -> Path {
+        if self.prefix.is_empty() {
+            Path::from(rest)
+        } else {
+            Path::from(format!("{}/{rest}", self.prefix))
+        }
+    }
+
+    pub fn backups(&self) -> Path {
+        self.under(BACKUPS)
+    }
+
+    pub fn copy(&self, name: &str, encryption: Encryption) -> Path {
+        let suffix = match encryption {
+            Encryption::Age => COPY_ZSTD_AGE,
+            Encryption::None => COPY_ZSTD,
+        };
+        self.under(&format!("{BACKUPS}/{name}{suffix}"))
+    }
+
+    pub fn manifest(&self, name: &str) -> Path {
+        self.under(&format!("{BACKUPS}/{name}{MANIFEST}"))
+    }
+
+    pub fn drill(&self, name: &str) -> Path {
+        self.under(&format!("{BACKUPS}/{name}{DRILL}"))
+    }
+
+    pub fn lease(&self) -> Path {
+        self.under("lease.json")
+    }
+
+    /// The backup name and kind of an object dbwarden writes under `backups/`; `None`
+    /// for anything else (which dbwarden never touches).
+    pub fn parse(&self, location: &Path) -> Option<(String, ObjectKind)> {
+        let file = location.as_ref().strip_prefix(self.backups().as_ref())?;
+        let file = file.strip_prefix('/')?;
+        let kinds = [
+            (COPY_ZSTD_AGE, ObjectKind::Copy(Encryption::Age)),
+            (COPY_ZSTD, ObjectKind::Copy(Encryption::None)),
+            (MANIFEST, ObjectKind::Manifest),
+            (DRILL, ObjectKind::Drill),
+        ];
+        kinds.into_iter().find_map(|(suffix, kind)| {
+            file.strip_suffix(suffix)
+                .filter(|name| {
+                    catalog::is_backup_name(name) && catalog::time_of_name(name).is_some()
+                })
+                .map(|name| (name.to_string(), kind))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_it_gives_is_read_back_and_nothing_else_is_ours() {
+        for prefix in ["", "a", "a/b/c/"] {
+            let layout = Layout::new(prefix);
+            let name = "dbwarden-20261202T101500Z.db";
+            for (path, kind) in [
+                (
+                    layout.copy(name, Encryption::Age),
+                    ObjectKind::Copy(Encryption::Age),
+                ),
+                (
+                    layout.copy(name, Encryption::None),
+                    ObjectKind::Copy(Encryption::None),
+                ),
+                (layout.manifest(name), ObjectKind::Manifest),
+                (layout.drill(name), ObjectKind::Drill),
+            ] {
+                assert_eq!(
+                    layout.parse(&path),
+                    Some((name.to_string(), kind)),
+                    "{path}"
+                );
+            }
+            for foreign in [
+                "backups/notes.txt",
+                "backups/dbwarden-20261202T101500Z.db",
+                "backups/dbwarden-garbage.db.zst",
+                "backups/sub/dbwarden-20261202T101500Z.db.zst",
+                "other/dbwarden-20261202T101500Z.db.zst",
+            ] {
+                let path = if layout.prefix.is_empty() {
+                    Path::from(foreign)
+                } else {
+                    Path::from(format!("{}/{foreign}", layout.prefix))
+                };
+                assert_eq!(layout.parse(&path), None, "{path}");
+            }
+        }
+    }
+}

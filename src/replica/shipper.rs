@@ -1,0 +1,468 @@
+//! The Shipper: one per replica, each on its own thread with its own runtime, so a
+//! replica that is slow, down or refusing never delays the writer, the backups or the
+//! other replicas.
+//!
+//! It wakes when a verified backup is recorded (the BackupHandle's `verified` signal)
+//! and once at start, then catches up: every good local backup newer than the
+//! replica's newest complete copy is shipped, oldest first (only the newest when the
+//! replica is empty), and so is every one whose copy there a drill failed; then the
+//! replica's retention runs. A failure is retried with
+//! backoff (30 s doubling to 15 min); once the newest good copy there is older than
+//! the replica's `max_age_secs`, a `replica_stale:<name>` alert is raised, resolved
+//! when it catches up. Restore drills ([`super::drill`]) run on the same thread when
+//! asked ([`ShipperHandles::drill`], which the `drill-<name>` jobs call on each
+//! replica's `drill_schedule`), so a drill never races the replica's retention; a
+//! failed drill is a critical `replica_drill:<name>` alert. Shutdown cancels an upload in flight (its multipart upload is
+//! aborted, and no manifest was written, so nothing half-done ever counts).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::catalog::{self, CopyStatus};
+use super::drill::{self, DrillOutcome};
+use super::lease::Lease;
+use super::{retention, ship, Replica, ReplicaError};
+use crate::backup::catalog::{self as local_catalog, BackupStatus};
+use crate::config::Settings;
+use crate::notifier::{Notifier, Severity};
+
+const FIRST_RETRY: Duration = Duration::from_secs(30);
+const LONGEST_RETRY: Duration = Duration::from_secs(15 * 60);
+
+/// How one replica stands, for health, metrics and the status page.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplicaStatus {
+    pub name: String,
+    pub kind: String,
+    /// When the newest complete copy there was taken (its backup's time).
+    pub newest_copy_at: Option<DateTime<Utc>>,
+    pub complete_copies: usize,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    /// The last attempt's error; `None` once an attempt succeeded.
+    pub last_error: Option<String>,
+    pub shipped_bytes: u64,
+    pub shipped_copies: u64,
+    pub failures: u64,
+    /// How old the newest copy may be before health is degraded.
+    pub max_age_secs: u64,
+    /// The last drill that ran to a verdict.
+    pub last_drill: Option<DrillOutcome>,
+    /// Why the last drill could not run, if it could not (cleared by one that did).
+    pub last_drill_error: Option<String>,
+    /// Set while another service holds this replica's lease: this one writes nothing
+    /// there.
+    pub held_by: Option<String>,
+}
+
+impl ReplicaStatus {
+    /// True when the newest complete copy is older than allowed (or there is none yet
+    /// and the service has been up longer than that).
+    pub fn is_stale(&self, now: DateTime<Utc>, uptime: Duration) -> bool {
+        let limit = chrono::Duration::seconds(self.max_age_secs as i64);
+        match self.newest_copy_at {
+            Some(at) => now - at > limit,
+            None => uptime.as_secs() > self.max_age_secs,
+        }
+    }
+
+    /// Why health is degraded by this replica, for `reasons`.
+    pub fn stale_reason(&self) -> String {
+        let newest = match self.newest_copy_at {
+            Some(at) => format!("its newest copy is from {}", at.to_rfc3339()),
+            None => "it holds no copy yet".to_string(),
+        };
+        let error = match &self.last_error {
+            Some(e) => format!("; last attempt: {e}"),
+            None => String::new(),
+        };
+        format!(
+            "replica {}: no copy newer than {} s ({newest}){error}",
+            self.name, self.max_age_secs
+        )
+    }
+}
+
+/// Every replica's status.
+#[derive(Debug, Default)]
+pub struct ReplicaBoard {
+    replicas: Mutex<Vec<ReplicaStatus>>,
+}
+
+impl ReplicaBoard {
+    pub fn view(&self) -> Vec<ReplicaStatus> {
+        self.replicas.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    fn update(&self, name: &str, change: impl FnOnce(&mut ReplicaStatus)) {
+        if let Ok(mut replicas) = self.replicas.lock() {
+            if let Some(status) = replicas.iter_mut().find(|r| r.name == name) {
+                change(status);
+            }
+        }
+    }
+}
+
+/// The running shippers.
+pub struct Shippers {
+    pub board: Arc<ReplicaBoard>,
+    pub handles: ShipperHandles,
+    cancel: CancellationToken,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Shippers {
+    /// Starts one shipper per configured replica. `verified` changes each time a
+    /// verified backup is recorded.
+    pub fn start(
+        settings: &Settings,
+        verified: watch::Receiver<u64>,
+        notifier: &Notifier,
+    ) -> Result<Shippers, ReplicaError> {
+        let board = Arc::new(ReplicaBoard::default());
+        let cancel = CancellationToken::new();
+        let mut threads = Vec::new();
+        let mut handles = ShipperHandles::default();
+        for replica_settings in &settings.replicas {
+            let replica = Replica::open(replica_settings)?;
+            let max_age = replica_settings
+                .max_age_secs
+                .map(Duration::from_secs)
+                .unwrap_or_else(|| settings.backup.max_age());
+            if let Ok(mut replicas) = board.replicas.lock() {
+                replicas.push(ReplicaStatus {
+                    name: replica_settings.name.clone(),
+                    kind: replica_settings.target().kind().to_string(),
+                    max_age_secs: max_age.as_secs(),
+                    ..ReplicaStatus::default()
+                });
+            }
+            let (commands_tx, commands) = mpsc::channel(4);
+            handles
+                .senders
+                .push((replica_settings.name.clone(), commands_tx));
+            let shipper = Shipper {
+                lease: tokio::sync::Mutex::new(Lease::new(&settings.database.path)),
+                staging: drill::staging_dir(&settings.backup.dir, &replica_settings.name),
+                replica,
+                backup_dir: settings.backup.dir.clone(),
+                board: board.clone(),
+                notifier: notifier.clone(),
+                cancel: cancel.child_token(),
+                started: std::time::Instant::now(),
+            };
+            let verified = verified.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("replica-{}", replica_settings.name))
+                .spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime.block_on(shipper.run(verified, commands)),
+                        Err(e) => tracing::error!(replica = %shipper.replica.name(), error = %e, "cannot start the shipper's runtime"),
+                    }
+                })
+                .map_err(ReplicaError::io(PathBuf::from("replica shipper thread")))?;
+            threads.push(thread);
+        }
+        Ok(Shippers {
+            board,
+            handles,
+            cancel,
+            threads,
+        })
+    }
+
+    /// Stops every shipper (an upload in flight is aborted) and waits for them.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        for thread in self.threads {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+/// What a shipper can be asked to do besides shipping.
+enum Command {
+    Drill(oneshot::Sender<Result<DrillOutcome, ReplicaError>>),
+}
+
+/// Handles to the running shippers, by replica name.
+#[derive(Clone, Default)]
+pub struct ShipperHandles {
+    senders: Vec<(String, mpsc::Sender<Command>)>,
+}
+
+impl ShipperHandles {
+    /// Runs a restore drill of the replica `name` now, on its shipper's thread, after
+    /// the upload in progress, if any.
+    pub async fn drill(&self, name: &str) -> Result<DrillOutcome, ReplicaError> {
+        let sender = self
+            .senders
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s)
+            .ok_or_else(|| ReplicaError::UnknownReplica(name.to_string()))?;
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(Command::Drill(reply))
+            .await
+            .map_err(|_| ReplicaError::Cancelled)?;
+        answer.await.map_err(|_| ReplicaError::Cancelled)?
+    }
+}
+
+struct Shipper {
+    replica: Replica,
+    /// Taken or renewed before every write to the replica.
+    lease: tokio::sync::Mutex<Lease>,
+    /// Where drills download to, emptied after each.
+    staging: PathBuf,
+    backup_dir: PathBuf,
+    board: Arc<ReplicaBoard>,
+    notifier: Notifier,
+    cancel: CancellationToken,
+    started: std::time::Instant,
+}
+
+impl Shipper {
+    async fn run(self, mut verified: watch::Receiver<u64>, mut commands: mpsc::Receiver<Command>) {
+        let name = self.replica.name().to_string();
+        let mut retry = FIRST_RETRY;
+        let mut due = Some(tokio::time::Instant::now());
+        loop {
+            let wake = due.unwrap_or_else(|| tokio::time::Instant::now() + LONGEST_RETRY * 4);
+            tokio::select! {
+                () = self.cancel.cancelled() => break,
+                changed = verified.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    due = Some(tokio::time::Instant::now());
+                    continue;
+                }
+                Some(Command::Drill(reply)) = commands.recv() => {
+                    let outcome = self.drill().await;
+                    let _ = reply.send(outcome);
+                    continue;
+                }
+                () = tokio::time::sleep_until(wake) => {}
+            }
+            if due.is_none() {
+                continue;
+            }
+            let outcome = self.catch_up().await;
+            let now = Utc::now();
+            match outcome {
+                Ok(()) => {
+                    retry = FIRST_RETRY;
+                    due = None;
+                    self.board.update(&name, |s| {
+                        s.last_attempt_at = Some(now);
+                        s.last_error = None;
+                    });
+                    self.notifier.resolve(
+                        &format!("replica_stale:{name}"),
+                        format!("replica {name} holds a current copy again"),
+                    );
+                }
+                Err(ReplicaError::Cancelled) => break,
+                Err(e) => {
+                    tracing::warn!(replica = %name, error = %e, retry_in = ?retry, "shipping to the replica failed; local backups go on");
+                    self.board.update(&name, |s| {
+                        s.last_attempt_at = Some(now);
+                        s.last_error = Some(e.to_string());
+                        s.failures += 1;
+                    });
+                    let stale = self
+                        .board
+                        .view()
+                        .iter()
+                        .find(|s| s.name == name)
+                        .is_some_and(|s| s.is_stale(now, self.started.elapsed()));
+                    if stale {
+                        self.notifier.alert(
+                            &format!("replica_stale:{name}"),
+                            Severity::Warning,
+                            format!("replica {name} has no current copy: {e}"),
+                            serde_json::json!({ "replica": name, "error": e.to_string() }),
+                        );
+                    }
+                    due = Some(tokio::time::Instant::now() + retry);
+                    retry = (retry * 2).min(LONGEST_RETRY);
+                }
+            }
+        }
+        // Bounded: a replica that does not answer must not hold up the stop.
+        let release = async { self.lease.lock().await.release(&self.replica).await };
+        if tokio::time::timeout(Duration::from_secs(5), release)
+            .await
+            .is_err()
+        {
+            tracing::debug!(replica = %name, "the lease was not released: the replica did not answer");
+        }
+        tracing::debug!(replica = %name, "shipper stopped");
+    }
+
+    /// Takes or renews the lease; while another service holds it, says so on the board
+    /// and in an alert, and nothing is written.
+    async fn hold_lease(&self) -> Result<(), ReplicaError> {
+        let name = self.replica.name().to_string();
+        let key = format!("replica_lease:{name}");
+        let held = self.lease.lock().await.hold(&self.replica).await;
+        match &held {
+            Err(ReplicaError::LeaseHeld { holder, .. }) => {
+                let holder = holder.clone();
+                self.board.update(&name, |s| s.held_by = Some(holder));
+                if let Err(e) = &held {
+                    self.notifier.alert(
+                        &key,
+                        Severity::Warning,
+                        e.to_string(),
+                        serde_json::json!({ "replica": name }),
+                    );
+                }
+            }
+            Ok(()) => {
+                let was_held = self
+                    .board
+                    .view()
+                    .iter()
+                    .any(|s| s.name == name && s.held_by.is_some());
+                if was_held {
+                    self.board.update(&name, |s| s.held_by = None);
+                    self.notifier.resolve(
+                        &key,
+                        format!("replica {name}: this service holds its lease again"),
+                    );
+                }
+            }
+            Err(_) => {}
+        }
+        held
+    }
+
+    /// One drill, its result on the board and in the alerts.
+    async fn drill(&self) -> Result<DrillOutcome, ReplicaError> {
+        let name = self.replica.name().to_string();
+        let key = format!("replica_drill:{name}");
+        let outcome = match (self.hold_lease().await, drill::identities(&self.replica)) {
+            (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+            (Ok(()), Ok(identities)) => drill::run(&self.replica, &identities, &self.staging).await,
+        };
+        match &outcome {
+            Ok(drilled) if drilled.ok() => {
+                tracing::info!(replica = %name, result = %drilled.summary(), "restore drill passed");
+                self.notifier.resolve(
+                    &key,
+                    format!(
+                        "replica {name}: the restore drill passed: {}",
+                        drilled.summary()
+                    ),
+                );
+            }
+            Ok(drilled) => {
+                tracing::error!(replica = %name, result = %drilled.summary(), "restore drill FAILED");
+                self.notifier.alert(
+                    &key,
+                    Severity::Critical,
+                    format!(
+                        "replica {name}: a copy failed its restore drill: {}",
+                        drilled.summary()
+                    ),
+                    serde_json::json!({ "replica": name, "copies": drilled.copies }),
+                );
+            }
+            Err(e) => {
+                tracing::warn!(replica = %name, error = %e, "the restore drill could not run");
+                self.notifier.alert(
+                    &key,
+                    Severity::Warning,
+                    format!("replica {name}: the restore drill could not run: {e}"),
+                    serde_json::json!({ "replica": name, "error": e.to_string() }),
+                );
+            }
+        }
+        let copies = catalog::list(&self.replica).await.ok();
+        self.board.update(&name, |s| {
+            match &outcome {
+                Ok(drilled) => {
+                    s.last_drill = Some(drilled.clone());
+                    s.last_drill_error = None;
+                }
+                Err(e) => s.last_drill_error = Some(e.to_string()),
+            }
+            if let Some(copies) = &copies {
+                let complete = copies.iter().filter(|c| c.status == CopyStatus::Complete);
+                s.complete_copies = complete.clone().count();
+                s.newest_copy_at = complete.map(|c| c.created_at).max();
+            }
+        });
+        outcome
+    }
+
+    /// Ships what the replica lacks, oldest first, then applies its retention.
+    async fn catch_up(&self) -> Result<(), ReplicaError> {
+        self.hold_lease().await?;
+        let dir = self.backup_dir.clone();
+        let local = tokio::task::spawn_blocking(move || local_catalog::list(&dir))
+            .await
+            .map_err(|e| ReplicaError::Io {
+                path: self.backup_dir.clone(),
+                source: std::io::Error::other(e),
+            })??;
+        let good: Vec<_> = local
+            .into_iter()
+            .filter(|m| m.status == BackupStatus::Good)
+            .collect();
+        let copies = catalog::list(&self.replica).await?;
+        let newest_there = copies
+            .iter()
+            .filter(|c| c.status == CopyStatus::Complete)
+            .map(|c| c.created_at)
+            .max();
+        let status_there = |name: &str| copies.iter().find(|c| c.name == name).map(|c| c.status);
+        // Newer than the newest copy there, or there but failed by a drill.
+        let mut missing: Vec<_> = good
+            .iter()
+            .filter(|m| match (status_there(&m.name), newest_there) {
+                (Some(CopyStatus::Bad), _) => true,
+                (Some(CopyStatus::Complete), _) => false,
+                (_, Some(newest)) => m.created_at > newest,
+                (_, None) => false,
+            })
+            .collect();
+        if newest_there.is_none() {
+            missing.extend(good.last());
+        }
+        missing.sort_by_key(|m| m.created_at);
+        missing.dedup_by(|a, b| a.name == b.name);
+        let name = self.replica.name().to_string();
+        for manifest in missing {
+            let shipped =
+                ship::ship(&self.replica, &self.backup_dir, manifest, &self.cancel).await?;
+            self.board.update(&name, |s| {
+                s.shipped_bytes += shipped.object_bytes;
+                s.shipped_copies += 1;
+            });
+        }
+        let copies = catalog::list(&self.replica).await?;
+        retention::prune(&self.replica, &copies).await?;
+        let complete: Vec<_> = catalog::list(&self.replica)
+            .await?
+            .into_iter()
+            .filter(|c| c.status == CopyStatus::Complete)
+            .collect();
+        self.board.update(&name, |s| {
+            s.complete_copies = complete.len();
+            s.newest_copy_at = complete.iter().map(|c| c.created_at).max();
+        });
+        Ok(())
+    }
+}

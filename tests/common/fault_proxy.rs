@@ -1,0 +1,197 @@
+//! A TCP proxy in front of an S3 server that injects the faults a real network and a
+//! real provider produce: refused connections (the server is down), HTTP errors (500,
+//! 503, 403) answered instead of the server, and slow answers. Changing the fault cuts
+//! every open connection, so pooled keep-alive connections see the new one at once.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Every byte passes.
+    None,
+    /// Connections are closed as soon as they are accepted.
+    Refuse,
+    /// Every request is answered with this status (and an S3 error body).
+    Status(u16),
+    /// Each connection waits this long before it is passed on.
+    Delay(Duration),
+}
+
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    fault: watch::Sender<Fault>,
+    /// Requests answered with a fault status, and connections refused.
+    pub faulted: Arc<AtomicUsize>,
+    /// Connections passed on to the server.
+    pub passed: Arc<AtomicUsize>,
+    /// Bytes passed from the client to the server (requests and uploads).
+    pub sent_bytes: Arc<AtomicU64>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    pub async fn start(backend: SocketAddr) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let (fault, faults) = watch::channel(Fault::None);
+        let faulted = Arc::new(AtomicUsize::new(0));
+        let passed = Arc::new(AtomicUsize::new(0));
+        let sent_bytes = Arc::new(AtomicU64::new(0));
+        let counters = Counters {
+            faulted: faulted.clone(),
+            passed: passed.clone(),
+            sent_bytes: sent_bytes.clone(),
+        };
+        let accept = tokio::spawn(accept_loop(listener, backend, faults, counters));
+        FaultProxy {
+            addr,
+            fault,
+            faulted,
+            passed,
+            sent_bytes,
+            accept,
+        }
+    }
+
+    /// From now on, `fault`; open connections are cut.
+    pub fn set(&self, fault: Fault) {
+        self.fault.send_replace(fault);
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+#[derive(Clone)]
+struct Counters {
+    faulted: Arc<AtomicUsize>,
+    passed: Arc<AtomicUsize>,
+    sent_bytes: Arc<AtomicU64>,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    backend: SocketAddr,
+    faults: watch::Receiver<Fault>,
+    counters: Counters,
+) {
+    loop {
+        let Ok((socket, _)) = listener.accept().await else {
+            continue;
+        };
+        let mut faults = faults.clone();
+        let fault = *faults.borrow_and_update();
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            let serve = async {
+                match fault {
+                    Fault::Refuse => {
+                        counters.faulted.fetch_add(1, Ordering::Relaxed);
+                        drop(socket);
+                    }
+                    Fault::Status(status) => answer_with(socket, status, &counters.faulted).await,
+                    Fault::Delay(delay) => {
+                        tokio::time::sleep(delay).await;
+                        pass(socket, backend, &counters).await;
+                    }
+                    Fault::None => pass(socket, backend, &counters).await,
+                }
+            };
+            tokio::select! {
+                () = serve => {}
+                _ = faults.changed() => {}
+            }
+        });
+    }
+}
+
+async fn pass(socket: TcpStream, backend: SocketAddr, counters: &Counters) {
+    let Ok(server) = TcpStream::connect(backend).await else {
+        return;
+    };
+    counters.passed.fetch_add(1, Ordering::Relaxed);
+    let (mut from_client, mut to_client) = socket.into_split();
+    let (mut from_server, mut to_server) = server.into_split();
+    let upstream = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from_client.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to_server.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    counters.sent_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
+        }
+        let _ = to_server.shutdown().await;
+    };
+    let downstream = async {
+        let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+        let _ = to_client.shutdown().await;
+    };
+    tokio::join!(upstream, downstream);
+}
+
+/// Reads each request (head, then a `Content-Length` body) and answers `status`.
+async fn answer_with(mut socket: TcpStream, status: u16, faulted: &AtomicUsize) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        let head_end = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + length {
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..head_end + length);
+        faulted.fetch_add(1, Ordering::Relaxed);
+        let code = match status {
+            403 => "AccessDenied",
+            503 => "SlowDown",
+            _ => "InternalError",
+        };
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected by the test</Message></Error>"
+        );
+        let response = format!(
+            "HTTP/1.1 {status} Injected\r\ncontent-type: application/xml\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if socket.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}

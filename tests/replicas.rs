@@ -1,0 +1,1252 @@
+//! Replicas: verified backups shipped off the machine, over HTTP to a real S3 server in
+//! this process (s3s) and to a `file://` directory, and restored on a "new machine"
+//! (a fresh directory with only the settings and the identity) by the real binary.
+
+mod common;
+#[path = "common/s3.rs"]
+mod s3;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use dbwarden::backup::{self, catalog};
+use dbwarden::config::Settings;
+use dbwarden::db;
+use dbwarden::replica::{self, catalog::CopyStatus, Replica};
+use s3::S3Server;
+use tokio_util::sync::CancellationToken;
+
+const BUCKET: &str = "dbwarden-test";
+
+/// An age identity file as `age-keygen` writes one; answers (path, recipient).
+fn identity_file(dir: &Path, name: &str) -> (PathBuf, String) {
+    let identity = age::x25519::Identity::generate();
+    let recipient = identity.to_public().to_string();
+    let path = dir.join(name);
+    use age::secrecy::ExposeSecret;
+    std::fs::write(
+        &path,
+        format!(
+            "# created: by the test\n# public key: {recipient}\n{}\n",
+            identity.to_string().expose_secret()
+        ),
+    )
+    .expect("identity file");
+    (path, recipient)
+}
+
+/// The `[[replicas]]` tables of a test: a `file://` one and an S3 one on `server`.
+fn replicas_toml(shared: &Path, server: &S3Server, recipient: &str) -> String {
+    let secret = shared.join("s3-secret");
+    std::fs::write(&secret, format!("{}\n", s3::SECRET_KEY)).expect("secret file");
+    format!(
+        r#"
+[[replicas]]
+name = "nas"
+url = "file://{nas}"
+age_recipients = ["{recipient}"]
+
+[[replicas]]
+name = "s3"
+url = "s3://{bucket}/hosts/one"
+endpoint = "{endpoint}"
+allow_http = true
+access_key_id = "{access}"
+secret_access_key_file = "{secret}"
+age_recipients = ["{recipient}"]
+"#,
+        nas = shared.join("nas").display(),
+        endpoint = server.endpoint(),
+        bucket = server.bucket,
+        access = s3::ACCESS_KEY,
+        secret = secret.display(),
+    )
+}
+
+/// What most tests start from: a temp root, an S3 server, an age identity, and the
+/// `[[replicas]]` tables pointing at the server (`s3`) and at `root/nas` (`nas`).
+struct World {
+    root: tempfile::TempDir,
+    server: S3Server,
+    identity: PathBuf,
+    replicas: String,
+}
+
+impl World {
+    async fn new() -> World {
+        let root = tempfile::tempdir().expect("tempdir");
+        let server = S3Server::start(&root.path().join("s3"), BUCKET).await;
+        let (identity, recipient) = identity_file(root.path(), "identity.txt");
+        let replicas = replicas_toml(root.path(), &server, &recipient);
+        World {
+            root,
+            server,
+            identity,
+            replicas,
+        }
+    }
+
+    /// Both replicas with `age_identity_file` set, as drills need.
+    fn with_identity_file(mut self) -> World {
+        self.replicas = self.replicas.replace(
+            "age_recipients = [",
+            &format!(
+                "age_identity_file = \"{}\"\nage_recipients = [",
+                self.identity.display()
+            ),
+        );
+        self
+    }
+
+    /// The settings of a machine whose database and backups are under `root/machine`.
+    fn machine(&self) -> Settings {
+        common::settings_with_file(&self.root.path().join("machine"), &self.replicas, &[])
+    }
+}
+
+/// `settings` with alerts sent to `alerts`.
+fn alerting(mut settings: Settings, alerts: &common::Receiver) -> Settings {
+    settings.notify.channels = vec![dbwarden::config::ChannelSettings::Webhook {
+        url: format!("{}/alerts", alerts.base),
+        secret: None,
+    }];
+    settings
+}
+
+/// `n` events of several types and aggregates, written straight into the database.
+fn fill(settings: &Settings, n: usize) {
+    let (conn, _) = db::open_and_migrate(&settings.database).expect("migrate");
+    let tx = conn.unchecked_transaction().expect("tx");
+    for i in 0..n {
+        let event_type = [
+            "CorruptionDetected",
+            "RemediationQueued",
+            "VerificationSuccess",
+        ][i % 3];
+        tx.execute(
+            "INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data) VALUES ('corruption', ?1, ?2, ?3)",
+            rusqlite::params![
+                format!("agg-{}", i / 3),
+                event_type,
+                serde_json::json!({"file_path": format!("/media/{i}.mkv"), "n": i}).to_string()
+            ],
+        )
+        .expect("insert");
+    }
+    tx.commit().expect("commit");
+    db::wal_checkpoint(&conn, db::CheckpointMode::Truncate).expect("checkpoint");
+}
+
+/// Every event, as text, in id order.
+fn events_of(path: &Path) -> Vec<String> {
+    let conn = db::open_file_read_only(path).expect("open");
+    let mut stmt = conn
+        .prepare("SELECT id, aggregate_type, aggregate_id, event_type, CAST(event_data AS TEXT), created_at FROM events ORDER BY id")
+        .expect("prepare");
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(format!(
+                "{}|{}|{}|{}|{}|{}",
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?
+            ))
+        })
+        .expect("query");
+    rows.map(|r| r.expect("row")).collect()
+}
+
+fn take(settings: &Settings) -> catalog::Manifest {
+    backup::ensure_dir(&settings.backup.dir).expect("backup dir");
+    backup::take_backup(&settings.database, &settings.backup, &|_| {}).expect("backup")
+}
+
+async fn ship_to_all(settings: &Settings, local: &catalog::Manifest) {
+    for replica_settings in &settings.replicas {
+        let replica = Replica::open(replica_settings).expect("open replica");
+        replica::ship::ship(
+            &replica,
+            &settings.backup.dir,
+            local,
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("ship to {}: {e}", replica_settings.name));
+    }
+}
+
+fn dbwarden(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_dbwarden"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .output()
+        .expect("run dbwarden")
+}
+
+/// A second machine: its own database and backup paths, the same replica settings.
+fn new_machine(root: &Path, replicas: &str) -> PathBuf {
+    let dir = root.join("new-machine");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\npath = \"{}\"\n\n[backup]\ndir = \"{}\"\n{replicas}",
+            dir.join("data/restored.db").display(),
+            dir.join("data/backups").display()
+        ),
+    )
+    .expect("config");
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_on_each_replica_is_restored_on_a_new_machine_with_only_the_settings_and_the_identity(
+) {
+    let world = World::new().await;
+    let (root, server) = (world.root.path(), &world.server);
+    let replicas = &world.replicas;
+    let settings = world.machine();
+    fill(&settings, 3_000);
+    let local = take(&settings);
+    ship_to_all(&settings, &local).await;
+    let source_events = events_of(&settings.backup.dir.join(&local.name));
+    assert_eq!(source_events.len(), 3_000);
+
+    // What the bucket's owner sees: no SQLite file, no event data.
+    let bytes = server
+        .read(&format!("hosts/one/backups/{}.zst.age", local.name))
+        .await
+        .expect("the copy is an object in the bucket");
+    assert!(bytes.starts_with(b"age-encryption.org/v1\n"), "an age file");
+    assert!(
+        !bytes.windows(9).any(|w| w == b"/media/10"),
+        "no plaintext event data in the stored copy"
+    );
+    let manifest_text = String::from_utf8(
+        server
+            .read(&format!("hosts/one/backups/{}.manifest.json", local.name))
+            .await
+            .expect("manifest object"),
+    )
+    .expect("utf-8");
+    assert!(
+        !manifest_text.contains(&local.sha256),
+        "the database's hash is sealed"
+    );
+
+    let config = new_machine(root, replicas);
+    let listed = dbwarden(&config, &["replicas", "list"]);
+    let listed_text = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{listed:?}");
+    for name in ["nas", "s3"] {
+        assert!(
+            listed_text.contains(&format!("{name} ("))
+                && listed_text.contains("1 copies, 1 complete"),
+            "{listed_text}"
+        );
+    }
+    assert!(listed_text.contains(&local.name), "{listed_text}");
+
+    for name in ["nas", "s3"] {
+        let output = root.join(format!("restored-from-{name}.db"));
+        let restored = dbwarden(
+            &config,
+            &[
+                "restore",
+                "--from",
+                name,
+                "--latest",
+                "--identity",
+                world.identity.to_str().expect("utf-8"),
+                "--output",
+                output.to_str().expect("utf-8"),
+            ],
+        );
+        assert!(
+            restored.status.success(),
+            "restore from {name}: {}",
+            String::from_utf8_lossy(&restored.stderr)
+        );
+        assert_eq!(events_of(&output), source_events, "restored from {name}");
+        assert!(
+            !root.join(".dbwarden-replica-restore").exists(),
+            "the staging directory is removed"
+        );
+    }
+
+    // And in place, by backup id, on the new machine's own database path.
+    let restored = dbwarden(
+        &config,
+        &[
+            "restore",
+            "--from",
+            "s3",
+            "--backup",
+            &local.name,
+            "--identity",
+            world.identity.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    let new_db = root.join("new-machine/data/restored.db");
+    assert_eq!(events_of(&new_db), source_events);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_identity_or_a_flipped_byte_restores_nothing_and_says_why() {
+    let world = World::new().await;
+    let (root, server) = (world.root.path(), &world.server);
+    let (stranger, _) = identity_file(root, "someone-else.txt");
+    let replicas = &world.replicas;
+    let settings = world.machine();
+    fill(&settings, 500);
+    let local = take(&settings);
+    ship_to_all(&settings, &local).await;
+    let config = new_machine(root, replicas);
+    let output = root.join("out.db");
+    let restore = |identity: &Path| {
+        dbwarden(
+            &config,
+            &[
+                "restore",
+                "--from",
+                "s3",
+                "--latest",
+                "--identity",
+                identity.to_str().expect("utf-8"),
+                "--output",
+                output.to_str().expect("utf-8"),
+            ],
+        )
+    };
+
+    let wrong = restore(&stranger);
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot decrypt"), "{stderr}");
+    assert!(!output.exists(), "nothing restored");
+
+    // One byte of the stored object flipped in the bucket.
+    let key = format!("hosts/one/backups/{}.zst.age", local.name);
+    let middle = server.read(&key).await.expect("the copy").len() / 2;
+    server.flip_byte(&key, middle as i64).await;
+    let flipped = restore(&world.identity);
+    let stderr = String::from_utf8_lossy(&flipped.stderr);
+    assert_eq!(flipped.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("differs from its manifest"), "{stderr}");
+    assert!(!output.exists(), "nothing restored");
+    let staging = root.join(".dbwarden-replica-restore");
+    assert!(!staging.exists(), "no temporary file left");
+
+    // The same copy from the file:// replica is intact and restores.
+    let nas = dbwarden(
+        &config,
+        &[
+            "restore",
+            "--from",
+            "nas",
+            "--latest",
+            "--identity",
+            world.identity.to_str().expect("utf-8"),
+            "--output",
+            output.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(
+        nas.status.success(),
+        "{}",
+        String::from_utf8_lossy(&nas.stderr)
+    );
+    assert_eq!(events_of(&output).len(), 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_without_its_manifest_never_counts() {
+    let world = World::new().await;
+    let server = &world.server;
+    let settings = world.machine();
+    fill(&settings, 200);
+    let first = take(&settings);
+    ship_to_all(&settings, &first).await;
+    fill(&settings, 100);
+    // Distinct names need distinct seconds.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let second = take(&settings);
+    ship_to_all(&settings, &second).await;
+    // The second upload's manifest never arrived (the power went between the two).
+    server
+        .remove(&format!("hosts/one/backups/{}.manifest.json", second.name))
+        .await;
+    let replica = Replica::open(&settings.replicas[1]).expect("open");
+    let copies = replica::catalog::list(&replica).await.expect("list");
+    let status: Vec<(String, CopyStatus)> =
+        copies.iter().map(|c| (c.name.clone(), c.status)).collect();
+    assert_eq!(
+        status,
+        vec![
+            (first.name.clone(), CopyStatus::Complete),
+            (second.name.clone(), CopyStatus::Incomplete)
+        ]
+    );
+    assert_eq!(
+        copies[1].problem.as_deref(),
+        Some("no manifest: the upload did not finish")
+    );
+    // An object that is not dbwarden's, under the prefix, is ignored.
+    server
+        .write("hosts/one/backups/notes.txt", b"not ours".to_vec())
+        .await;
+    assert_eq!(
+        replica::catalog::list(&replica).await.expect("list").len(),
+        2
+    );
+}
+
+/// Copies on `replica`, (name, complete?) oldest first.
+async fn copies_on(replica: &Replica) -> Vec<(String, bool)> {
+    match replica::catalog::list(replica).await {
+        Ok(copies) => copies
+            .into_iter()
+            .map(|c| (c.name, c.status == CopyStatus::Complete))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Waits (up to 60 s) until `replica` holds every one of `names` as a complete copy.
+async fn wait_for_copies(replica: &Replica, names: &[&str]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let there = copies_on(replica).await;
+        if names
+            .iter()
+            .all(|n| there.iter().any(|(c, complete)| c == n && *complete))
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never held {names:?}; it holds {there:?}",
+            replica.name()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Appends a few events and takes a backup through the API; the backup's name.
+async fn append_and_back_up(app: &common::TestApp, n: usize) -> String {
+    let events: Vec<serde_json::Value> = (0..n)
+        .map(|i| serde_json::json!({"aggregate_type": "corruption", "aggregate_id": format!("a{i}"), "event_type": "CorruptionDetected", "event_data": {"file_path": format!("/media/{i}.mkv")}}))
+        .collect();
+    let res = app
+        .post_json("/api/events", &serde_json::json!(events))
+        .await;
+    assert_eq!(res.status(), 201, "the append is acknowledged");
+    // Backup names carry the second they were taken in.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let res = app.post("/api/backups").await;
+    assert_eq!(
+        res.status(),
+        201,
+        "a local backup is taken whatever the replicas do"
+    );
+    let manifest: catalog::Manifest = res.json().await.expect("manifest");
+    manifest.name
+}
+
+/// The running service ships each verified backup by itself. While the S3 server is
+/// down, appends and local backups go on, the file replica keeps up, health names the
+/// stale replica and an alert is sent; once the server is back, the next backup brings
+/// the replica up to date, the missed copy first, and the alert is resolved.
+#[actix_rt::test]
+async fn the_service_ships_each_backup_and_catches_up_in_order_after_the_replica_was_down() {
+    let world = World::new().await;
+    let server = &world.server;
+    let replicas = &world.replicas;
+    let alerts = common::receiver(0, std::time::Duration::ZERO);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut settings = alerting(
+        common::settings_with_file(dir.path(), replicas, &[]),
+        &alerts,
+    );
+    // Below the 60 s a settings file may ask for, so that the test need not wait.
+    settings.replicas[1].max_age_secs = Some(2);
+    let (nas, s3) = (
+        Replica::open(&settings.replicas[0]).expect("open nas"),
+        Replica::open(&settings.replicas[1]).expect("open s3"),
+    );
+    let app = common::TestApp::start(dir, dbwarden::supervisor::Service::builder(settings)).await;
+
+    let first = append_and_back_up(&app, 10).await;
+    wait_for_copies(&nas, &[&first]).await;
+    wait_for_copies(&s3, &[&first]).await;
+
+    server.stop().await;
+    // Past max_age_secs, so the failure that follows finds the replica stale.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let missed = append_and_back_up(&app, 10).await;
+    wait_for_copies(&nas, &[&first, &missed]).await;
+    let alert = common::wait_for_alert(&alerts, |a| a["key"] == "replica_stale:s3").await;
+    assert_eq!(alert["resolved"], false, "{alert}");
+    let health = app.get_json("/api/health").await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    let reasons = health["reasons"].to_string();
+    assert!(
+        reasons.contains("replica s3: no copy newer than 2 s"),
+        "{health}"
+    );
+    assert!(!reasons.contains("replica nas"), "{health}");
+    let s3_health = health["replicas"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == "s3"))
+        .expect("s3 in health")
+        .clone();
+    assert!(
+        s3_health["failures"].as_u64().unwrap_or(0) >= 1,
+        "{s3_health}"
+    );
+    assert!(s3_health["last_error"].is_string(), "{s3_health}");
+    assert!(
+        !server
+            .exists(&format!("hosts/one/backups/{missed}.manifest.json"))
+            .await,
+        "nothing reached the stopped server"
+    );
+
+    server.restart().await;
+    let after = append_and_back_up(&app, 10).await;
+    wait_for_copies(&s3, &[&first, &missed, &after]).await;
+    let copies = replica::catalog::list(&s3).await.expect("list");
+    let shipped_at = |name: &str| {
+        copies
+            .iter()
+            .find(|c| c.name == name)
+            .and_then(|c| c.manifest.as_ref())
+            .map(|m| m.uploaded_at)
+            .expect("a manifest with its upload time")
+    };
+    assert!(
+        shipped_at(&missed) <= shipped_at(&after),
+        "the missed copy is shipped before the newer one"
+    );
+    let resolved = common::wait_for_alert(&alerts, |a| {
+        a["key"] == "replica_stale:s3" && a["resolved"] == true
+    })
+    .await;
+    assert!(
+        resolved["message"].as_str().unwrap_or("").contains("s3"),
+        "{resolved}"
+    );
+    let metrics = app.get_text("/metrics").await;
+    for line in [
+        "dbwarden_replica_shipped_copies_total{replica=\"s3\"} 3",
+        "dbwarden_replica_shipped_copies_total{replica=\"nas\"} 3",
+        "dbwarden_replica_copies{replica=\"s3\"} 3",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in:\n{metrics}"
+        );
+    }
+    let failures = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("dbwarden_replica_failures_total{replica=\"s3\"} "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .expect("s3 failures counted");
+    assert!(failures >= 1, "{metrics}");
+    let mut app = app;
+    app.stop().await;
+}
+
+/// The restore drill of a running service: the newest copy and an older one restored
+/// and checked, their verdicts beside them; a flipped byte fails the drill (critical
+/// alert, health degraded, the copy bad, the older good ones kept) and the next backup
+/// ships the bad copy again from the local backup; a bucket emptied behind dbwarden's
+/// back fails the drill with the reason, and shipping starts over.
+#[actix_rt::test]
+async fn drills_restore_copies_and_a_flipped_byte_or_an_emptied_bucket_fails_them() {
+    let world = World::new().await.with_identity_file();
+    let server = &world.server;
+    let replicas = &world.replicas;
+    let alerts = common::receiver(0, std::time::Duration::ZERO);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = alerting(
+        common::settings_with_file(dir.path(), replicas, &[]),
+        &alerts,
+    );
+    let s3 = Replica::open(&settings.replicas[1]).expect("open s3");
+    let app = common::TestApp::start(dir, dbwarden::supervisor::Service::builder(settings)).await;
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        names.push(append_and_back_up(&app, 20).await);
+    }
+    let all: Vec<&str> = names.iter().map(String::as_str).collect();
+    wait_for_copies(&s3, &all).await;
+
+    let run = app.run_job("drill-s3").await;
+    assert_eq!(run["outcome"], "ok", "{run}");
+    let message = run["message"].as_str().unwrap_or_default().to_string();
+    assert!(
+        message.contains(&names[2]) && message.contains(&names[0]),
+        "the newest and the oldest never drilled: {message}"
+    );
+    assert!(!message.contains(&names[1]), "{message}");
+    assert!(
+        message.contains("integrity_check ok") && message.contains("60 events"),
+        "{message}"
+    );
+    let copies = replica::catalog::list(&s3).await.expect("list");
+    let drilled: Vec<_> = copies
+        .iter()
+        .filter(|c| c.drill.as_ref().is_some_and(|d| d.ok))
+        .map(|c| c.name.clone())
+        .collect();
+    assert_eq!(drilled, vec![names[0].clone(), names[2].clone()]);
+    let second = app.run_job("drill-s3").await;
+    assert!(
+        second["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&names[1]),
+        "the next drill takes the copy never drilled: {second}"
+    );
+    let metrics = app.get_text("/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "dbwarden_replica_drill_ok{replica=\"s3\"} 1"),
+        "{metrics}"
+    );
+
+    // One byte of the newest stored copy changes on the server.
+    let key = format!("hosts/one/backups/{}.zst.age", names[2]);
+    let middle = server.read(&key).await.expect("the copy").len() / 2;
+    server.flip_byte(&key, middle as i64).await;
+    let failed = app.run_job("drill-s3").await;
+    assert_eq!(failed["outcome"], "failed", "{failed}");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("the stored object differs from its manifest"),
+        "{failed}"
+    );
+    let alert = common::wait_for_alert(&alerts, |a| a["key"] == "replica_drill:s3").await;
+    assert_eq!(alert["severity"], "critical", "{alert}");
+    let health = app.get_json("/api/health").await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(
+        health["reasons"]
+            .to_string()
+            .contains("replica s3: the restore drill"),
+        "{health}"
+    );
+    let status: Vec<(String, CopyStatus)> = replica::catalog::list(&s3)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|c| (c.name, c.status))
+        .collect();
+    assert_eq!(
+        status,
+        vec![
+            (names[0].clone(), CopyStatus::Complete),
+            (names[1].clone(), CopyStatus::Complete),
+            (names[2].clone(), CopyStatus::Bad),
+        ],
+        "the copy is bad, the older good ones kept"
+    );
+    let metrics = app.get_text("/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "dbwarden_replica_drill_ok{replica=\"s3\"} 0"),
+        "{metrics}"
+    );
+
+    // The next backup ships the bad copy again from its local backup, and the new one.
+    let fourth = append_and_back_up(&app, 5).await;
+    wait_for_copies(&s3, &[&names[2], &fourth]).await;
+    let healed = app.run_job("drill-s3").await;
+    assert_eq!(healed["outcome"], "ok", "{healed}");
+    let resolved = common::wait_for_alert(&alerts, |a| {
+        a["key"] == "replica_drill:s3" && a["resolved"] == true
+    })
+    .await;
+    assert!(
+        resolved["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("passed"),
+        "{resolved}"
+    );
+
+    // Everything under the prefix deleted behind dbwarden's back.
+    server.remove_all("hosts/one").await;
+    let empty = app.run_job("drill-s3").await;
+    assert_eq!(empty["outcome"], "failed", "{empty}");
+    assert!(
+        empty["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no complete copy"),
+        "{empty}"
+    );
+    assert!(copies_on(&s3).await.is_empty());
+    let fifth = append_and_back_up(&app, 5).await;
+    wait_for_copies(&s3, &[&fifth]).await;
+    assert_eq!(
+        copies_on(&s3).await,
+        vec![(fifth.clone(), true)],
+        "an empty replica gets the newest copy only"
+    );
+    let mut app = app;
+    app.stop().await;
+}
+
+/// `dbwarden replicas drill` with no service running drills in its own process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drill_command_drills_each_replica_and_exits_1_on_a_bad_copy() {
+    let world = World::new().await.with_identity_file();
+    let root = world.root.path();
+    let settings = world.machine();
+    fill(&settings, 300);
+    let local = take(&settings);
+    ship_to_all(&settings, &local).await;
+    let config = root.join("machine/config.toml");
+    let env: Vec<(String, String)> = common::test_env(&root.join("machine"), &[]);
+    let drill = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dbwarden"));
+        command.arg("--config").arg(&config).args(args);
+        for (k, v) in &env {
+            command.env(k, v);
+        }
+        command.output().expect("run dbwarden")
+    };
+    let out = drill(&["replicas", "drill"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("nas: drill passed") && stdout.contains("s3: drill passed"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("300 events"), "{stdout}");
+    assert!(
+        !settings.backup.dir.join(".replica-drill-s3").exists(),
+        "the staging directory is removed"
+    );
+
+    let object = root.join(format!("nas/backups/{}.zst.age", local.name));
+    let mut bytes = std::fs::read(&object).expect("read copy");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x80;
+    std::fs::write(&object, &bytes).expect("flip a byte");
+    let out = drill(&["replicas", "drill", "nas"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stdout.contains("nas: drill FAILED"), "{stdout}");
+    assert!(!stdout.contains("s3:"), "only the replica named: {stdout}");
+    let listed = drill(&["replicas", "list", "nas"]);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("BAD"),
+        "{listed:?}"
+    );
+}
+
+/// Two services configured with the same replicas: the second writes nothing there,
+/// says in health and an alert which service holds each one, and takes over once the
+/// first stopped in order (and so released its leases).
+#[actix_rt::test]
+async fn a_second_service_on_the_same_prefix_refuses_it_and_names_the_holder() {
+    let world = World::new().await;
+    let replicas = &world.replicas;
+    let alerts = common::receiver(0, std::time::Duration::ZERO);
+    let start = |dir: tempfile::TempDir| {
+        let settings = alerting(
+            common::settings_with_file(dir.path(), replicas, &[]),
+            &alerts,
+        );
+        common::TestApp::start(dir, dbwarden::supervisor::Service::builder(settings))
+    };
+    let first = start(tempfile::tempdir().expect("tempdir")).await;
+    let settings = common::settings_with_file(first.dir.path(), replicas, &[]);
+    let (nas, s3) = (
+        Replica::open(&settings.replicas[0]).expect("open nas"),
+        Replica::open(&settings.replicas[1]).expect("open s3"),
+    );
+    let from_first = append_and_back_up(&first, 5).await;
+    wait_for_copies(&nas, &[&from_first]).await;
+    wait_for_copies(&s3, &[&from_first]).await;
+    let (lease, _) = replica::lease::read(&s3)
+        .await
+        .expect("read")
+        .expect("a lease");
+    assert_eq!(lease.database, first.db_path);
+
+    let second = start(tempfile::tempdir().expect("tempdir")).await;
+    let from_second = append_and_back_up(&second, 5).await;
+    for replica in ["nas", "s3"] {
+        let alert =
+            common::wait_for_alert(&alerts, |a| a["key"] == format!("replica_lease:{replica}"))
+                .await;
+        assert!(
+            alert["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&first.db_path.display().to_string()),
+            "the holder is named: {alert}"
+        );
+    }
+    let health = second.get_json("/api/health").await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    let reasons = health["reasons"].to_string();
+    for replica in ["nas", "s3"] {
+        assert!(
+            reasons.contains(&format!(
+                "replica {replica}: written by another dbwarden service ({}:{}",
+                replica::host_name(),
+                first.db_path.display()
+            )),
+            "{health}"
+        );
+    }
+    for replica in [&nas, &s3] {
+        assert!(
+            !copies_on(replica)
+                .await
+                .iter()
+                .any(|(name, _)| name == &from_second),
+            "the second service wrote nothing to {}",
+            replica.name()
+        );
+    }
+
+    let mut first = first;
+    first.stop().await;
+    assert!(
+        replica::lease::read(&s3).await.expect("read").is_none(),
+        "a clean stop releases the lease"
+    );
+    let later = append_and_back_up(&second, 5).await;
+    wait_for_copies(&s3, &[&from_first, &later]).await;
+    wait_for_copies(&nas, &[&from_first, &later]).await;
+    let (lease, _) = replica::lease::read(&s3)
+        .await
+        .expect("read")
+        .expect("a lease");
+    assert_eq!(lease.database, second.db_path);
+    let health = second.get_json("/api/health").await;
+    assert!(
+        !health["reasons"].to_string().contains("written by another"),
+        "{health}"
+    );
+    let mut second = second;
+    second.stop().await;
+}
+
+/// The lease itself: a lease its holder stopped renewing is taken over; a fresh one of
+/// another service is not; the service's own is taken back after a kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_is_taken_over_only_once_its_holder_stopped_renewing_it() {
+    use object_store::ObjectStoreExt;
+    let world = World::new().await;
+    let settings = world.machine();
+    let s3 = Replica::open(&settings.replicas[1]).expect("open s3");
+    let put_lease = |holder: &str, renewed_hours_ago: i64| {
+        let now = chrono::Utc::now();
+        let record = replica::lease::LeaseRecord {
+            holder: holder.to_string(),
+            host: "elsewhere".into(),
+            database: "/srv/other/events.db".into(),
+            acquired_at: now - chrono::Duration::hours(renewed_hours_ago),
+            renewed_at: now - chrono::Duration::hours(renewed_hours_ago),
+        };
+        let store = s3.store.clone();
+        let location = s3.layout.lease();
+        async move {
+            store
+                .put(&location, serde_json::to_vec(&record).expect("json").into())
+                .await
+                .expect("put lease");
+        }
+    };
+    let mut ours = replica::lease::Lease::new(&settings.database.path);
+    put_lease("elsewhere:/srv/other/events.db", 1).await;
+    let refused = ours
+        .hold(&s3)
+        .await
+        .expect_err("a fresh lease of another service");
+    assert!(
+        refused
+            .to_string()
+            .contains("elsewhere:/srv/other/events.db"),
+        "{refused}"
+    );
+
+    put_lease("elsewhere:/srv/other/events.db", 25).await;
+    ours.hold(&s3)
+        .await
+        .expect("a lease not renewed for a day is taken over");
+    let (record, _) = replica::lease::read(&s3)
+        .await
+        .expect("read")
+        .expect("lease");
+    assert_eq!(record.database, settings.database.path);
+
+    // Killed, then started again: the same host and database take their lease back.
+    let mut restarted = replica::lease::Lease::new(&settings.database.path);
+    restarted.hold(&s3).await.expect("our own lease");
+    let (again, _) = replica::lease::read(&s3)
+        .await
+        .expect("read")
+        .expect("lease");
+    assert!(again.renewed_at >= record.renewed_at);
+    assert_eq!(
+        again.acquired_at, record.acquired_at,
+        "the same lease, renewed"
+    );
+}
+
+/// Errors and slow answers from the replica (500, 503, 403, then a slow network)
+/// only delay shipping: every append and every local backup is acknowledged while
+/// they last, nothing reaches the replica during the errors, and once it answers again
+/// every missed copy arrives, in order.
+#[actix_rt::test]
+async fn errors_and_slow_answers_from_the_replica_only_delay_shipping() {
+    let world = World::new().await;
+    let server = &world.server;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = common::settings_with_file(dir.path(), &world.replicas, &[]);
+    let s3 = Replica::open(&settings.replicas[1]).expect("open s3");
+    let app = common::TestApp::start(dir, dbwarden::supervisor::Service::builder(settings)).await;
+    let first = append_and_back_up(&app, 5).await;
+    wait_for_copies(&s3, &[&first]).await;
+
+    let failures = || async {
+        let health = app.get_json("/api/health").await;
+        health["replicas"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["name"] == "s3"))
+            .map(|r| (r["failures"].as_u64().unwrap_or(0), r["last_error"].clone()))
+            .expect("s3 in health")
+    };
+    let mut missed = Vec::new();
+    for status in [500, 503, 403] {
+        server.set_fault(s3::Fault::Status(status));
+        let (failed_before, _) = failures().await;
+        let answered_before = server
+            .proxy
+            .faulted
+            .load(std::sync::atomic::Ordering::Relaxed);
+        missed.push(append_and_back_up(&app, 5).await);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let (failed, last_error) = failures().await;
+            if failed > failed_before {
+                assert!(last_error.is_string(), "{last_error}");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no failed attempt under {status}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(
+            server
+                .proxy
+                .faulted
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > answered_before,
+            "the fault was injected: requests were answered {status}"
+        );
+        let health = app.get_json("/api/health").await;
+        assert_ne!(health["status"], "failing", "{health}");
+    }
+    for name in &missed {
+        assert!(
+            !server
+                .exists(&format!("hosts/one/backups/{name}.manifest.json"))
+                .await,
+            "{name} reached the replica while it answered errors"
+        );
+    }
+
+    // Slow, but answering: the next backup brings everything, oldest first.
+    server.set_fault(s3::Fault::Delay(std::time::Duration::from_millis(300)));
+    let slow = append_and_back_up(&app, 5).await;
+    let mut expected: Vec<&str> = missed.iter().map(String::as_str).collect();
+    expected.push(&slow);
+    wait_for_copies(&s3, &expected).await;
+    server.set_fault(s3::Fault::None);
+    let copies = replica::catalog::list(&s3).await.expect("list");
+    let uploaded: Vec<_> = expected
+        .iter()
+        .map(|n| {
+            copies
+                .iter()
+                .find(|c| c.name == *n)
+                .and_then(|c| c.manifest.as_ref())
+                .map(|m| m.uploaded_at)
+                .expect("uploaded")
+        })
+        .collect();
+    assert!(
+        uploaded.windows(2).all(|w| w[0] <= w[1]),
+        "in order: {uploaded:?}"
+    );
+    // The round that shipped them records its success once its retention pass is done.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, last_error) = failures().await;
+        if last_error.is_null() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never caught up: {last_error}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut app = app;
+    app.stop().await;
+}
+
+/// SIGKILL while a copy is being uploaded (its first part sent, the others held back by
+/// the rate limit): nothing half-uploaded ever counts, and the next start ships again;
+/// the copy then restores in a drill.
+#[actix_rt::test]
+async fn a_kill_during_an_upload_leaves_no_counted_copy_and_the_next_start_ships_again() {
+    let world = World::new().await.with_identity_file();
+    let server = &world.server;
+    let dir = world.root.path().join("service");
+    std::fs::create_dir_all(dir.join("data")).expect("dir");
+    let limited = world.replicas.replace(
+        "name = \"s3\"\n",
+        "name = \"s3\"\npart_size_mib = 5\nmax_bytes_per_second = 65536\n",
+    );
+    std::fs::write(dir.join("config.toml"), &limited).expect("config");
+    {
+        // ~36 MB of events that zstd cannot shrink below a few 5 MiB parts.
+        let settings = common::settings_with_file(&dir, &limited, &[]);
+        let mut db = settings.database.clone();
+        db.path = dir.join("data/events.db");
+        let (conn, _) = db::open_and_migrate(&db).expect("migrate");
+        conn.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000)
+             INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data)
+             SELECT 'corruption', 'agg-' || i, 'CorruptionDetected', json_object('noise', hex(randomblob(600))) FROM n",
+            [],
+        )
+        .expect("fill");
+    }
+    std::fs::write(dir.join("config.toml"), &limited).expect("config");
+    let env = [
+        ("DBWARDEN__BACKUP__DIR", "backups"),
+        ("DBWARDEN__JOBS__DIR", "jobs"),
+    ];
+    let mut running = common::process::start_with(&dir, &env);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while server
+        .proxy
+        .sent_bytes
+        .load(std::sync::atomic::Ordering::Relaxed)
+        <= 5 << 20
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never sent its first part"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    running.child.kill().expect("SIGKILL");
+    running.child.wait().expect("reaped");
+    let settings = common::settings_with_file(&dir, &limited, &[]);
+    let s3 = Replica::open(&settings.replicas[1]).expect("open s3");
+    let local = catalog::list(&dir.join("backups")).expect("local backups");
+    assert_eq!(local.len(), 1, "the startup backup was taken: {local:?}");
+    assert!(
+        copies_on(&s3).await.iter().all(|(_, complete)| !complete),
+        "a half-uploaded copy never counts"
+    );
+    assert!(
+        !server
+            .exists(&format!("hosts/one/backups/{}.zst.age", local[0].name))
+            .await,
+        "the multipart upload was never completed"
+    );
+
+    // Started again without the rate limit: the copy is shipped whole.
+    std::fs::write(dir.join("config.toml"), &world.replicas).expect("config");
+    let running = common::process::start_with(&dir, &env);
+    wait_for_copies(&s3, &[&local[0].name]).await;
+    let drill = reqwest::Client::new()
+        .post(format!("{}/api/jobs/drill-s3/run?wait=true", running.base))
+        .send()
+        .await
+        .expect("drill")
+        .json::<serde_json::Value>()
+        .await
+        .expect("run");
+    assert_eq!(drill["outcome"], "ok", "{drill}");
+    drop(running);
+}
+
+/// Every malformed replica setting is refused at load, naming the key and the reason.
+#[test]
+fn bad_replica_settings_name_the_key_and_the_reason() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let root = temp.path();
+    let (identity, recipient) = identity_file(root, "identity.txt");
+    let (stranger, _) = identity_file(root, "stranger.txt");
+    let ok = format!(
+        "name = \"r\"\nurl = \"file://{}\"\nage_recipients = [\"{recipient}\"]\n",
+        root.join("nas").display()
+    );
+    let s3 = format!(
+        "name = \"r\"\nurl = \"s3://bucket/p\"\nendpoint = \"https://s3.example.com\"\naccess_key_id = \"a\"\nsecret_access_key = \"b\"\nage_recipients = [\"{recipient}\"]\n"
+    );
+    #[rustfmt::skip]
+    let cases: Vec<(String, &str, &str)> = vec![
+        (ok.replace("file://", "ftp://"), "replicas[0].url", "unknown scheme `ftp`"),
+        (ok.replace("file://", "file://host"), "replicas[0].url", "no host"),
+        ("name = \"r\"\nurl = \"s3:///nobucket\"\nencryption = \"none\"\n".into(), "replicas[0].url", "names no bucket"),
+        (ok.replace("name = \"r\"", "name = \"no spaces\""), "replicas[0].name", "letters, digits"),
+        (format!("{ok}keep_last = 0\n"), "replicas[0].keep_last", "out of range"),
+        (format!("{ok}keep_weekly = 20000\n"), "replicas[0].keep_weekly", "out of range"),
+        (format!("{ok}part_size_mib = 1\n"), "replicas[0].part_size_mib", "out of range"),
+        (format!("{ok}lease_expire_secs = 60\n"), "replicas[0].lease_expire_secs", "out of range"),
+        (format!("{ok}max_bytes_per_second = 100\n"), "replicas[0].max_bytes_per_second", "out of range"),
+        (format!("{ok}drill_schedule = \"every sunday\"\n"), "replicas[0].drill_schedule", ""),
+        (format!("{ok}colour = \"blue\"\n"), "colour", "unknown field"),
+        (ok.replace(&recipient, "age1notarecipient"), "replicas[0].age_recipients[0]", "not an age recipient"),
+        (ok.replace(&format!("age_recipients = [\"{recipient}\"]\n"), ""), "replicas[0].age_recipients", "at least one age recipient"),
+        (format!("{}encryption = \"none\"\n", ok), "replicas[0].age_recipients", "encryption = \"none\""),
+        (format!("{ok}age_identity_file = \"{}\"\n", stranger.display()), "replicas[0].age_identity_file", "holds no identity for any of age_recipients"),
+        (format!("{ok}age_identity_file = \"/nonexistent/key\"\n"), "replicas[0].age_identity_file", "cannot read"),
+        (format!("{ok}endpoint = \"https://x\"\n"), "replicas[0].endpoint", "only applies to s3://"),
+        (s3.replace("https://s3.example.com", "http://127.0.0.1:9000"), "replicas[0].endpoint", "allow_http = true"),
+        (s3.replace("https://s3.example.com", "not a url"), "replicas[0].endpoint", "not an http(s) URL"),
+        (s3.replace("secret_access_key = \"b\"\n", ""), "replicas[0].secret_access_key", "required with access_key_id"),
+        (s3.replace("access_key_id = \"a\"\nsecret_access_key = \"b\"\n", ""), "replicas[0].access_key_id", "no credentials"),
+        (s3.replace("secret_access_key = \"b\"", "secret_access_key_file = \"/nonexistent/secret\""), "replicas[0].secret_access_key_file", "cannot read"),
+        (format!("{s3}options = {{ no_such_option = \"1\" }}\n"), "replicas[0].options.no_such_option", "not an option of s3"),
+        (format!("{ok}\n[[replicas]]\n{ok}"), "replicas[1].name", "already the name of replicas[0]"),
+    ];
+    for (i, (table, key, reason)) in cases.iter().enumerate() {
+        let dir = root.join(format!("case{i}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("config.toml");
+        std::fs::write(&file, format!("[[replicas]]\n{table}")).expect("write");
+        let err = Settings::load_with_env(
+            &dbwarden::config::ConfigSource::Explicit(file.clone()),
+            common::test_env(&dir, &[]),
+        )
+        .expect_err(&format!("case {i} must be refused:\n{table}"));
+        let text = err.to_string();
+        assert!(text.contains(key), "case {i}: `{key}` not named in: {text}");
+        assert!(
+            text.contains(reason),
+            "case {i}: `{reason}` not said in: {text}"
+        );
+    }
+    // The valid ones load, with their defaults; the identity that matches is accepted.
+    let file = root.join("good.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[replicas]]\n{ok}age_identity_file = \"{}\"\n\n[[replicas]]\n{}",
+            identity.display(),
+            s3.replace("name = \"r\"", "name = \"s3\"")
+        ),
+    )
+    .expect("write");
+    let settings = Settings::load_with_env(
+        &dbwarden::config::ConfigSource::Explicit(file),
+        common::test_env(root, &[]),
+    )
+    .expect("valid replicas load");
+    assert_eq!(settings.replicas.len(), 2);
+    assert_eq!(settings.replicas[0].keep_last, 7);
+    assert_eq!(settings.replicas[1].part_size_mib, 8);
+    assert!(
+        !settings
+            .to_masked_toml()
+            .contains("secret_access_key = \"b\""),
+        "the secret is masked"
+    );
+}
+
+/// A copy is a standard file: Debian's `age`, `zstd` and `sqlite3` open it without
+/// dbwarden. Needs those three programs (`.ci/run` installs them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Debian's age, zstd and sqlite3, which .ci/run installs"]
+async fn a_copy_opens_with_age_zstd_and_sqlite3_alone() {
+    for tool in ["age", "zstd", "sqlite3"] {
+        assert!(
+            Command::new(tool).arg("--version").output().is_ok(),
+            "{tool} is missing: apt-get install age zstd sqlite3"
+        );
+    }
+    let world = World::new().await;
+    let (root, server) = (world.root.path(), &world.server);
+    let settings = world.machine();
+    fill(&settings, 1_000);
+    let local = take(&settings);
+    ship_to_all(&settings, &local).await;
+    let downloaded = root.join("downloaded.zst.age");
+    std::fs::write(
+        &downloaded,
+        server
+            .read(&format!("hosts/one/backups/{}.zst.age", local.name))
+            .await
+            .expect("the copy in the bucket"),
+    )
+    .expect("save the download");
+    for stored in [
+        root.join(format!("nas/backups/{}.zst.age", local.name)),
+        downloaded,
+    ] {
+        let out = root.join("by-hand.db");
+        let _ = std::fs::remove_file(&out);
+        let script = format!(
+            "age -d -i '{}' '{}' | zstd -d -q -o '{}'",
+            world.identity.display(),
+            stored.display(),
+            out.display()
+        );
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .status()
+            .expect("sh");
+        assert!(status.success(), "{script}");
+        let count = Command::new("sqlite3")
+            .arg(&out)
+            .arg("PRAGMA integrity_check; SELECT count(*) FROM events;")
+            .output()
+            .expect("sqlite3");
+        assert_eq!(
+            String::from_utf8_lossy(&count.stdout),
+            "ok\n1000\n",
+            "{}",
+            stored.display()
+        );
+        assert_eq!(
+            catalog::sha256_file(&out).expect("hash"),
+            local.sha256,
+            "the very file that was verified locally"
+        );
+    }
+}

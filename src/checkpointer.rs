@@ -174,3 +174,51 @@ impl Checkpointer {
         Ok(record)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(at: DateTime<Utc>) -> CheckpointRecord {
+        CheckpointRecord {
+            at,
+            mode: "passive",
+            busy: false,
+            log_frames: 0,
+            checkpointed_frames: 0,
+            pending_bytes: 0,
+            over_threshold: false,
+            starved: false,
+        }
+    }
+
+    #[test]
+    fn the_history_keeps_the_last_24_hours_oldest_first() {
+        let board = CheckpointBoard::default();
+        let now = Utc::now();
+        let hours = |h: i64| now - chrono::Duration::hours(h);
+        for t in [hours(25), hours(24), hours(1), now] {
+            board.record(&at(t));
+        }
+        let kept: Vec<_> = board.history().iter().map(|r| r.at).collect();
+        // Older than a day before the newest goes; exactly a day old stays.
+        assert_eq!(kept, vec![hours(24), hours(1), now]);
+        assert_eq!(board.last().map(|r| r.at), Some(now));
+    }
+
+    #[test]
+    fn the_history_holds_at_most_its_cap() {
+        let board = CheckpointBoard::default();
+        let now = Utc::now();
+        for i in 0..HISTORY_CAP + 5 {
+            board.record(&at(now + chrono::Duration::milliseconds(i as i64)));
+        }
+        let history = board.history();
+        assert_eq!(history.len(), HISTORY_CAP);
+        assert_eq!(
+            history.first().map(|r| r.at),
+            Some(now + chrono::Duration::milliseconds(5)),
+            "the oldest went first"
+        );
+    }
+}

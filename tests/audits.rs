@@ -125,17 +125,50 @@ async fn a_corrupt_database_fails_health_blocks_backups_and_recovers() {
     service.shutdown(true).await;
 }
 
+/// A Checkpointer of the running service's writer, alerting to `alerts`.
+fn checkpointer(
+    app: &common::TestApp,
+    alert_bytes: i64,
+    alerts: &common::Receiver,
+    metrics: &std::sync::Arc<dbwarden::metrics::Metrics>,
+) -> Checkpointer {
+    let mut notify = common::settings_in(app.dir.path(), &[]).notify;
+    notify.channels = vec![dbwarden::config::ChannelSettings::Webhook {
+        url: format!("{}/alerts", alerts.base),
+        secret: None,
+    }];
+    Checkpointer::new(
+        app.service.as_ref().expect("service").writer.clone(),
+        4096,
+        alert_bytes,
+        dbwarden::notifier::Notifier::start(&notify),
+        metrics.clone(),
+    )
+}
+
+/// Alerts of `key` received so far, in order: `resolved` of each.
+fn alerts_of(alerts: &common::Receiver, key: &str) -> Vec<(String, bool)> {
+    alerts
+        .got
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter_map(|r| serde_json::from_str::<Value>(&r.body).ok())
+        .filter(|a| a["key"] == key)
+        .map(|a| {
+            (
+                a["severity"].as_str().unwrap_or_default().to_string(),
+                a["resolved"] == true,
+            )
+        })
+        .collect()
+}
+
 #[actix_rt::test]
 async fn a_reader_that_never_lets_go_is_reported_as_starvation() {
     let mut app = common::TestApp::spawn(&[("DBWARDEN__DATABASE__BUSY_TIMEOUT_MS", "200")]).await;
-    let writer = app.service.as_ref().expect("service").writer.clone();
-    let checkpointer = Checkpointer::new(
-        writer,
-        4096,
-        1,
-        dbwarden::notifier::Notifier::log_only(),
-        std::sync::Arc::new(dbwarden::metrics::Metrics::new().expect("metrics")),
-    );
+    let alerts = common::receiver(0, Duration::ZERO);
+    let metrics = std::sync::Arc::new(dbwarden::metrics::Metrics::new().expect("metrics"));
     app.post_json("/api/events", &json!({"aggregate_type": "corruption", "aggregate_id": "a", "event_type": "CorruptionDetected", "event_data": {}}))
         .await;
     let reader = Connection::open(&app.db_path).expect("reader");
@@ -149,12 +182,61 @@ async fn a_reader_that_never_lets_go_is_reported_as_starvation() {
             .await;
         assert_eq!(res.status(), 201);
     }
+    // What the reader holds back, measured with a threshold nothing reaches.
+    let measured = checkpointer(&app, i64::MAX, &alerts, &metrics)
+        .tick()
+        .await
+        .expect("tick");
+    let held = measured.pending_bytes;
+    assert!(held > 0 && !measured.over_threshold, "{measured:?}");
+    // Exactly at the threshold is not over it.
+    let at_threshold = checkpointer(&app, held, &alerts, &metrics)
+        .tick()
+        .await
+        .expect("tick");
+    assert_eq!(
+        (at_threshold.mode, at_threshold.over_threshold),
+        ("passive", false),
+        "{at_threshold:?}"
+    );
+
+    let checkpointer = checkpointer(&app, 1, &alerts, &metrics);
     let starved = checkpointer.tick().await.expect("tick");
     assert!(starved.over_threshold && starved.starved, "{starved:?}");
     assert_eq!(checkpointer.board.last().expect("kept").mode, "restart");
+    let exposition = metrics
+        .render(&dbwarden::metrics::Snapshot::default())
+        .expect("render");
+    assert!(
+        exposition
+            .lines()
+            .any(|l| l == r#"dbwarden_checkpoints_total{mode="restart",result="busy"} 1"#),
+        "{exposition}"
+    );
+    common::wait_for(&alerts.got, 2, Duration::from_secs(10)).await;
+    assert_eq!(
+        alerts_of(&alerts, "wal_over_threshold"),
+        vec![("warning".to_string(), false)]
+    );
+    assert_eq!(
+        alerts_of(&alerts, "checkpoint_starvation"),
+        vec![("critical".to_string(), false)]
+    );
+
     reader.execute_batch("COMMIT").expect("let go");
     let fine = checkpointer.tick().await.expect("tick");
     assert!(!fine.starved && fine.pending_bytes == 0, "{fine:?}");
+    common::wait_for(&alerts.got, 4, Duration::from_secs(10)).await;
+    assert_eq!(
+        alerts_of(&alerts, "wal_over_threshold"),
+        vec![("warning".to_string(), false), ("info".to_string(), true)],
+        "resolved once under the threshold"
+    );
+    assert_eq!(
+        alerts_of(&alerts, "checkpoint_starvation"),
+        vec![("critical".to_string(), false), ("info".to_string(), true)],
+        "resolved once checkpoints complete"
+    );
     app.stop().await;
 }
 

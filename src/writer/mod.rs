@@ -77,3 +77,37 @@ impl WriteError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite_error(code: std::os::raw::c_int) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
+    }
+
+    /// Each kind of failure reaches the client (and `writes_refused_total`) as itself: a
+    /// full disk is not "storage", a refused row is the request's fault.
+    #[test]
+    fn sqlite_errors_become_the_write_errors_their_labels_name() {
+        let cases = [
+            (rusqlite::ffi::SQLITE_FULL, "disk_full"),
+            (rusqlite::ffi::SQLITE_CONSTRAINT, "invalid"),
+            (rusqlite::ffi::SQLITE_IOERR, "storage"),
+            (rusqlite::ffi::SQLITE_CORRUPT, "storage"),
+        ];
+        for (code, label) in cases {
+            assert_eq!(
+                WriteError::from_sqlite(sqlite_error(code)).reason(),
+                label,
+                "code {code}"
+            );
+        }
+        assert!(matches!(
+            WriteError::from_sqlite(sqlite_error(rusqlite::ffi::SQLITE_FULL)),
+            WriteError::DiskFull(_)
+        ));
+        assert_eq!(WriteError::Busy.reason(), "busy");
+        assert_eq!(WriteError::Unavailable.reason(), "unavailable");
+    }
+}

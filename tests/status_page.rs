@@ -74,7 +74,13 @@ fn chromium(profile: &std::path::Path, url: &str, extra: &[&str]) -> Command {
 #[actix_rt::test]
 #[ignore = "needs Debian's chromium, which .ci/run installs"]
 async fn chromium_renders_the_page_with_charts_and_no_console_errors() {
-    let mut app = TestApp::spawn(&[]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica = format!(
+        "[[replicas]]\nname = \"nas\"\nurl = \"file://{}\"\nencryption = \"none\"\n",
+        dir.path().join("nas").display()
+    );
+    let settings = common::settings_with_file(dir.path(), &replica, &[]);
+    let mut app = TestApp::start(dir, dbwarden::supervisor::Service::builder(settings)).await;
     for (id, event) in [
         ("a", "CorruptionDetected"),
         ("b", "DownloadFailed"),
@@ -91,6 +97,16 @@ async fn chromium_renders_the_page_with_charts_and_no_console_errors() {
     for job in ["backup", "checkpoint", "quick-check"] {
         app.run_job(job).await;
     }
+    // The backup reaches the replica on its shipper's thread; then a drill proves it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while app.get_json("/api/health").await["replicas"][0]["complete_copies"] != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy never reached the replica"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(app.run_job("drill-nas").await["outcome"], "ok");
     let profile = tempfile::tempdir().expect("profile");
     let screenshot =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/status-page.png");
@@ -129,6 +145,15 @@ async fn chromium_renders_the_page_with_charts_and_no_console_errors() {
         "a checkpoint point on the WAL chart"
     );
     assert!(html.contains("healthy"));
+    let replicas = html
+        .split("id=\"replicas\"")
+        .nth(1)
+        .and_then(|rest| rest.split("</table>").next())
+        .unwrap_or_else(|| panic!("a replicas table:\n{html}"));
+    assert!(
+        replicas.contains("nas (file)") && replicas.contains("drill ok"),
+        "the replica and its drill: {replicas}"
+    );
     let console_errors: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("CONSOLE") || l.contains("Uncaught"))

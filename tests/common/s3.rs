@@ -42,6 +42,7 @@ pub struct S3Server {
     /// A client straight to the server (not through the proxy), for the test's own
     /// reads and changes.
     client: AmazonS3,
+    backend_addr: SocketAddr,
     backend: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -85,6 +86,7 @@ impl S3Server {
             bucket,
             proxy: FaultProxy::start(backend_addr).await,
             client,
+            backend_addr,
             backend,
         }
     }
@@ -92,6 +94,11 @@ impl S3Server {
     /// Where dbwarden is pointed: the proxy.
     pub fn endpoint(&self) -> String {
         self.proxy.endpoint()
+    }
+
+    /// The server itself, without the proxy (benchmarks).
+    pub fn direct_endpoint(&self) -> String {
+        format!("http://{}", self.backend_addr)
     }
 
     /// The server goes away: connections are refused, open ones cut.

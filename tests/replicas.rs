@@ -413,6 +413,19 @@ async fn a_copy_without_its_manifest_never_counts() {
     );
 }
 
+/// `n` events of random hex (~1.2 KB each), which zstd cannot shrink below a third:
+/// a database whose copy takes several multipart parts.
+fn fill_noise(db: &dbwarden::config::DatabaseSettings, n: usize) {
+    let (conn, _) = db::open_and_migrate(db).expect("migrate");
+    conn.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+         INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data)
+         SELECT 'corruption', 'agg-' || i, 'CorruptionDetected', json_object('noise', hex(randomblob(600))) FROM n",
+        [n as i64],
+    )
+    .expect("fill");
+}
+
 /// Copies on `replica`, (name, complete?) oldest first.
 async fn copies_on(replica: &Replica) -> Vec<(String, bool)> {
     match replica::catalog::list(replica).await {
@@ -1023,6 +1036,75 @@ async fn errors_and_slow_answers_from_the_replica_only_delay_shipping() {
     app.stop().await;
 }
 
+/// The server goes away in the middle of an upload (its connections cut while a part
+/// is on its way over a slow link) and comes back: the cut copy never counts, and the
+/// replica then gets a whole copy that a drill restores.
+#[actix_rt::test]
+async fn a_server_that_goes_away_mid_upload_never_holds_a_counted_half_copy() {
+    let world = World::new().await.with_identity_file();
+    let server = &world.server;
+    let replicas = world
+        .replicas
+        .replace("name = \"s3\"\n", "name = \"s3\"\npart_size_mib = 5\n");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = common::settings_with_file(dir.path(), &replicas, &[]);
+    fill_noise(&settings.database, 30_000);
+    let s3 = Replica::open(&settings.replicas[1]).expect("open s3");
+    server.set_fault(s3::Fault::Throttle(2 << 20));
+    let app = common::TestApp::start(dir, dbwarden::supervisor::Service::builder(settings)).await;
+    let cut = append_and_back_up(&app, 1).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while server
+        .proxy
+        .sent_bytes
+        .load(std::sync::atomic::Ordering::Relaxed)
+        <= 6 << 20
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never got going"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let health = app.get_json("/api/health").await;
+        let failures = health["replicas"][1]["failures"].as_u64().unwrap_or(0);
+        if failures > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cut upload never failed: {health}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    server.restart().await;
+    assert!(
+        !server
+            .exists(&format!("hosts/one/backups/{cut}.manifest.json"))
+            .await
+            && !server
+                .exists(&format!("hosts/one/backups/{cut}.zst.age"))
+                .await,
+        "no part of the cut copy counts"
+    );
+    let next = append_and_back_up(&app, 1).await;
+    wait_for_copies(&s3, &[&next]).await;
+    assert!(
+        !copies_on(&s3)
+            .await
+            .iter()
+            .any(|(name, complete)| name == &cut && *complete),
+        "the cut copy never became complete"
+    );
+    let drill = app.run_job("drill-s3").await;
+    assert_eq!(drill["outcome"], "ok", "{drill}");
+    let mut app = app;
+    app.stop().await;
+}
+
 /// SIGKILL while a copy is being uploaded (its first part sent, the others held back by
 /// the rate limit): nothing half-uploaded ever counts, and the next start ships again;
 /// the copy then restores in a drill.
@@ -1038,18 +1120,10 @@ async fn a_kill_during_an_upload_leaves_no_counted_copy_and_the_next_start_ships
     );
     std::fs::write(dir.join("config.toml"), &limited).expect("config");
     {
-        // ~36 MB of events that zstd cannot shrink below a few 5 MiB parts.
-        let settings = common::settings_with_file(&dir, &limited, &[]);
-        let mut db = settings.database.clone();
+        // ~36 MB of events, a copy of a few 5 MiB parts.
+        let mut db = common::settings_with_file(&dir, &limited, &[]).database;
         db.path = dir.join("data/events.db");
-        let (conn, _) = db::open_and_migrate(&db).expect("migrate");
-        conn.execute(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000)
-             INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data)
-             SELECT 'corruption', 'agg-' || i, 'CorruptionDetected', json_object('noise', hex(randomblob(600))) FROM n",
-            [],
-        )
-        .expect("fill");
+        fill_noise(&db, 30_000);
     }
     std::fs::write(dir.join("config.toml"), &limited).expect("config");
     let env = [

@@ -24,6 +24,9 @@ pub enum Fault {
     Status(u16),
     /// Each connection waits this long before it is passed on.
     Delay(Duration),
+    /// What clients send passes at most this many bytes per second (a slow uplink):
+    /// an upload is in flight long enough to cut it in the middle.
+    Throttle(u64),
 }
 
 pub struct FaultProxy {
@@ -108,9 +111,10 @@ async fn accept_loop(
                     Fault::Status(status) => answer_with(socket, status, &counters.faulted).await,
                     Fault::Delay(delay) => {
                         tokio::time::sleep(delay).await;
-                        pass(socket, backend, &counters).await;
+                        pass(socket, backend, &counters, None).await;
                     }
-                    Fault::None => pass(socket, backend, &counters).await,
+                    Fault::Throttle(rate) => pass(socket, backend, &counters, Some(rate)).await,
+                    Fault::None => pass(socket, backend, &counters, None).await,
                 }
             };
             tokio::select! {
@@ -121,7 +125,7 @@ async fn accept_loop(
     }
 }
 
-async fn pass(socket: TcpStream, backend: SocketAddr, counters: &Counters) {
+async fn pass(socket: TcpStream, backend: SocketAddr, counters: &Counters, rate: Option<u64>) {
     let Ok(server) = TcpStream::connect(backend).await else {
         return;
     };
@@ -129,7 +133,7 @@ async fn pass(socket: TcpStream, backend: SocketAddr, counters: &Counters) {
     let (mut from_client, mut to_client) = socket.into_split();
     let (mut from_server, mut to_server) = server.into_split();
     let upstream = async {
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; 16 * 1024];
         loop {
             match from_client.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
@@ -138,6 +142,9 @@ async fn pass(socket: TcpStream, backend: SocketAddr, counters: &Counters) {
                         break;
                     }
                     counters.sent_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    if let Some(rate) = rate {
+                        tokio::time::sleep(Duration::from_secs_f64(n as f64 / rate as f64)).await;
+                    }
                 }
             }
         }

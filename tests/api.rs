@@ -392,13 +392,14 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing() {
     assert_eq!(app.event_count(), 0, "no rejected request wrote anything");
 }
 
-/// Fault injection: another connection holds the write lock, so the writer blocks and
-/// its bounded mailbox fills. Callers get 503 with Retry-After, never a queue without
-/// end; everything acknowledged is on disk afterwards.
-#[actix_rt::test]
-async fn a_full_mailbox_answers_503_with_retry_after() {
+/// Another connection holds the write lock while 40 appends arrive at a writer whose
+/// mailbox holds `capacity`; answers (acknowledged ids, 503s) once the lock is released.
+/// Every 503 carries `Retry-After: 1` and the `busy` code; everything acknowledged is on
+/// disk afterwards.
+async fn appends_behind_a_held_lock(capacity: usize) -> (Vec<i64>, usize) {
+    let capacity = capacity.to_string();
     let mut app = TestApp::spawn(&[
-        ("DBWARDEN__WRITER__MAILBOX_CAPACITY", "2"),
+        ("DBWARDEN__WRITER__MAILBOX_CAPACITY", capacity.as_str()),
         ("DBWARDEN__DATABASE__BUSY_TIMEOUT_MS", "10000"),
     ])
     .await;
@@ -444,6 +445,24 @@ async fn a_full_mailbox_answers_503_with_retry_after() {
             other => panic!("unexpected {other}: {json}"),
         }
     }
+    app.stop().await;
+    let conn = app.open();
+    for id in &acked {
+        let found: i64 = conn
+            .query_row("SELECT count(*) FROM events WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .expect("count");
+        assert_eq!(found, 1, "acknowledged event {id} is on disk");
+    }
+    (acked, busy)
+}
+
+/// Fault injection: the writer blocks and its bounded mailbox fills. Callers get 503
+/// with Retry-After, never a queue without end.
+#[actix_rt::test]
+async fn a_full_mailbox_answers_503_with_retry_after() {
+    let (acked, busy) = appends_behind_a_held_lock(2).await;
     assert!(
         busy > 0,
         "some writes were refused while the mailbox was full"
@@ -452,16 +471,20 @@ async fn a_full_mailbox_answers_503_with_retry_after() {
         !acked.is_empty(),
         "the writer recovered once the lock was released"
     );
-    app.stop().await;
-    let conn = app.open();
-    for id in acked {
-        let found: i64 = conn
-            .query_row("SELECT count(*) FROM events WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .expect("count");
-        assert_eq!(found, 1, "acknowledged event {id} is on disk");
-    }
+    // The mailbox's two, the request being committed, and at most one more taken
+    // before the commit began: the configured bound, not actix's default of 16.
+    assert!(
+        acked.len() <= 4,
+        "{} accepted behind a mailbox of 2",
+        acked.len()
+    );
+}
+
+/// The configured capacity is the bound: a mailbox of 64 takes all 40 requests.
+#[actix_rt::test]
+async fn a_mailbox_of_the_configured_size_takes_that_many() {
+    let (acked, busy) = appends_behind_a_held_lock(64).await;
+    assert_eq!((acked.len(), busy), (40, 0));
 }
 
 /// Blocks the writer behind another connection's write lock on a first append,

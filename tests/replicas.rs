@@ -1177,6 +1177,86 @@ async fn a_kill_during_an_upload_leaves_no_counted_copy_and_the_next_start_ships
     drop(running);
 }
 
+/// Retention on each replica, with its own numbers: only complete copies count; a
+/// copy a drill failed and objects that are not dbwarden's are never deleted; a
+/// leftover upload is deleted once a newer complete copy exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_replica_keeps_its_own_number_of_copies_and_never_what_is_not_a_good_copy() {
+    let world = World::new().await;
+    let server = &world.server;
+    let replicas = world
+        .replicas
+        .replace(
+            "name = \"s3\"\n",
+            "name = \"s3\"\nkeep_last = 2\nkeep_daily = 0\nkeep_weekly = 0\n",
+        )
+        .replace("name = \"nas\"\n", "name = \"nas\"\nkeep_last = 5\n");
+    let settings = common::settings_with_file(&world.root.path().join("machine"), &replicas, &[]);
+    let mut names = Vec::new();
+    for _ in 0..4 {
+        fill(&settings, 50);
+        let local = take(&settings);
+        ship_to_all(&settings, &local).await;
+        names.push(local.name);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let (nas, s3) = (
+        Replica::open(&settings.replicas[0]).expect("open nas"),
+        Replica::open(&settings.replicas[1]).expect("open s3"),
+    );
+    // The oldest copy on S3 is marked bad by a drill's verdict; a stranger's object
+    // and a manifest-less leftover older than the newest copy sit beside them.
+    let verdict = serde_json::json!({"at": chrono::Utc::now(), "ok": false, "detail": "flipped", "host": "h"});
+    server
+        .write(
+            &format!("hosts/one/backups/{}.drill.json", names[0]),
+            verdict.to_string().into_bytes(),
+        )
+        .await;
+    server
+        .write("hosts/one/backups/notes.txt", b"not ours".to_vec())
+        .await;
+    let leftover = "dbwarden-20200101T000000Z.db";
+    server
+        .write(
+            &format!("hosts/one/backups/{leftover}.zst.age"),
+            b"half an upload".to_vec(),
+        )
+        .await;
+
+    for replica in [&nas, &s3] {
+        let copies = replica::catalog::list(replica).await.expect("list");
+        replica::retention::prune(replica, &copies)
+            .await
+            .expect("prune");
+    }
+    let kept = |copies: Vec<(String, bool)>| copies.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+    assert_eq!(
+        kept(copies_on(&nas).await),
+        names,
+        "keep_last = 5 keeps all four"
+    );
+    assert_eq!(
+        kept(copies_on(&s3).await),
+        vec![names[0].clone(), names[2].clone(), names[3].clone()],
+        "keep_last = 2: the newest two, and the bad one kept as evidence; the leftover gone"
+    );
+    assert!(
+        server.exists("hosts/one/backups/notes.txt").await,
+        "not ours: untouched"
+    );
+    assert!(
+        !server
+            .exists(&format!("hosts/one/backups/{leftover}.zst.age"))
+            .await
+    );
+    assert!(
+        !server
+            .exists(&format!("hosts/one/backups/{}.manifest.json", names[1]))
+            .await
+    );
+}
+
 /// Every malformed replica setting is refused at load, naming the key and the reason.
 #[test]
 fn bad_replica_settings_name_the_key_and_the_reason() {

@@ -572,6 +572,32 @@ async fn the_service_ships_each_backup_and_catches_up_in_order_after_the_replica
             "no `{line}` in:\n{metrics}"
         );
     }
+    // A restore from the replica is refused while the service runs, before any download.
+    let connections = server
+        .proxy
+        .passed
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let mut restore = Command::new(env!("CARGO_BIN_EXE_dbwarden"));
+    restore
+        .arg("--config")
+        .arg(app.dir.path().join("config.toml"))
+        .args(["restore", "--from", "s3", "--latest", "--identity"])
+        .arg(&world.identity)
+        .envs(common::test_env(app.dir.path(), &[]));
+    let refused = restore.output().expect("run dbwarden");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("held by another dbwarden process"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        server
+            .proxy
+            .passed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        connections,
+        "nothing was downloaded"
+    );
     let failures = metrics
         .lines()
         .find_map(|l| l.strip_prefix("dbwarden_replica_failures_total{replica=\"s3\"} "))

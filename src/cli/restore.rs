@@ -40,6 +40,9 @@ pub fn restore(
         }
         None => settings.clone(),
     };
+    // Refused while the service runs, before a copy is downloaded for nothing (the
+    // restore itself takes the lock again).
+    drop(dbwarden::db::lock::acquire(&target.database.path)?);
     // A copy from a replica is brought back into a directory beside the target first.
     let stage = staging_dir(&target.database.path);
     let fetched = match &source.from {

@@ -162,3 +162,59 @@ pub(super) fn run_alone(conn: &mut Connection, request: Exclusive) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::request::Reply;
+    use super::*;
+
+    fn append(
+        id: &str,
+    ) -> (
+        Batched,
+        tokio::sync::oneshot::Receiver<Result<Vec<i64>, WriteError>>,
+    ) {
+        let (to, answer) = tokio::sync::oneshot::channel();
+        let event = NewEvent::new(
+            "corruption",
+            id,
+            "CorruptionDetected",
+            serde_json::Value::Null,
+        )
+        .expect("a valid event");
+        let request = Batched::Append {
+            events: vec![event],
+            reply: Reply::new(to),
+        };
+        (request, answer)
+    }
+
+    /// A request whose answer is already known is skipped, never written again; the
+    /// ones after it are written.
+    #[test]
+    fn an_answered_request_is_not_written_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = crate::config::Settings::load_with_env(
+            &crate::config::ConfigSource::Default,
+            [(
+                "DBWARDEN__DATABASE__PATH".to_string(),
+                dir.path().join("events.db").display().to_string(),
+            )],
+        )
+        .expect("settings");
+        let (mut conn, _) = crate::db::open_and_migrate(&settings.database).expect("migrate");
+        let (mut answered, _) = append("already");
+        if let Batched::Append { reply, .. } = &mut answered {
+            reply.set(Ok(vec![99]));
+        }
+        let (first, _) = append("a");
+        let (second, _) = append("b");
+        let mut batch = vec![answered, first, second];
+        commit(&mut conn, &mut batch).expect("commit");
+        assert_eq!(
+            queries::event_count(&conn).expect("count"),
+            2,
+            "the two unanswered requests, and not the answered one"
+        );
+    }
+}

@@ -10,7 +10,12 @@
 //! - the writer's append latency (one event per transaction on the live database,
 //!   p50/p99) while dbwarden ships, against idle;
 //! - dbwarden's peak RSS while shipping and while restoring (each runs in a child
-//!   process of this benchmark, so the server's memory is not counted).
+//!   process of this benchmark, so the server's memory is not counted). The shipping
+//!   child lowers its priority as the service's shipper thread does; the S3 server
+//!   (in this process, at normal priority) shares the two cores with the writer, as a
+//!   MinIO on the same box would, but keeps its files in `/dev/shm`
+//!   (`DBWARDEN_BENCH_S3_DIR` to change it), as a remote replica's writes never reach
+//!   this disk.
 //!
 //! The events carry random hex, which zstd shrinks to about half: closer to a worst
 //! case than Healarr's JSON (file paths and messages), which shrinks far more.
@@ -18,6 +23,7 @@
 //! ```text
 //! cargo bench --bench replica                            # ~1.1 GB database
 //! DBWARDEN_BENCH_DB_MB=200 cargo bench --bench replica   # smaller
+//! DBWARDEN_BENCH_SERVER_NICE=1 cargo bench --bench replica   # the server niced too
 //! ```
 //! Needs Debian's `rclone`.
 
@@ -72,6 +78,10 @@ fn peak_rss_mb() -> f64 {
 /// In a child process: ship the backup to the replica `which`, or fetch its newest
 /// copy; prints "<seconds> <peak RSS MB> <bytes>".
 fn child(role: &str, dir: &Path) {
+    // As the service's shipper thread does, before any thread of the runtime exists.
+    if role.starts_with("ship") {
+        replica::lower_this_threads_priority();
+    }
     let settings = settings(dir);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -173,12 +183,27 @@ fn main() {
         .unwrap_or(1100);
     let dir = tempfile::tempdir_in(std::env::var("TMPDIR").unwrap_or_else(|_| "/var/tmp".into()))
         .expect("tempdir");
+    // DBWARDEN_BENCH_SERVER_NICE=1: the server yields to the writer too, so that what
+    // is left is dbwarden's own cost (a remote replica uses no CPU here at all).
+    let server_nice = std::env::var("DBWARDEN_BENCH_SERVER_NICE").is_ok_and(|v| v == "1");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
+        .on_thread_start(move || {
+            if server_nice {
+                replica::lower_this_threads_priority();
+            }
+        })
         .build()
         .expect("runtime");
-    let server = runtime.block_on(s3::S3Server::start(&dir.path().join("s3"), "bench"));
+    // The server's files in memory (/dev/shm): a real replica is another machine, and
+    // its writes must not land in this disk's journal, where every fsync of the
+    // writer would wait for them.
+    let server_root = tempfile::tempdir_in(
+        std::env::var("DBWARDEN_BENCH_S3_DIR").unwrap_or_else(|_| "/dev/shm".into()),
+    )
+    .expect("server dir");
+    let server = runtime.block_on(s3::S3Server::start(server_root.path(), "bench"));
     let endpoint = server.direct_endpoint();
     let identity = age::x25519::Identity::generate();
     let identity_file = dir.path().join("identity.txt");

@@ -111,3 +111,26 @@ pub fn host_name() -> String {
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
+
+/// How much lower than the writer shipping and drills run (`nice`): compressing,
+/// encrypting and hashing a backup can keep every core busy, and the writer's commits
+/// must not wait for a CPU behind them (measured in BENCHMARKS.md).
+pub const SHIPPING_NICENESS: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority to [`SHIPPING_NICENESS`]; threads
+/// it starts afterwards (the runtime's blocking pool, zstd's workers) inherit it.
+/// Best effort: a failure is logged and shipping goes on at normal priority.
+pub fn lower_this_threads_priority() {
+    // SAFETY: gettid has no preconditions; setpriority with PRIO_PROCESS and a thread
+    // id changes only that thread's niceness on Linux.
+    let rc = unsafe {
+        libc::setpriority(
+            libc::PRIO_PROCESS,
+            libc::gettid() as libc::id_t,
+            SHIPPING_NICENESS,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the shipping thread's priority");
+    }
+}

@@ -1,6 +1,7 @@
 //! The Shipper: one per replica, each on its own thread with its own runtime, so a
 //! replica that is slow, down or refusing never delays the writer, the backups or the
-//! other replicas.
+//! other replicas. The thread runs at a lower priority ([`super::SHIPPING_NICENESS`]),
+//! so compressing a backup never keeps the writer from a CPU.
 //!
 //! It wakes when a verified backup is recorded (the BackupHandle's `verified` signal)
 //! and once at start, then catches up: every good local backup newer than the
@@ -160,6 +161,7 @@ impl Shippers {
             let thread = std::thread::Builder::new()
                 .name(format!("replica-{}", replica_settings.name))
                 .spawn(move || {
+                    super::lower_this_threads_priority();
                     match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()

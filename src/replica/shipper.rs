@@ -72,6 +72,13 @@ impl ReplicaStatus {
         }
     }
 
+    /// Takes the complete copies' count and newest time from a fresh listing.
+    fn count_copies(&mut self, copies: &[catalog::RemoteCopy]) {
+        let complete = copies.iter().filter(|c| c.status == CopyStatus::Complete);
+        self.complete_copies = complete.clone().count();
+        self.newest_copy_at = complete.map(|c| c.created_at).max();
+    }
+
     /// Why health is degraded by this replica, for `reasons`.
     pub fn stale_reason(&self) -> String {
         let newest = match self.newest_copy_at {
@@ -401,9 +408,7 @@ impl Shipper {
                 Err(e) => s.last_drill_error = Some(e.to_string()),
             }
             if let Some(copies) = &copies {
-                let complete = copies.iter().filter(|c| c.status == CopyStatus::Complete);
-                s.complete_copies = complete.clone().count();
-                s.newest_copy_at = complete.map(|c| c.created_at).max();
+                s.count_copies(copies);
             }
         });
         outcome
@@ -456,15 +461,8 @@ impl Shipper {
         }
         let copies = catalog::list(&self.replica).await?;
         retention::prune(&self.replica, &copies).await?;
-        let complete: Vec<_> = catalog::list(&self.replica)
-            .await?
-            .into_iter()
-            .filter(|c| c.status == CopyStatus::Complete)
-            .collect();
-        self.board.update(&name, |s| {
-            s.complete_copies = complete.len();
-            s.newest_copy_at = complete.iter().map(|c| c.created_at).max();
-        });
+        let copies = catalog::list(&self.replica).await?;
+        self.board.update(&name, |s| s.count_copies(&copies));
         Ok(())
     }
 }

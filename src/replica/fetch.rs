@@ -125,9 +125,7 @@ async fn fetch_into(
             .inner
             .into_inner()
             .map_err(|e| ReplicaError::Decrypt(e.to_string()))?;
-        file.sync_all()
-            .map_err(|e| ReplicaError::Decrypt(e.to_string()))?;
-        Ok::<_, ReplicaError>((out.bytes, hex::encode(out.hasher.finalize())))
+        Ok::<_, ReplicaError>((out.bytes, hex::encode(out.hasher.finalize()), file))
     });
     // Every stored byte is hashed, even after the decoder stopped reading.
     let mut stream = got.into_stream();
@@ -168,13 +166,16 @@ async fn fetch_into(
             manifest.object_bytes, manifest.object_sha256
         )));
     }
-    let (size, sha256) = decoded.map_err(|e| bad(format!("{e}")))?;
+    let (size, sha256, file) = decoded.map_err(|e| bad(format!("{e}")))?;
     if size != facts.size_bytes || sha256 != facts.sha256 {
         return Err(bad(format!(
             "the database differs from the one shipped ({size} bytes, SHA-256 {sha256}; shipped {} bytes, {})",
             facts.size_bytes, facts.sha256
         )));
     }
+    // The fsync (disk-bound) and the integrity check (CPU-bound, reading the same
+    // bytes from the page cache) run side by side; the file is renamed only after both.
+    let syncing = tokio::task::spawn_blocking(move || file.sync_all());
     let temp_owned = temp.to_path_buf();
     let checked = tokio::task::spawn_blocking(move || -> Result<(i64, i64), db::DbError> {
         integrity::verify_file(&temp_owned)?;
@@ -189,6 +190,11 @@ async fn fetch_into(
         path: temp.to_path_buf(),
         source: io::Error::other(e),
     })?;
+    syncing
+        .await
+        .map_err(io::Error::other)
+        .and_then(|synced| synced)
+        .map_err(ReplicaError::io(temp))?;
     let (last_event_id, event_count) = checked.map_err(|e| bad(e.to_string()))?;
     if last_event_id != facts.last_event_id || event_count != facts.event_count {
         return Err(bad(format!(

@@ -1,7 +1,8 @@
 //! The Shipper: one per replica, each on its own thread with its own runtime, so a
 //! replica that is slow, down or refusing never delays the writer, the backups or the
-//! other replicas. The thread runs at a lower priority ([`super::SHIPPING_NICENESS`]),
-//! so compressing a backup never keeps the writer from a CPU.
+//! other replicas. The thread runs under `SCHED_IDLE`
+//! ([`super::lower_this_threads_priority`]), so compressing a backup never keeps the
+//! writer from a CPU.
 //!
 //! It wakes when a verified backup is recorded (the BackupHandle's `verified` signal)
 //! and once at start, then catches up: every good local backup newer than the

@@ -189,20 +189,97 @@ mod tests {
         (request, answer)
     }
 
+    fn migrated(dir: &std::path::Path) -> Connection {
+        let settings = crate::config::Settings::load_with_env(
+            &crate::config::ConfigSource::Default,
+            [(
+                "DBWARDEN__DATABASE__PATH".to_string(),
+                dir.join("events.db").display().to_string(),
+            )],
+        )
+        .expect("settings");
+        crate::db::open_and_migrate(&settings.database)
+            .expect("migrate")
+            .0
+    }
+
+    fn delete(id: &str) -> Batched {
+        let (to, _) = tokio::sync::oneshot::channel();
+        Batched::DeleteCorruption {
+            id: id.into(),
+            reply: Reply::new(to),
+        }
+    }
+
+    /// The shape of the group commit: consecutive appends share one savepoint and one
+    /// multi-row INSERT (`run`); anything else, and an append on its own, gets a
+    /// savepoint of its own (`request`). Seen through SQLite's authorizer, which is
+    /// told of every SAVEPOINT statement.
+    #[test]
+    fn consecutive_appends_are_written_together_and_the_rest_one_by_one() {
+        use rusqlite::hooks::{AuthAction, Authorization, TransactionOperation};
+        use std::sync::{Arc, Mutex};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut conn = migrated(dir.path());
+        let savepoints = Arc::new(Mutex::new(Vec::<String>::new()));
+        let seen = Arc::clone(&savepoints);
+        conn.authorizer(Some(move |context: rusqlite::hooks::AuthContext<'_>| {
+            if let AuthAction::Savepoint {
+                operation: TransactionOperation::Begin,
+                savepoint_name,
+            } = context.action
+            {
+                seen.lock().expect("lock").push(savepoint_name.to_string());
+            }
+            Authorization::Allow
+        }))
+        .expect("authorizer");
+        let mut answers = Vec::new();
+        let mut batch = Vec::new();
+        for id in ["a", "b", "c"] {
+            let (request, answer) = append(id);
+            batch.push(request);
+            answers.push(answer);
+        }
+        batch.push(delete("x"));
+        let (lone, answer) = append("d");
+        batch.push(lone);
+        answers.push(answer);
+        batch.push(delete("y"));
+        for id in ["e", "f"] {
+            let (request, answer) = append(id);
+            batch.push(request);
+            answers.push(answer);
+        }
+        commit(&mut conn, &mut batch).expect("commit");
+        conn.authorizer(None::<fn(rusqlite::hooks::AuthContext<'_>) -> Authorization>)
+            .expect("authorizer removed");
+        for request in batch {
+            request.finish();
+        }
+        assert_eq!(
+            *savepoints.lock().expect("lock"),
+            ["run", "request", "request", "request", "run"],
+            "three appends together, the delete, the lone append, the delete, two appends together"
+        );
+        let ids: Vec<i64> = answers
+            .into_iter()
+            .flat_map(|mut answer| answer.try_recv().expect("answered").expect("written"))
+            .collect();
+        assert_eq!(
+            ids,
+            [1, 2, 3, 4, 5, 6],
+            "every append written once, in order"
+        );
+        assert_eq!(queries::event_count(&conn).expect("count"), 6);
+    }
+
     /// A request whose answer is already known is skipped, never written again; the
     /// ones after it are written.
     #[test]
     fn an_answered_request_is_not_written_again() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let settings = crate::config::Settings::load_with_env(
-            &crate::config::ConfigSource::Default,
-            [(
-                "DBWARDEN__DATABASE__PATH".to_string(),
-                dir.path().join("events.db").display().to_string(),
-            )],
-        )
-        .expect("settings");
-        let (mut conn, _) = crate::db::open_and_migrate(&settings.database).expect("migrate");
+        let mut conn = migrated(dir.path());
         let (mut answered, _) = append("already");
         if let Batched::Append { reply, .. } = &mut answered {
             reply.set(Ok(vec![99]));

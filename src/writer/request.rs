@@ -141,3 +141,104 @@ impl Batched {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn disk_full() -> WriteError {
+        WriteError::DiskFull(Arc::new(crate::db::DbError::Sqlite(
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                None,
+            ),
+        )))
+    }
+
+    fn is_disk_full<T>(
+        answer: Result<Result<T, WriteError>, oneshot::error::TryRecvError>,
+    ) -> bool {
+        matches!(answer, Ok(Err(WriteError::DiskFull(_))))
+    }
+
+    /// A failed transaction's error reaches every kind of request as it is (a full
+    /// disk stays a full disk, which the API answers with 507), not as "unavailable".
+    #[test]
+    fn a_failure_reaches_every_request_as_the_error_it_was() {
+        let (to, mut append) = oneshot::channel();
+        Request::Batched(Batched::Append {
+            events: Vec::new(),
+            reply: Reply::new(to),
+        })
+        .fail(disk_full());
+        assert!(is_disk_full(append.try_recv()));
+
+        let (to, mut delete) = oneshot::channel();
+        Request::Batched(Batched::DeleteCorruption {
+            id: "x".into(),
+            reply: Reply::new(to),
+        })
+        .fail(disk_full());
+        assert!(is_disk_full(delete.try_recv()));
+
+        let (to, mut record) = oneshot::channel();
+        Request::Batched(Batched::RecordJobRun {
+            run: JobRunRow {
+                job: "j".into(),
+                trigger: "manual".into(),
+                started_at: chrono::Utc::now(),
+                duration_ms: 0,
+                outcome: "ok".into(),
+                message: String::new(),
+                output: None,
+            },
+            keep: 1,
+            reply: Reply::new(to),
+        })
+        .fail(disk_full());
+        assert!(is_disk_full(record.try_recv()));
+
+        let (to, mut statements) = oneshot::channel();
+        Request::Exclusive(Exclusive::Statements {
+            statements: Vec::new(),
+            stop: StopWhen {
+                cancel: tokio_util::sync::CancellationToken::new(),
+                deadline: None,
+            },
+            reply: to,
+        })
+        .fail(disk_full());
+        assert!(is_disk_full(statements.try_recv()));
+
+        let (to, mut repair) = oneshot::channel();
+        Request::Exclusive(Exclusive::RepairSummary { reply: to }).fail(disk_full());
+        assert!(is_disk_full(repair.try_recv()));
+    }
+
+    /// The events counter counts what an append wrote once its answer is known, and
+    /// nothing for a refused or failed one.
+    #[test]
+    fn appended_counts_the_written_events_only() {
+        let (to, _answer) = oneshot::channel();
+        let mut written = Batched::Append {
+            events: Vec::new(),
+            reply: Reply::new(to),
+        };
+        assert_eq!(written.appended(), 0, "no answer yet");
+        if let Batched::Append { reply, .. } = &mut written {
+            reply.set(Ok(vec![7, 8, 9]));
+        }
+        assert_eq!(written.appended(), 3);
+
+        let (to, _answer) = oneshot::channel();
+        let mut refused = Batched::Append {
+            events: Vec::new(),
+            reply: Reply::new(to),
+        };
+        if let Batched::Append { reply, .. } = &mut refused {
+            reply.set(Err(WriteError::Rejected("no".into())));
+        }
+        assert_eq!(refused.appended(), 0);
+    }
+}

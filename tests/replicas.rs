@@ -1131,19 +1131,45 @@ async fn a_server_that_goes_away_mid_upload_never_holds_a_counted_half_copy() {
     app.stop().await;
 }
 
-/// SIGKILL while a copy is being uploaded (its first part sent, the others held back by
-/// the rate limit): nothing half-uploaded ever counts, and the next start ships again;
-/// the copy then restores in a drill.
+/// Files in the `file://` replica's `backups/` that object_store's staging names
+/// (`<object>#<digits>`): what an upload cut short leaves there.
+fn staging_files(nas: &Path) -> Vec<String> {
+    std::fs::read_dir(nas.join("backups"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| {
+                    n.rsplit_once('#').is_some_and(|(_, t)| {
+                        !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit())
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// SIGKILL while a copy is being uploaded to both replicas (a first part sent, the
+/// others held back by the rate limit): nothing half-uploaded ever counts, the next
+/// start deletes what the cut upload left on the `file://` replica (its staging file,
+/// and a stranger's file of the same shape stays) and ships again; the copy then
+/// restores in a drill.
 #[actix_rt::test]
 async fn a_kill_during_an_upload_leaves_no_counted_copy_and_the_next_start_ships_again() {
     let world = World::new().await.with_identity_file();
     let server = &world.server;
+    let nas = world.root.path().join("nas");
     let dir = world.root.path().join("service");
     std::fs::create_dir_all(dir.join("data")).expect("dir");
-    let limited = world.replicas.replace(
-        "name = \"s3\"\n",
-        "name = \"s3\"\npart_size_mib = 5\nmax_bytes_per_second = 65536\n",
-    );
+    let limited = world
+        .replicas
+        .replace(
+            "name = \"s3\"\n",
+            "name = \"s3\"\npart_size_mib = 5\nmax_bytes_per_second = 65536\n",
+        )
+        .replace(
+            "name = \"nas\"\n",
+            "name = \"nas\"\npart_size_mib = 5\nmax_bytes_per_second = 65536\n",
+        );
     std::fs::write(dir.join("config.toml"), &limited).expect("config");
     {
         // ~36 MB of events, a copy of a few 5 MiB parts.
@@ -1163,15 +1189,24 @@ async fn a_kill_during_an_upload_leaves_no_counted_copy_and_the_next_start_ships
         .sent_bytes
         .load(std::sync::atomic::Ordering::Relaxed)
         <= 5 << 20
+        || staging_files(&nas).is_empty()
     {
         assert!(
             std::time::Instant::now() < deadline,
-            "the upload never sent its first part"
+            "the uploads never sent their first parts"
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     running.child.kill().expect("SIGKILL");
     running.child.wait().expect("reaped");
+    let left = staging_files(&nas);
+    assert_eq!(
+        left.len(),
+        1,
+        "the cut upload left its staging file: {left:?}"
+    );
+    let stranger = nas.join("backups/holiday-photos.tar#1");
+    std::fs::write(&stranger, "not dbwarden's").expect("a stranger's file");
     let settings = common::settings_with_file(&dir, &limited, &[]);
     let s3 = Replica::open(&settings.replicas[1]).expect("open s3");
     let local = catalog::list(&dir.join("backups")).expect("local backups");
@@ -1191,6 +1226,14 @@ async fn a_kill_during_an_upload_leaves_no_counted_copy_and_the_next_start_ships
     std::fs::write(dir.join("config.toml"), &world.replicas).expect("config");
     let running = common::process::start_with(&dir, &env);
     wait_for_copies(&s3, &[&local[0].name]).await;
+    let nas_replica = Replica::open(&settings.replicas[0]).expect("open nas");
+    wait_for_copies(&nas_replica, &[&local[0].name]).await;
+    let now = staging_files(&nas);
+    assert!(
+        !now.contains(&left[0]) && now.contains(&"holiday-photos.tar#1".to_string()),
+        "the cut upload's staging file {} is gone, the stranger's stays: {now:?}",
+        left[0]
+    );
     let drill = reqwest::Client::new()
         .post(format!("{}/api/jobs/drill-s3/run?wait=true", running.base))
         .send()

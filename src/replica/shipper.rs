@@ -418,6 +418,16 @@ impl Shipper {
     /// Ships what the replica lacks, oldest first, then applies its retention.
     async fn catch_up(&self) -> Result<(), ReplicaError> {
         self.hold_lease().await?;
+        let replica = self.replica.clone();
+        let removed = tokio::task::spawn_blocking(move || replica.remove_abandoned_uploads())
+            .await
+            .map_err(|e| ReplicaError::Io {
+                path: self.backup_dir.clone(),
+                source: std::io::Error::other(e),
+            })??;
+        if removed > 0 {
+            tracing::info!(replica = %self.replica.name(), removed, "deleted what uploads cut short had left");
+        }
         let dir = self.backup_dir.clone();
         let local = tokio::task::spawn_blocking(move || local_catalog::list(&dir))
             .await

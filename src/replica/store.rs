@@ -12,6 +12,13 @@
 //!   times within 3 minutes). The Shipper retries the whole copy with its own backoff
 //!   (30 s to 15 min), so a replica that is down is noticed, reported and retried
 //!   rather than waited for.
+//!
+//! An upload cut short by a kill leaves its parts behind. On S3, GCS and Azure they are
+//! an unfinished multipart upload, which object_store can neither list nor abort
+//! without its id (a bucket lifecycle rule removes them: README). On a `file://`
+//! replica they are one staging file beside the object (`<object>#<n>`, hidden from
+//! listings): [`Replica::remove_abandoned_uploads`] deletes those of dbwarden's own
+//! objects before each round of shipping.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -147,11 +154,110 @@ impl Replica {
         })
     }
 
+    /// Deletes what uploads cut short left on a `file://` replica: object_store's
+    /// staging files (`<object>#<digits>`) of the objects dbwarden writes under
+    /// `backups/`. Anything else is not ours and stays. Call it only while holding the
+    /// replica's lease and with no upload of this service in flight (the shipper's own
+    /// thread, before it ships). Answers how many were deleted; 0 for other stores.
+    pub fn remove_abandoned_uploads(&self) -> Result<usize, ReplicaError> {
+        let ReplicaTarget::File { path } = self.settings.target() else {
+            return Ok(0);
+        };
+        let backups = path.join(self.layout.backups().as_ref());
+        let entries = match std::fs::read_dir(&backups) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => {
+                return Err(ReplicaError::Io {
+                    path: backups,
+                    source: e,
+                })
+            }
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry.map_err(ReplicaError::io(&backups))?;
+            let file_name = entry.file_name();
+            let Some((object, upload)) = file_name.to_str().and_then(|n| n.rsplit_once('#')) else {
+                continue;
+            };
+            let staged = !upload.is_empty() && upload.bytes().all(|b| b.is_ascii_digit());
+            if staged
+                && self
+                    .layout
+                    .parse(&self.layout.backups().join(object))
+                    .is_some()
+            {
+                std::fs::remove_file(entry.path()).map_err(ReplicaError::io(entry.path()))?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            crate::db::durable::sync_dir(&backups).map_err(ReplicaError::io(&backups))?;
+        }
+        Ok(removed)
+    }
+
     /// An object store error, with this replica's name.
     pub fn error(&self, source: object_store::Error) -> ReplicaError {
         ReplicaError::Store {
             replica: self.settings.name.clone(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn abandoned_uploads_of_dbwarden_objects_are_deleted_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[replicas]]\nname = \"nas\"\nurl = \"file://{}\"\nencryption = \"none\"\n",
+                dir.path().join("nas").display()
+            ),
+        )
+        .expect("config");
+        let settings = crate::config::Settings::load_with_env(
+            &crate::config::ConfigSource::Explicit(config),
+            [(
+                "DBWARDEN__DATABASE__PATH".to_string(),
+                dir.path().join("events.db").display().to_string(),
+            )],
+        );
+        let settings = settings.expect("settings");
+        let replica = Replica::open(&settings.replicas[0]).expect("open");
+        let backups = dir.path().join("nas/backups");
+        std::fs::create_dir_all(&backups).expect("dir");
+        let name = "dbwarden-20261202T101500Z.db";
+        let ours = [
+            format!("{name}.zst.age#1"),
+            format!("{name}.zst#12"),
+            format!("{name}.manifest.json#3"),
+        ];
+        let kept = [
+            format!("{name}.zst.age"),
+            format!("{name}.zst.age#"),
+            format!("{name}.zst.age#x1"),
+            "holiday.tar#1".to_string(),
+            "dbwarden-garbage.db.zst#1".to_string(),
+        ];
+        for file in ours.iter().chain(&kept) {
+            std::fs::write(backups.join(file), "x").expect("write");
+        }
+        assert_eq!(replica.remove_abandoned_uploads().expect("removed"), 3);
+        let mut left: Vec<String> = std::fs::read_dir(&backups)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+            .collect();
+        left.sort();
+        let mut expected = kept.to_vec();
+        expected.sort();
+        assert_eq!(left, expected);
     }
 }

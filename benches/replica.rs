@@ -80,7 +80,7 @@ fn peak_rss_mb() -> f64 {
 fn child(role: &str, dir: &Path) {
     // As the service's shipper thread does, before any thread of the runtime exists.
     if role.starts_with("ship") {
-        replica::lower_this_threads_priority();
+        replica::lower_this_threads_priority(dbwarden::config::CpuPriority::Idle);
     }
     let settings = settings(dir);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -191,7 +191,7 @@ fn main() {
         .enable_all()
         .on_thread_start(move || {
             if server_nice {
-                replica::lower_this_threads_priority();
+                replica::lower_this_threads_priority(dbwarden::config::CpuPriority::Idle);
             }
         })
         .build()

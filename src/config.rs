@@ -22,7 +22,9 @@ use crate::cron::Schedule;
 use serde::{Deserialize, Serialize};
 
 mod replicas;
-pub use replicas::{read_identities, Encryption, ReplicaSettings, ReplicaTarget, ReplicaUrl};
+pub use replicas::{
+    read_identities, CpuPriority, Encryption, ReplicaSettings, ReplicaTarget, ReplicaUrl,
+};
 
 /// The documented defaults, embedded at build time.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config.toml");

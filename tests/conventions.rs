@@ -353,7 +353,7 @@ async fn the_dashboard_and_alert_rules_use_only_exported_metrics() {
     let dir = tempfile::tempdir().expect("tempdir");
     // A replica, for the per-replica families.
     let replica = format!(
-        "[[replicas]]\nname = \"nas\"\nurl = \"file://{}\"\nencryption = \"none\"\n",
+        "[[replicas]]\nname = \"nas\"\nurl = \"file://{}\"\nencryption = \"none\"\ncpu_priority = \"low\"\n",
         dir.path().join("nas").display()
     );
     let mut settings = common::settings_with_file(dir.path(), &replica, &[]);

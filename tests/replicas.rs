@@ -45,10 +45,12 @@ fn replicas_toml(shared: &Path, server: &S3Server, recipient: &str) -> String {
 name = "nas"
 url = "file://{nas}"
 age_recipients = ["{recipient}"]
+cpu_priority = "low"
 
 [[replicas]]
 name = "s3"
 url = "s3://{bucket}/hosts/one"
+cpu_priority = "low"
 endpoint = "{endpoint}"
 allow_http = true
 access_key_id = "{access}"
@@ -65,6 +67,9 @@ age_recipients = ["{recipient}"]
 
 /// What most tests start from: a temp root, an S3 server, an age identity, and the
 /// `[[replicas]]` tables pointing at the server (`s3`) and at `root/nas` (`nas`).
+/// They ship at `cpu_priority = "low"`: the tests run side by side on a busy CPU, where
+/// `SCHED_IDLE` shipping would wait for the other tests to finish (the policy itself is
+/// tested in `replica::tests`).
 struct World {
     root: tempfile::TempDir,
     server: S3Server,
@@ -1150,9 +1155,9 @@ fn staging_files(nas: &Path) -> Vec<String> {
 
 /// SIGKILL while a copy is being uploaded to both replicas (a first part sent, the
 /// others held back by the rate limit): nothing half-uploaded ever counts, the next
-/// start deletes what the cut upload left on the `file://` replica (its staging file,
-/// and a stranger's file of the same shape stays) and ships again; the copy then
-/// restores in a drill.
+/// start aborts the cut S3 upload (its id was in the ledger) and deletes what the cut
+/// upload left on the `file://` replica (its staging file; a stranger's file of the
+/// same shape stays), and ships again; the copy then restores in a drill.
 #[actix_rt::test]
 async fn a_kill_during_an_upload_leaves_no_counted_copy_and_the_next_start_ships_again() {
     let world = World::new().await.with_identity_file();
@@ -1205,6 +1210,19 @@ async fn a_kill_during_an_upload_leaves_no_counted_copy_and_the_next_start_ships
         1,
         "the cut upload left its staging file: {left:?}"
     );
+    let ledger = dbwarden::replica::uploads::Ledger::of(&dir.join("backups"), "s3")
+        .read()
+        .expect("the upload ledger");
+    assert_eq!(
+        ledger.len(),
+        1,
+        "the S3 upload was written down: {ledger:?}"
+    );
+    let cut = &ledger[0];
+    assert!(
+        server.upload_is_open(&cut.object, &cut.upload_id).await,
+        "the cut upload is still open on the server: {cut:?}"
+    );
     let stranger = nas.join("backups/holiday-photos.tar#1");
     std::fs::write(&stranger, "not dbwarden's").expect("a stranger's file");
     let settings = common::settings_with_file(&dir, &limited, &[]);
@@ -1225,9 +1243,28 @@ async fn a_kill_during_an_upload_leaves_no_counted_copy_and_the_next_start_ships
     // Started again without the rate limit: the copy is shipped whole.
     std::fs::write(dir.join("config.toml"), &world.replicas).expect("config");
     let running = common::process::start_with(&dir, &env);
-    wait_for_copies(&s3, &[&local[0].name]).await;
+    // This start takes a backup of its own (`backup.at_startup`); a replica with no
+    // complete copy gets the newest backup, and the older one too only if its shipper
+    // listed the backups before that one was taken. So: the newest, on both.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let newest = loop {
+        let now = catalog::list(&dir.join("backups")).expect("local backups");
+        if now.len() == 2 {
+            break now[1].name.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second start took no backup: {now:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    wait_for_copies(&s3, &[&newest]).await;
     let nas_replica = Replica::open(&settings.replicas[0]).expect("open nas");
-    wait_for_copies(&nas_replica, &[&local[0].name]).await;
+    wait_for_copies(&nas_replica, &[&newest]).await;
+    assert!(
+        !server.upload_is_open(&cut.object, &cut.upload_id).await,
+        "the cut upload was aborted at the next start: {cut:?}"
+    );
     let now = staging_files(&nas);
     assert!(
         !now.contains(&left[0]) && now.contains(&"holiday-photos.tar#1".to_string()),
@@ -1350,6 +1387,7 @@ fn bad_replica_settings_name_the_key_and_the_reason() {
         (format!("{ok}keep_weekly = 20000\n"), "replicas[0].keep_weekly", "out of range"),
         (format!("{ok}part_size_mib = 1\n"), "replicas[0].part_size_mib", "out of range"),
         (format!("{ok}lease_expire_secs = 60\n"), "replicas[0].lease_expire_secs", "out of range"),
+        (format!("{ok}cpu_priority = \"high\"\n"), "replicas[0].cpu_priority", "`high` is not a CPU priority: use \"idle\" or \"low\""),
         (format!("{ok}max_bytes_per_second = 100\n"), "replicas[0].max_bytes_per_second", "out of range"),
         (format!("{ok}drill_schedule = \"every sunday\"\n"), "replicas[0].drill_schedule", ""),
         (format!("{ok}colour = \"blue\"\n"), "colour", "unknown field"),

@@ -76,7 +76,7 @@ fn chromium(profile: &std::path::Path, url: &str, extra: &[&str]) -> Command {
 async fn chromium_renders_the_page_with_charts_and_no_console_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
     let replica = format!(
-        "[[replicas]]\nname = \"nas\"\nurl = \"file://{}\"\nencryption = \"none\"\n",
+        "[[replicas]]\nname = \"nas\"\nurl = \"file://{}\"\nencryption = \"none\"\ncpu_priority = \"low\"\n",
         dir.path().join("nas").display()
     );
     let settings = common::settings_with_file(dir.path(), &replica, &[]);

@@ -122,6 +122,32 @@ pub enum Encryption {
     None,
 }
 
+/// How the replica's shipping and drills share the CPU with the rest of the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", try_from = "String")]
+pub enum CpuPriority {
+    /// Linux's `SCHED_IDLE`: only CPU time nothing else wants. The writer never waits
+    /// behind shipping; on a machine kept busy for hours, shipping waits too.
+    #[default]
+    Idle,
+    /// nice 10: a smaller share of a busy CPU, never none.
+    Low,
+}
+
+impl TryFrom<String> for CpuPriority {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<CpuPriority, String> {
+        match text.as_str() {
+            "idle" => Ok(CpuPriority::Idle),
+            "low" => Ok(CpuPriority::Low),
+            other => Err(format!(
+                "`{other}` is not a CPU priority: use \"idle\" or \"low\""
+            )),
+        }
+    }
+}
+
 impl Encryption {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -199,6 +225,9 @@ pub struct ReplicaSettings {
     /// backup at least), so keep it well above the backup interval.
     #[serde(default = "default_lease_expire")]
     pub lease_expire_secs: u64,
+    /// `idle` (default) or `low`; see [`CpuPriority`].
+    #[serde(default)]
+    pub cpu_priority: CpuPriority,
 }
 
 fn default_encryption() -> Encryption {

@@ -41,8 +41,11 @@ pub mod retention;
 pub mod ship;
 pub mod shipper;
 pub mod store;
+pub mod uploads;
 
 use std::path::PathBuf;
+
+use crate::config::CpuPriority;
 
 pub use store::Replica;
 
@@ -112,23 +115,23 @@ pub fn host_name() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-/// The niceness shipping falls back to where `SCHED_IDLE` is refused (some container
-/// runtimes filter `sched_setscheduler`).
+/// The niceness of shipping at `cpu_priority = "low"`, and where `SCHED_IDLE` is
+/// refused (some container runtimes filter `sched_setscheduler`).
 pub const SHIPPING_NICENESS: i32 = 10;
 
-/// Puts the calling thread, and the threads it starts afterwards (the runtime's
-/// blocking pool, zstd's workers: Linux threads inherit their policy), under
-/// `SCHED_IDLE`: compressing, encrypting and hashing a backup can keep every core busy,
-/// and a woken writer must not wait behind them. Under `SCHED_IDLE` a waking writer
-/// always preempts shipping at once; nice 10 alone still left the writer's p99 at 2.4×
-/// idle on two cores, `SCHED_IDLE` brings it to 1.3× (BENCHMARKS.md).
+/// Lowers the calling thread's priority, and that of the threads it starts afterwards
+/// (the runtime's blocking pool, zstd's workers: Linux threads inherit both), as the
+/// replica's `cpu_priority` says. Compressing, encrypting and hashing a backup can keep
+/// every core busy, and a woken writer must not wait behind them: at nice 10 alone the
+/// writer's p99 while shipping was 2.4× idle on two cores; under `SCHED_IDLE` (the
+/// default) a waking writer preempts shipping at once (BENCHMARKS.md).
 ///
-/// The price: on a machine whose cores are all busy with normal work for hours (a
-/// transcode), shipping gets only a sliver of CPU and waits for quieter moments; the
-/// replica's `max_age_secs` alert says so if it waits too long.
-/// Best effort: a failure is logged and shipping goes on at nice
-/// [`SHIPPING_NICENESS`], or at normal priority.
-pub fn lower_this_threads_priority() {
+/// The price of `SCHED_IDLE`: on a machine whose cores are all busy with other work
+/// for hours, shipping gets only a sliver of CPU and waits for quieter moments; the
+/// replica's `max_age_secs` alert says so if it waits too long, and `low` is the
+/// setting for such machines.
+/// Best effort: a failure is logged and shipping goes on at the priority it has.
+pub fn lower_this_threads_priority(priority: CpuPriority) {
     // SAFETY: gettid has no preconditions; setpriority with PRIO_PROCESS and a thread
     // id changes only that thread's niceness on Linux.
     let rc = unsafe {
@@ -141,12 +144,14 @@ pub fn lower_this_threads_priority() {
     if rc != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the shipping thread's niceness");
     }
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: pid 0 is the calling thread; the parameter is valid for SCHED_IDLE, whose
-    // only priority is 0.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-    if rc != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "could not put the shipping thread under SCHED_IDLE");
+    if priority == CpuPriority::Idle {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread; the parameter is valid for SCHED_IDLE,
+        // whose only priority is 0.
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "could not put the shipping thread under SCHED_IDLE");
+        }
     }
 }
 
@@ -165,10 +170,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn shipping_threads_and_the_threads_they_start_run_under_sched_idle() {
-        let (own, started) = std::thread::spawn(|| {
-            lower_this_threads_priority();
+    fn lowered(priority: CpuPriority) -> ((i32, i32), (i32, i32)) {
+        std::thread::spawn(move || {
+            lower_this_threads_priority(priority);
             let own = policy_and_niceness();
             let started = std::thread::spawn(policy_and_niceness)
                 .join()
@@ -176,9 +180,17 @@ mod tests {
             (own, started)
         })
         .join()
-        .expect("shipping thread");
+        .expect("shipping thread")
+    }
+
+    #[test]
+    fn shipping_threads_and_the_threads_they_start_run_at_the_replicas_priority() {
+        let (own, started) = lowered(CpuPriority::Idle);
         assert_eq!(own, (libc::SCHED_IDLE, SHIPPING_NICENESS));
         assert_eq!(started, own, "a thread started afterwards inherits both");
+        let (own, started) = lowered(CpuPriority::Low);
+        assert_eq!(own, (libc::SCHED_OTHER, SHIPPING_NICENESS));
+        assert_eq!(started, own);
         assert_eq!(
             policy_and_niceness().0,
             libc::SCHED_OTHER,

@@ -1,8 +1,8 @@
 //! The Shipper: one per replica, each on its own thread with its own runtime, so a
 //! replica that is slow, down or refusing never delays the writer, the backups or the
-//! other replicas. The thread runs under `SCHED_IDLE`
-//! ([`super::lower_this_threads_priority`]), so compressing a backup never keeps the
-//! writer from a CPU.
+//! other replicas. The thread runs at the replica's `cpu_priority` (`SCHED_IDLE` by
+//! default: [`super::lower_this_threads_priority`]), so compressing a backup never
+//! keeps the writer from a CPU.
 //!
 //! It wakes when a verified backup is recorded (the BackupHandle's `verified` signal)
 //! and once at start, then catches up: every good local backup newer than the
@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::catalog::{self, CopyStatus};
 use super::drill::{self, DrillOutcome};
 use super::lease::Lease;
-use super::{retention, ship, Replica, ReplicaError};
+use super::{retention, ship, uploads, Replica, ReplicaError};
 use crate::backup::catalog::{self as local_catalog, BackupStatus};
 use crate::config::Settings;
 use crate::notifier::{Notifier, Severity};
@@ -166,10 +166,11 @@ impl Shippers {
                 started: std::time::Instant::now(),
             };
             let verified = verified.clone();
+            let priority = replica_settings.cpu_priority;
             let thread = std::thread::Builder::new()
                 .name(format!("replica-{}", replica_settings.name))
                 .spawn(move || {
-                    super::lower_this_threads_priority();
+                    super::lower_this_threads_priority(priority);
                     match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
@@ -425,8 +426,10 @@ impl Shipper {
                 path: self.backup_dir.clone(),
                 source: std::io::Error::other(e),
             })??;
-        if removed > 0 {
-            tracing::info!(replica = %self.replica.name(), removed, "deleted what uploads cut short had left");
+        let ledger = uploads::Ledger::of(&self.backup_dir, self.replica.name());
+        let aborted = uploads::abort_abandoned(&self.replica, &ledger).await?;
+        if removed + aborted > 0 {
+            tracing::info!(replica = %self.replica.name(), removed, aborted, "cleaned up what uploads cut short had left");
         }
         let dir = self.backup_dir.clone();
         let local = tokio::task::spawn_blocking(move || local_catalog::list(&dir))

@@ -15,10 +15,11 @@
 //!
 //! An upload cut short by a kill leaves its parts behind. On S3, GCS and Azure they are
 //! an unfinished multipart upload, which object_store can neither list nor abort
-//! without its id (a bucket lifecycle rule removes them: README). On a `file://`
-//! replica they are one staging file beside the object (`<object>#<n>`, hidden from
-//! listings): [`Replica::remove_abandoned_uploads`] deletes those of dbwarden's own
-//! objects before each round of shipping.
+//! without its id, so dbwarden writes each upload's id down before its first part and
+//! aborts what a killed process left ([`super::uploads`]). On a `file://` replica they
+//! are one staging file beside the object (`<object>#<n>`, hidden from listings):
+//! [`Replica::remove_abandoned_uploads`] deletes those of dbwarden's own objects.
+//! Both run before each round of shipping.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::local::LocalFileSystem;
+use object_store::multipart::MultipartStore;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 
 use super::layout::Layout;
@@ -44,6 +46,9 @@ const RETRY_WITHIN: Duration = Duration::from_secs(60);
 pub struct Replica {
     pub settings: ReplicaSettings,
     pub store: Arc<dyn ObjectStore>,
+    /// The same store's multipart API, where it has one (S3, GCS, Azure): uploads go
+    /// through it so that their ids are known ([`super::uploads`]).
+    pub multipart: Option<Arc<dyn MultipartStore>>,
     pub layout: Layout,
 }
 
@@ -82,7 +87,12 @@ impl Replica {
             max_retries: REQUEST_RETRIES,
             retry_timeout: RETRY_WITHIN,
         };
-        let (store, prefix): (Arc<dyn ObjectStore>, String) = match settings.target() {
+        type Stores = (Arc<dyn ObjectStore>, Option<Arc<dyn MultipartStore>>);
+        fn both<S: ObjectStore + MultipartStore>(store: S) -> Stores {
+            let store = Arc::new(store);
+            (store.clone(), Some(store))
+        }
+        let ((store, multipart), prefix): (Stores, String) = match settings.target() {
             ReplicaTarget::S3 { bucket, prefix } => {
                 let mut builder = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
@@ -111,7 +121,7 @@ impl Replica {
                     builder = builder.with_config(key, value);
                 }
                 let store = builder.build().map_err(|e| failed(e.to_string()))?;
-                (Arc::new(store), prefix.clone())
+                (both(store), prefix.clone())
             }
             ReplicaTarget::Gcs { bucket, prefix } => {
                 let mut builder = GoogleCloudStorageBuilder::from_env()
@@ -123,7 +133,7 @@ impl Replica {
                     builder = builder.with_config(key, value);
                 }
                 let store = builder.build().map_err(|e| failed(e.to_string()))?;
-                (Arc::new(store), prefix.clone())
+                (both(store), prefix.clone())
             }
             ReplicaTarget::Azure { container, prefix } => {
                 let mut builder = MicrosoftAzureBuilder::from_env()
@@ -135,7 +145,7 @@ impl Replica {
                     builder = builder.with_config(key, value);
                 }
                 let store = builder.build().map_err(|e| failed(e.to_string()))?;
-                (Arc::new(store), prefix.clone())
+                (both(store), prefix.clone())
             }
             ReplicaTarget::File { path } => {
                 crate::db::create_private_dir(path).map_err(ReplicaError::io(path))?;
@@ -144,12 +154,13 @@ impl Replica {
                 let store = LocalFileSystem::new_with_prefix(path)
                     .map_err(|e| failed(e.to_string()))?
                     .with_fsync(true);
-                (Arc::new(store), String::new())
+                ((Arc::new(store), None), String::new())
             }
         };
         Ok(Replica {
             settings: settings.clone(),
             store,
+            multipart,
             layout: Layout::new(&prefix),
         })
     }

@@ -130,6 +130,22 @@ impl S3Server {
             .unwrap_or_else(|e| panic!("writing {key}: {e}"));
     }
 
+    /// Whether the server still holds the multipart upload `upload_id` of `key`: a
+    /// part sent to it is accepted (S3 answers NoSuchUpload once it was aborted or
+    /// completed). Sends a small part, so only for uploads being thrown away anyway.
+    pub async fn upload_is_open(&self, key: &str, upload_id: &str) -> bool {
+        use object_store::multipart::MultipartStore;
+        self.client
+            .put_part(
+                &ObjectPath::from(key),
+                &upload_id.to_string(),
+                9_999,
+                bytes::Bytes::from_static(b"probe").into(),
+            )
+            .await
+            .is_ok()
+    }
+
     pub async fn exists(&self, key: &str) -> bool {
         self.read(key).await.is_some()
     }

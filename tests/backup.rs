@@ -261,6 +261,65 @@ fn reverification_marks_bit_rot_bad_and_retention_keeps_the_last_good() {
     assert_eq!(remaining, vec![newest.name.clone(), fresh.name.clone()]);
 }
 
+/// Retention deletes what is left of a doomed backup whose file is already gone (its
+/// manifest), and stops, keeping the manifest, when the file cannot be removed.
+#[test]
+fn retention_clears_a_vanished_backup_and_stops_at_one_it_cannot_remove() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = common::settings_keeping_last(dir.path(), "1");
+    fill(&settings, 20);
+    let backups = dir.path().join("backups");
+    let first = take(&settings).expect("first");
+    std::fs::remove_file(backups.join(&first.name)).expect("the file vanishes");
+    let second = take(&settings).expect("second");
+    assert_eq!(
+        files_in(&backups),
+        [second.name.clone(), format!("{}.json", second.name)],
+        "the vanished backup's manifest went with it"
+    );
+    // The next doomed backup cannot be removed (a directory stands in its place).
+    std::fs::remove_file(backups.join(&second.name)).expect("remove");
+    std::fs::create_dir(backups.join(&second.name)).expect("a directory instead");
+    let third = take(&settings).expect("third");
+    let err = backup::apply_retention(&settings.backup).expect_err("retention stops");
+    assert!(err.to_string().contains(&second.name), "{err}");
+    assert!(
+        files_in(&backups).contains(&format!("{}.json", second.name)),
+        "its manifest is kept: {:?}",
+        files_in(&backups)
+    );
+    assert!(files_in(&backups).contains(&third.name));
+}
+
+/// A backup whose bytes still match its manifest but fail `quick_check` (written
+/// damaged, with the manifest to match) is marked bad by re-verification, with the
+/// check's own words.
+#[test]
+fn reverification_runs_quick_check_even_when_the_checksum_matches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = common::settings_keeping_last(dir.path(), "5");
+    fill(&settings, 2000);
+    let backups = dir.path().join("backups");
+    let taken = take(&settings).expect("backup");
+    let path = backups.join(&taken.name);
+    let mut bytes = std::fs::read(&path).expect("read");
+    let page_size = usize::from(u16::from_be_bytes([bytes[16], bytes[17]]));
+    // The cell area of a page in the middle: its b-tree no longer adds up.
+    let page = (bytes.len() / page_size) / 2;
+    for b in &mut bytes[page * page_size + page_size / 2..(page + 1) * page_size] {
+        *b = 0xff;
+    }
+    std::fs::write(&path, &bytes).expect("damage");
+    let manifest_path = catalog::manifest_path(&backups, &taken.name);
+    let mut manifest = catalog::read_manifest(&manifest_path).expect("manifest");
+    manifest.sha256 = catalog::sha256_file(&path).expect("sha");
+    catalog::write_manifest(&backups, &manifest).expect("manifest matches the damage");
+    let bad = backup::reverify_all(&settings.backup).expect("reverify");
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    let problem = bad[0].problem.clone().unwrap_or_default();
+    assert!(problem.starts_with("quick_check: "), "{problem}");
+}
+
 #[test]
 fn paths_with_spaces_quotes_and_unicode_work() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -691,6 +750,43 @@ async fn health_says_when_the_newest_backup_is_too_old_or_bad() {
             .to_string()
             .contains("failed re-verification"),
         "{health}"
+    );
+    app.stop().await;
+}
+
+/// Re-verification of healthy backups raises nothing; once one went bad it raises
+/// a critical `backup_bad` alert naming how many.
+#[actix_rt::test]
+async fn reverification_alerts_only_when_a_backup_went_bad() {
+    let alerts = common::receiver(0, Duration::ZERO);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut settings = common::settings_in(dir.path(), &[]);
+    settings.notify.channels = vec![dbwarden::config::ChannelSettings::Webhook {
+        url: format!("{}/alerts", alerts.base),
+        secret: None,
+    }];
+    let mut app = TestApp::start(dir, dbwarden::supervisor::Service::builder(settings)).await;
+    assert_eq!(app.post("/api/backups").await.status(), 201);
+    let run = app.run_job("backup-reverify").await;
+    assert_eq!(run["outcome"], "ok", "{run}");
+    let backups = app.dir.path().join("backups");
+    let newest = catalog::list(&backups)
+        .expect("catalog")
+        .pop()
+        .expect("newest");
+    let file = backups.join(&newest.name);
+    let len = std::fs::metadata(&file).expect("size").len();
+    common::write_at(&file, len / 2, b"bit rot");
+    let run = app.run_job("backup-reverify").await;
+    assert_eq!(run["outcome"], "failed", "{run}");
+    let alert = common::wait_for_alert(&alerts, |a| a["key"] == "backup_bad").await;
+    assert_eq!(alert["severity"], "critical", "{alert}");
+    assert!(
+        alert["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("1 stored backup(s) failed re-verification"),
+        "the first backup_bad alert is the bad run's: {alert}"
     );
     app.stop().await;
 }

@@ -336,3 +336,39 @@ pub fn reverify_all(cfg: &BackupSettings) -> Result<Vec<Manifest>, BackupError> 
     }
     Ok(turned_bad)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full disk is told apart wherever it surfaces (the API answers it with 507,
+    /// anything else with 500), and nothing else is taken for one.
+    #[test]
+    fn a_full_disk_is_recognised_in_each_form_and_nothing_else_is() {
+        let sqlite = |code| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+        let io = |kind| BackupError::Io {
+            path: PathBuf::from("/backups/x.db"),
+            source: std::io::Error::from(kind),
+        };
+        let full = [
+            io(std::io::ErrorKind::StorageFull),
+            BackupError::Db(DbError::DiskFull {
+                path: PathBuf::from("/backups/x.db"),
+                detail: "VACUUM INTO".into(),
+            }),
+            BackupError::Db(DbError::Sqlite(sqlite(rusqlite::ffi::SQLITE_FULL))),
+        ];
+        for error in &full {
+            assert!(error.is_disk_full(), "{error:?}");
+        }
+        let other = [
+            io(std::io::ErrorKind::PermissionDenied),
+            BackupError::Db(DbError::Sqlite(sqlite(rusqlite::ffi::SQLITE_IOERR))),
+            BackupError::AlreadyRunning,
+            BackupError::Unavailable,
+        ];
+        for error in &other {
+            assert!(!error.is_disk_full(), "{error:?}");
+        }
+    }
+}

@@ -145,10 +145,13 @@ pub fn lower_this_threads_priority(priority: CpuPriority) {
         tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the shipping thread's niceness");
     }
     if priority == CpuPriority::Idle {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: pid 0 is the calling thread; the parameter is valid for SCHED_IDLE,
-        // whose only priority is 0.
-        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        // SAFETY: sched_param is plain integers (musl's has more fields than glibc's),
+        // and all zeros is priority 0, SCHED_IDLE's only one; pid 0 is the calling
+        // thread.
+        let rc = unsafe {
+            let param: libc::sched_param = std::mem::zeroed();
+            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param)
+        };
         if rc != 0 {
             tracing::debug!(error = %std::io::Error::last_os_error(), "could not put the shipping thread under SCHED_IDLE");
         }

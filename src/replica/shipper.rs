@@ -416,21 +416,36 @@ impl Shipper {
         outcome
     }
 
+    /// Cleans up what uploads cut short left (`file://` staging files, S3/GCS/Azure
+    /// uploads in the ledger). A failure is logged and tried again next round: cleaning
+    /// up never stops shipping.
+    async fn clean_up_cut_uploads(&self) {
+        let name = self.replica.name().to_string();
+        let replica = self.replica.clone();
+        let removed = match tokio::task::spawn_blocking(move || replica.remove_abandoned_uploads())
+            .await
+        {
+            Ok(Ok(removed)) => removed,
+            Ok(Err(e)) => {
+                tracing::warn!(replica = %name, error = %e, "could not delete what uploads cut short left; trying again next round");
+                0
+            }
+            Err(e) => {
+                tracing::warn!(replica = %name, error = %e, "the clean-up of uploads cut short did not finish");
+                0
+            }
+        };
+        let ledger = uploads::Ledger::of(&self.backup_dir, &name);
+        let aborted = uploads::abort_abandoned(&self.replica, &ledger).await;
+        if removed + aborted > 0 {
+            tracing::info!(replica = %name, removed, aborted, "cleaned up what uploads cut short had left");
+        }
+    }
+
     /// Ships what the replica lacks, oldest first, then applies its retention.
     async fn catch_up(&self) -> Result<(), ReplicaError> {
         self.hold_lease().await?;
-        let replica = self.replica.clone();
-        let removed = tokio::task::spawn_blocking(move || replica.remove_abandoned_uploads())
-            .await
-            .map_err(|e| ReplicaError::Io {
-                path: self.backup_dir.clone(),
-                source: std::io::Error::other(e),
-            })??;
-        let ledger = uploads::Ledger::of(&self.backup_dir, self.replica.name());
-        let aborted = uploads::abort_abandoned(&self.replica, &ledger).await?;
-        if removed + aborted > 0 {
-            tracing::info!(replica = %self.replica.name(), removed, aborted, "cleaned up what uploads cut short had left");
-        }
+        self.clean_up_cut_uploads().await;
         let dir = self.backup_dir.clone();
         let local = tokio::task::spawn_blocking(move || local_catalog::list(&dir))
             .await

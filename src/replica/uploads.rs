@@ -78,8 +78,19 @@ impl Ledger {
         written.map_err(io)
     }
 
+    /// Adds `entry`. A ledger that cannot be parsed is started afresh (its uploads are
+    /// then left to the bucket's lifecycle rule), so a damaged file never stops shipping.
     pub fn add(&self, entry: Pending) -> Result<(), ReplicaError> {
-        let mut pending = self.read()?;
+        let mut pending = match self.read() {
+            Ok(pending) => pending,
+            Err(ReplicaError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::InvalidData =>
+            {
+                tracing::warn!(ledger = %self.path.display(), error = %source, "the upload ledger is damaged; starting it afresh");
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
         pending.push(entry);
         self.write(&pending)
     }
@@ -92,24 +103,43 @@ impl Ledger {
 }
 
 /// Aborts every upload in `replica`'s ledger (left by a process that was killed or
-/// lost power mid-upload) and empties it. An upload the server no longer knows is
-/// done with. Answers how many were aborted. Call it only with no upload of this
+/// lost power mid-upload) and removes it from there. An upload the server no longer
+/// knows is done with. Answers how many were aborted. Cleaning up never stops
+/// shipping: an abort that fails (the replica is down, or the credentials may not
+/// abort) is logged and kept for the next round. Call it only with no upload of this
 /// service in flight to that replica (the shipper's thread, before it ships).
-pub async fn abort_abandoned(replica: &Replica, ledger: &Ledger) -> Result<usize, ReplicaError> {
+pub async fn abort_abandoned(replica: &Replica, ledger: &Ledger) -> usize {
     let Some(multipart) = &replica.multipart else {
-        return Ok(0);
+        return 0;
+    };
+    let pending = match ledger.read() {
+        Ok(pending) => pending,
+        Err(e) => {
+            tracing::warn!(replica = %replica.name(), error = %e, "the upload ledger cannot be read; uploads cut short are left to the bucket's lifecycle rule");
+            return 0;
+        }
     };
     let mut aborted = 0;
-    for pending in ledger.read()? {
+    for pending in pending {
         let object = ObjectPath::from(pending.object.as_str());
-        match multipart.abort_multipart(&object, &pending.upload_id).await {
-            Ok(()) => aborted += 1,
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(replica.error(e)),
+        let done = match multipart.abort_multipart(&object, &pending.upload_id).await {
+            Ok(()) => {
+                aborted += 1;
+                true
+            }
+            Err(object_store::Error::NotFound { .. }) => true,
+            Err(e) => {
+                tracing::warn!(replica = %replica.name(), object = %pending.object, error = %e, "could not abort an upload cut short; trying again next round");
+                false
+            }
+        };
+        if done {
+            if let Err(e) = ledger.remove(&pending.upload_id) {
+                tracing::warn!(replica = %replica.name(), error = %e, "could not update the upload ledger");
+            }
         }
-        ledger.remove(&pending.upload_id)?;
     }
-    Ok(aborted)
+    aborted
 }
 
 /// A multipart upload through [`MultipartStore`], so that its id is known (and in the
@@ -145,15 +175,8 @@ impl TrackedUpload {
             object: object.to_string(),
             upload_id: id.clone(),
         };
-        let recorded = {
-            let ledger = ledger.clone();
-            tokio::task::spawn_blocking(move || ledger.add(entry))
-                .await
-                .map_err(|e| ReplicaError::Io {
-                    path: PathBuf::from("the upload ledger"),
-                    source: std::io::Error::other(e),
-                })?
-        };
+        // A small file on the shipper's own thread, as `complete` and `abort` update it.
+        let recorded = ledger.add(entry);
         if let Err(e) = recorded {
             // Not written down: abort it now rather than risk leaving it behind.
             let _ = store.abort_multipart(object, &id).await;
@@ -265,5 +288,19 @@ mod tests {
             !dir.path().join(".replica-uploads-s3.json").exists(),
             "an empty ledger is no file"
         );
+    }
+
+    #[test]
+    fn a_damaged_ledger_is_started_afresh_rather_than_stopping_uploads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = Ledger::of(dir.path(), "s3");
+        std::fs::write(dir.path().join(".replica-uploads-s3.json"), "{ half").expect("damage");
+        assert!(ledger.read().is_err(), "reading says it is damaged");
+        let entry = Pending {
+            object: "backups/a.db.zst.age".into(),
+            upload_id: "one".into(),
+        };
+        ledger.add(entry.clone()).expect("add");
+        assert_eq!(ledger.read().expect("read"), [entry]);
     }
 }

@@ -24,14 +24,13 @@ async fn health(client: &reqwest::Client, base: &str) -> (u16, Value) {
 async fn a_corrupt_database_fails_health_blocks_backups_and_recovers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let alerts = common::receiver(0, Duration::ZERO);
-    let mut settings = common::settings_in(
-        dir.path(),
-        &[("DBWARDEN__INTEGRITY__QUICK_AT_STARTUP", "true")],
+    let settings = common::alerting(
+        common::settings_in(
+            dir.path(),
+            &[("DBWARDEN__INTEGRITY__QUICK_AT_STARTUP", "true")],
+        ),
+        &alerts,
     );
-    settings.notify.channels = vec![dbwarden::config::ChannelSettings::Webhook {
-        url: format!("{}/alerts", alerts.base),
-        secret: None,
-    }];
     {
         let (conn, _) = dbwarden::db::open_and_migrate(&settings.database).expect("migrate");
         for i in 0..3000 {

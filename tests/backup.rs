@@ -760,11 +760,7 @@ async fn health_says_when_the_newest_backup_is_too_old_or_bad() {
 async fn reverification_alerts_only_when_a_backup_went_bad() {
     let alerts = common::receiver(0, Duration::ZERO);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut settings = common::settings_in(dir.path(), &[]);
-    settings.notify.channels = vec![dbwarden::config::ChannelSettings::Webhook {
-        url: format!("{}/alerts", alerts.base),
-        secret: None,
-    }];
+    let settings = common::alerting(common::settings_in(dir.path(), &[]), &alerts);
     let mut app = TestApp::start(dir, dbwarden::supervisor::Service::builder(settings)).await;
     assert_eq!(app.post("/api/backups").await.status(), 201);
     let run = app.run_job("backup-reverify").await;

@@ -6,7 +6,6 @@ mod common;
 
 use std::time::Duration;
 
-use dbwarden::config::ChannelSettings;
 use dbwarden::supervisor::Service;
 use serde_json::json;
 
@@ -14,11 +13,7 @@ use serde_json::json;
 async fn a_clean_stop_beside_a_reader_is_not_reported_as_a_crash() {
     let dir = tempfile::tempdir().expect("tempdir");
     let alerts = common::receiver(0, Duration::ZERO);
-    let mut settings = common::settings_in(dir.path(), &[]);
-    settings.notify.channels = vec![ChannelSettings::Webhook {
-        url: format!("{}/alerts", alerts.base),
-        secret: None,
-    }];
+    let settings = common::alerting(common::settings_in(dir.path(), &[]), &alerts);
     let service = Service::start(settings.clone()).await.expect("start");
     let client = reqwest::Client::new();
     let res = client

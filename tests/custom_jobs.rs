@@ -7,7 +7,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{settings_in, write_job, TestApp};
-use dbwarden::config::ChannelSettings;
 use dbwarden::supervisor::{Service, StartError};
 use reqwest::StatusCode;
 use rusqlite::params;
@@ -273,11 +272,7 @@ alert_above = 1
     );
     let dir = tempfile::tempdir().expect("tempdir");
     write_job(dir.path(), "too-many.toml", &job);
-    let mut settings = settings_in(dir.path(), &[]);
-    settings.notify.channels = vec![ChannelSettings::Webhook {
-        url: format!("{}/alerts", alerts.base),
-        secret: None,
-    }];
+    let settings = common::alerting(settings_in(dir.path(), &[]), &alerts);
     let mut app = TestApp::start(dir, Service::builder(settings)).await;
     let ok = app.run_job("too-many").await;
     assert_eq!(ok["outcome"], "ok", "{ok}");
@@ -333,11 +328,7 @@ alert_above = 1
         ],
     );
     write_job(dir.path(), "bloat.toml", job);
-    let mut settings = settings_in(dir.path(), &[]);
-    settings.notify.channels = vec![ChannelSettings::Webhook {
-        url: format!("{}/alerts", alerts.base),
-        secret: None,
-    }];
+    let settings = common::alerting(settings_in(dir.path(), &[]), &alerts);
     let mut app = TestApp::start(dir, Service::builder(settings)).await;
     let run = wait_for_scheduled_run(&app, "bloat").await;
     assert_eq!(run["outcome"], "failed", "{run}");

@@ -109,15 +109,6 @@ impl World {
     }
 }
 
-/// `settings` with alerts sent to `alerts`.
-fn alerting(mut settings: Settings, alerts: &common::Receiver) -> Settings {
-    settings.notify.channels = vec![dbwarden::config::ChannelSettings::Webhook {
-        url: format!("{}/alerts", alerts.base),
-        secret: None,
-    }];
-    settings
-}
-
 /// `n` events of several types and aggregates, written straight into the database.
 fn fill(settings: &Settings, n: usize) {
     let (conn, _) = db::open_and_migrate(&settings.database).expect("migrate");
@@ -494,7 +485,7 @@ async fn the_service_ships_each_backup_and_catches_up_in_order_after_the_replica
     let replicas = &world.replicas;
     let alerts = common::receiver(0, std::time::Duration::ZERO);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut settings = alerting(
+    let mut settings = common::alerting(
         common::settings_with_file(dir.path(), replicas, &[]),
         &alerts,
     );
@@ -625,7 +616,7 @@ async fn drills_restore_copies_and_a_flipped_byte_or_an_emptied_bucket_fails_the
     let replicas = &world.replicas;
     let alerts = common::receiver(0, std::time::Duration::ZERO);
     let dir = tempfile::tempdir().expect("tempdir");
-    let settings = alerting(
+    let settings = common::alerting(
         common::settings_with_file(dir.path(), replicas, &[]),
         &alerts,
     );
@@ -817,7 +808,7 @@ async fn a_second_service_on_the_same_prefix_refuses_it_and_names_the_holder() {
     let replicas = &world.replicas;
     let alerts = common::receiver(0, std::time::Duration::ZERO);
     let start = |dir: tempfile::TempDir| {
-        let settings = alerting(
+        let settings = common::alerting(
             common::settings_with_file(dir.path(), replicas, &[]),
             &alerts,
         );

@@ -103,11 +103,7 @@ async fn service_with_alerts(
     alerts: &common::Receiver,
     extra: &[(&str, &str)],
 ) -> dbwarden::supervisor::Service {
-    let mut settings = common::settings_in(dir, extra);
-    settings.notify.channels = vec![dbwarden::config::ChannelSettings::Webhook {
-        url: format!("{}/alerts", alerts.base),
-        secret: None,
-    }];
+    let mut settings = common::alerting(common::settings_in(dir, extra), alerts);
     settings.notify.cooldown_secs = 0;
     dbwarden::supervisor::Service::start(settings)
         .await

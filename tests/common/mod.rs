@@ -489,6 +489,15 @@ pub struct Receiver {
     pub handle: actix_web::dev::ServerHandle,
 }
 
+/// `settings` with alerts sent to `alerts` (a webhook channel, no secret).
+pub fn alerting(mut settings: Settings, alerts: &Receiver) -> Settings {
+    settings.notify.channels = vec![dbwarden::config::ChannelSettings::Webhook {
+        url: format!("{}/alerts", alerts.base),
+        secret: None,
+    }];
+    settings
+}
+
 pub fn receiver(fail_first: usize, delay: Duration) -> Receiver {
     let got: Arc<Mutex<Vec<Received>>> = Arc::default();
     let failures = Arc::new(AtomicUsize::new(fail_first));

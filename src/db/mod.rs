@@ -22,6 +22,7 @@ pub(crate) mod readers;
 pub(crate) mod sqlite_errors;
 pub mod verified_copy;
 pub(crate) mod wal;
+pub mod walfile;
 
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};

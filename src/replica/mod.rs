@@ -38,6 +38,7 @@ pub mod layout;
 pub mod lease;
 pub mod manifest;
 pub mod retention;
+pub mod segment;
 pub mod ship;
 pub mod shipper;
 pub mod store;

@@ -1,0 +1,987 @@
+//! Segments: the WAL frames of consecutive commits, as continuous replication ships
+//! them, and how a restore applies them.
+//!
+//! A segment is one file (before compression and encryption, which are the backups'
+//! [`super::codec`]):
+//!
+//! ```text
+//! dbwarden-segment 1\n      the magic line
+//! {JSON header}\n           one line: see SegmentHeader
+//! frames                    the WAL frames exactly as SQLite wrote them (24-byte frame
+//!                           header, then the page), run after run, in order
+//! ```
+//!
+//! The header lists the segment's *runs* (frames that follow each other in one WAL:
+//! which WAL of the generation, its 32-byte header, the first frame's number, how many
+//! frames, and the checksum the first frame's checksum runs on from) and its *commits*
+//! (where each ends, the database's size in pages after it, when dbwarden saw it and,
+//! where known, the highest event id then). A reader checks every frame against the
+//! WAL's own checksum chain and the run's salts, and the SHA-256 of all frame bytes
+//! against `frames_sha256`; the chain also ties each segment to the one before it
+//! ([`SegmentHeader::follows`]), so a missing or doubled segment cannot go unseen.
+//!
+//! To apply a frame is to write its page at `(page number - 1) × page size` in the
+//! database file; at a commit's last frame the file is cut to the commit's size. A
+//! restore applies whole commits only and stops after the one it was asked for.
+
+use std::fs::File;
+use std::io::{self, BufRead, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::db::walfile::{self, FrameHeader, WalCursor, WalHeader, FRAME_HEADER_BYTES};
+
+pub const MAGIC: &[u8] = b"dbwarden-segment 1\n";
+/// A header line longer than this is not a segment's (a generous bound: a header lists
+/// one entry per commit, about 120 bytes each).
+const MAX_HEADER_BYTES: usize = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("segment {segment}: {reason}")]
+    Bad { segment: String, reason: String },
+    #[error("segment {segment} does not follow {previous}: {reason}")]
+    Gap {
+        previous: String,
+        segment: String,
+        reason: String,
+    },
+}
+
+/// A place in a generation's stream of frames: frame `frame` of the generation's WAL
+/// number `wal` (the WAL counts from 0 at the generation's snapshot, one more at each
+/// restart of the WAL). Written as `wal-frame` in hex, 8 digits each, so names sort in
+/// stream order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Position {
+    pub wal: u32,
+    pub frame: u32,
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:08x}-{:08x}", self.wal, self.frame)
+    }
+}
+
+impl std::str::FromStr for Position {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Position, String> {
+        let (wal, frame) = s
+            .split_once('-')
+            .filter(|(w, f)| w.len() == 8 && f.len() == 8)
+            .ok_or_else(|| format!("`{s}` is not a position (8 hex digits, -, 8 hex digits)"))?;
+        let hex = |x: &str| u32::from_str_radix(x, 16).map_err(|e| format!("`{s}`: {e}"));
+        Ok(Position {
+            wal: hex(wal)?,
+            frame: hex(frame)?,
+        })
+    }
+}
+
+/// Frames that follow each other in one WAL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    pub wal: u32,
+    /// The WAL's 32-byte header, hex: its salts and checksum byte order.
+    pub wal_header: String,
+    pub first_frame: u32,
+    pub frames: u32,
+    /// The checksum the first frame's runs on from: the previous frame's, or the WAL
+    /// header's for frame 1.
+    pub chain: [u32; 2],
+}
+
+impl Run {
+    pub fn header(&self) -> Result<WalHeader, String> {
+        let bytes: [u8; walfile::HEADER_BYTES] = hex::decode(&self.wal_header)
+            .map_err(|e| format!("wal_header: {e}"))?
+            .try_into()
+            .map_err(|_| "wal_header is not 32 bytes".to_string())?;
+        WalHeader::parse(&bytes).map_err(|e| format!("wal_header: {e}"))
+    }
+
+    pub fn last(&self) -> Position {
+        Position {
+            wal: self.wal,
+            frame: self.first_frame + self.frames - 1,
+        }
+    }
+}
+
+/// One commit inside a segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitRecord {
+    /// Where the commit's last frame is.
+    pub at: Position,
+    /// The database's size in pages after it.
+    pub pages: u32,
+    /// When dbwarden read the commit from the WAL: at most a poll interval after it
+    /// was made (see the replication docs), never before.
+    pub seen_at: DateTime<Utc>,
+    /// The highest event id ever assigned when this commit was the newest (the events
+    /// table's AUTOINCREMENT counter), when dbwarden read it at exactly this commit.
+    pub last_event_id: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentHeader {
+    pub generation: String,
+    /// The last frame before this segment's first: the previous segment's end, or the
+    /// generation's snapshot. Across a restart of the WAL it names the old WAL's last
+    /// frame, so a segment lost at the end of a WAL is a gap too.
+    pub after: Position,
+    pub page_size: u32,
+    pub runs: Vec<Run>,
+    pub commits: Vec<CommitRecord>,
+    pub frames_sha256: String,
+}
+
+/// Where a segment (or a generation's snapshot) ends, as the next segment must start
+/// from it. At frame 0 the header and chain are not known and not checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainEnd {
+    pub position: Position,
+    pub wal_header: String,
+    pub chain: [u32; 2],
+}
+
+impl SegmentHeader {
+    pub fn first(&self) -> Option<Position> {
+        self.runs.first().map(|r| Position {
+            wal: r.wal,
+            frame: r.first_frame,
+        })
+    }
+
+    pub fn last(&self) -> Option<Position> {
+        self.runs.last().map(Run::last)
+    }
+
+    /// The object name's stem: `<first position>_<last position>`.
+    pub fn name(&self) -> String {
+        match (self.first(), self.last()) {
+            (Some(first), Some(last)) => format!("{first}_{last}"),
+            _ => "empty".into(),
+        }
+    }
+
+    /// Checks that this segment starts exactly where `previous` ended: the next frame
+    /// of the same WAL, its checksum running on from the previous frame's; or frame 1
+    /// of the next WAL (the WAL was restarted after everything in it was shipped).
+    pub fn follows(&self, previous: &ChainEnd) -> Result<(), SegmentError> {
+        let gap = |reason: String| SegmentError::Gap {
+            previous: previous.position.to_string(),
+            segment: self.name(),
+            reason,
+        };
+        let run = self
+            .runs
+            .first()
+            .ok_or_else(|| gap("it has no frames".into()))?;
+        if self.after != previous.position {
+            return Err(gap(format!("it starts after {}", self.after)));
+        }
+        let same_wal = run.wal == previous.position.wal;
+        if same_wal {
+            if run.first_frame != previous.position.frame + 1 {
+                return Err(gap(format!(
+                    "it starts at frame {} of WAL {}, not {}",
+                    run.first_frame,
+                    run.wal,
+                    previous.position.frame + 1
+                )));
+            }
+            // After frame 0 (a snapshot taken with the WAL empty) any WAL header goes.
+            let chained = run.wal_header == previous.wal_header && run.chain == previous.chain;
+            if previous.position.frame > 0 && !chained {
+                return Err(gap(
+                    "its checksum chain does not run on from the previous frame".into(),
+                ));
+            }
+        } else if run.wal != previous.position.wal + 1 || run.first_frame != 1 {
+            return Err(gap(format!(
+                "it starts at frame {} of WAL {}, after WAL {}",
+                run.first_frame, run.wal, previous.position.wal
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks the header on its own: runs in order, chained to each other, commits
+    /// inside them and in order, the last frame a commit's.
+    pub fn check(&self) -> Result<(), String> {
+        let Some(first) = self.first() else {
+            return Err("no runs".into());
+        };
+        let continues = self.after.wal == first.wal && self.after.frame + 1 == first.frame;
+        let restarts = self.after.wal + 1 == first.wal && first.frame == 1;
+        if !(continues || restarts) {
+            return Err(format!(
+                "it starts at {first}, which cannot follow {}",
+                self.after
+            ));
+        }
+        for run in &self.runs {
+            if run.frames == 0 || run.first_frame == 0 {
+                return Err(format!(
+                    "run of WAL {} is empty or starts at frame 0",
+                    run.wal
+                ));
+            }
+            let header = run.header()?;
+            if header.page_size != self.page_size {
+                return Err(format!(
+                    "WAL {} has page size {}",
+                    run.wal, header.page_size
+                ));
+            }
+            if run.first_frame == 1 && run.chain != header.checksum {
+                return Err(format!(
+                    "WAL {}: frame 1 must chain from the header",
+                    run.wal
+                ));
+            }
+        }
+        for pair in self.runs.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            if !(b.wal == a.wal + 1 && b.first_frame == 1) {
+                return Err(format!(
+                    "run of WAL {} does not follow WAL {}",
+                    b.wal, a.wal
+                ));
+            }
+        }
+        let inside = |p: Position| {
+            self.runs
+                .iter()
+                .any(|r| r.wal == p.wal && (r.first_frame..=r.last().frame).contains(&p.frame))
+        };
+        if !self.commits.iter().all(|c| inside(c.at) && c.pages > 0) {
+            return Err("a commit is outside the segment's frames".into());
+        }
+        if !self.commits.windows(2).all(|w| w[0].at < w[1].at) {
+            return Err("commits are out of order".into());
+        }
+        if self.commits.last().map(|c| c.at) != self.last() {
+            return Err("the last frame does not end a commit".into());
+        }
+        Ok(())
+    }
+}
+
+/// Writes a segment file from frames still in the WAL: `runs` are read from `wal`
+/// with [`walfile::WalFile::copy_frames`] (which checks them again), written after the
+/// header. Returns the header written.
+pub fn write_from_wal(
+    out: &mut impl Write,
+    generation: &str,
+    after: Position,
+    wal: &walfile::WalFile,
+    run: (u32, WalCursor),
+    last_frame: u32,
+    commits: Vec<CommitRecord>,
+) -> Result<(SegmentHeader, WalCursor), SegmentError> {
+    let (wal_number, cursor) = run;
+    let mut frames = Vec::new();
+    let end = wal
+        .copy_frames(&cursor, last_frame, &mut frames)
+        .map_err(|e| SegmentError::Bad {
+            segment: format!("{wal_number:08x}-{:08x}", cursor.frames + 1),
+            reason: e.to_string(),
+        })?;
+    let header = SegmentHeader {
+        generation: generation.to_string(),
+        after,
+        page_size: cursor.header.page_size,
+        runs: vec![Run {
+            wal: wal_number,
+            wal_header: hex::encode(cursor.header.to_bytes()),
+            first_frame: cursor.frames + 1,
+            frames: last_frame - cursor.frames,
+            chain: cursor.chain,
+        }],
+        commits,
+        frames_sha256: hex::encode(Sha256::digest(&frames)),
+    };
+    write_segment(out, &header, &frames)?;
+    Ok((header, end))
+}
+
+pub fn write_segment(
+    out: &mut impl Write,
+    header: &SegmentHeader,
+    frames: &[u8],
+) -> Result<(), SegmentError> {
+    header.check().map_err(|reason| SegmentError::Bad {
+        segment: header.name(),
+        reason,
+    })?;
+    let io = |source| SegmentError::Io {
+        what: format!("segment {}", header.name()),
+        source,
+    };
+    let json = serde_json::to_vec(header).map_err(|e| SegmentError::Bad {
+        segment: header.name(),
+        reason: e.to_string(),
+    })?;
+    out.write_all(MAGIC).map_err(io)?;
+    out.write_all(&json).map_err(io)?;
+    out.write_all(b"\n").map_err(io)?;
+    out.write_all(frames).map_err(io)
+}
+
+/// Reads a segment from a stream (a decrypted, decompressed download, or a local
+/// file), frame by frame, checking each.
+pub struct SegmentReader<R> {
+    input: R,
+    pub header: SegmentHeader,
+    run: usize,
+    in_run: u32,
+    wal: WalHeader,
+    chain: [u32; 2],
+    hasher: Sha256,
+    frame: Vec<u8>,
+}
+
+/// One checked frame.
+pub struct Frame<'a> {
+    pub at: Position,
+    pub header: FrameHeader,
+    pub page: &'a [u8],
+}
+
+impl<R: BufRead> SegmentReader<R> {
+    pub fn new(mut input: R, what: &str) -> Result<SegmentReader<R>, SegmentError> {
+        let bad = |reason: String| SegmentError::Bad {
+            segment: what.to_string(),
+            reason,
+        };
+        let io = |source| SegmentError::Io {
+            what: what.to_string(),
+            source,
+        };
+        let mut magic = [0u8; MAGIC.len()];
+        input.read_exact(&mut magic).map_err(io)?;
+        if magic != MAGIC {
+            return Err(bad("it does not start with `dbwarden-segment 1`".into()));
+        }
+        let mut line = Vec::new();
+        (&mut input)
+            .take(MAX_HEADER_BYTES as u64)
+            .read_until(b'\n', &mut line)
+            .map_err(io)?;
+        if line.pop() != Some(b'\n') {
+            return Err(bad("its header line does not end".into()));
+        }
+        let header: SegmentHeader =
+            serde_json::from_slice(&line).map_err(|e| bad(format!("header: {e}")))?;
+        header.check().map_err(bad)?;
+        let first = &header.runs[0];
+        let wal = first.header().map_err(bad)?;
+        Ok(SegmentReader {
+            input,
+            run: 0,
+            in_run: 0,
+            chain: first.chain,
+            wal,
+            hasher: Sha256::new(),
+            frame: vec![0u8; FRAME_HEADER_BYTES + header.page_size as usize],
+            header,
+        })
+    }
+
+    fn bad(&self, reason: String) -> SegmentError {
+        SegmentError::Bad {
+            segment: self.header.name(),
+            reason,
+        }
+    }
+
+    /// The next frame, checked against the chain; `None` after the last, once the
+    /// SHA-256 of all frames matched and nothing follows them.
+    pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, SegmentError> {
+        if self.in_run == self.header.runs[self.run].frames {
+            if self.run + 1 == self.header.runs.len() {
+                let mut rest = [0u8; 1];
+                let extra = self
+                    .input
+                    .read(&mut rest)
+                    .map_err(|source| SegmentError::Io {
+                        what: self.header.name(),
+                        source,
+                    })?;
+                if extra != 0 {
+                    return Err(self.bad("bytes follow the last frame".into()));
+                }
+                let sum = hex::encode(std::mem::take(&mut self.hasher).finalize());
+                if sum != self.header.frames_sha256 {
+                    return Err(self.bad(format!(
+                        "the frames' SHA-256 is {sum}, the header says {}",
+                        self.header.frames_sha256
+                    )));
+                }
+                return Ok(None);
+            }
+            self.run += 1;
+            self.in_run = 0;
+            let run = &self.header.runs[self.run];
+            self.wal = run.header().map_err(|r| self.bad(r))?;
+            self.chain = run.chain;
+        }
+        let run = &self.header.runs[self.run];
+        let at = Position {
+            wal: run.wal,
+            frame: run.first_frame + self.in_run,
+        };
+        if let Err(source) = self.input.read_exact(&mut self.frame) {
+            return Err(match source.kind() {
+                io::ErrorKind::UnexpectedEof => self.bad(format!("it ends before frame {at}")),
+                _ => SegmentError::Io {
+                    what: self.header.name(),
+                    source,
+                },
+            });
+        }
+        let header = walfile::check_frame(&self.wal, self.chain, &self.frame)
+            .map_err(|reason| self.bad(format!("frame {at}: {reason}")))?;
+        self.hasher.update(&self.frame);
+        self.chain = header.checksum;
+        self.in_run += 1;
+        Ok(Some(Frame {
+            at,
+            header,
+            page: &self.frame[FRAME_HEADER_BYTES..],
+        }))
+    }
+
+    /// Where this segment ends, for [`SegmentHeader::follows`]; known once every frame
+    /// was read.
+    pub fn end(&self) -> Option<ChainEnd> {
+        let run = self.header.runs.last()?;
+        (self.run + 1 == self.header.runs.len() && self.in_run == run.frames).then(|| ChainEnd {
+            position: run.last(),
+            wal_header: run.wal_header.clone(),
+            chain: self.chain,
+        })
+    }
+}
+
+/// A database file being rebuilt from a snapshot and segments.
+pub struct Applier {
+    path: PathBuf,
+    file: File,
+    page_size: u64,
+    /// The last commit applied whole.
+    pub applied: Option<CommitRecord>,
+    /// The end of the last segment read to its end.
+    pub chain_end: Option<ChainEnd>,
+}
+
+/// What [`Applier::apply`] did with a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Every commit in it.
+    Whole,
+    /// Commits up to the one `stop` chose; the rest was not applied.
+    Stopped,
+}
+
+impl Applier {
+    pub fn open(path: &Path, page_size: u32) -> Result<Applier, SegmentError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|source| SegmentError::Io {
+                what: path.display().to_string(),
+                source,
+            })?;
+        Ok(Applier {
+            path: path.to_path_buf(),
+            file,
+            page_size: u64::from(page_size),
+            applied: None,
+            chain_end: None,
+        })
+    }
+
+    /// Applies `segment`'s commits in order. After each commit `stop` is asked whether
+    /// this is the commit to stop at; if it says yes, nothing after it is written. The
+    /// segment must follow the previous one applied ([`SegmentHeader::follows`]).
+    pub fn apply<R: BufRead>(
+        &mut self,
+        segment: &mut SegmentReader<R>,
+        mut stop: impl FnMut(&CommitRecord, &Path) -> Result<bool, SegmentError>,
+    ) -> Result<Applied, SegmentError> {
+        if let Some(previous) = &self.chain_end {
+            segment.header.follows(previous)?;
+        }
+        if u64::from(segment.header.page_size) != self.page_size {
+            return Err(segment.bad(format!(
+                "page size {}, the database's is {}",
+                segment.header.page_size, self.page_size
+            )));
+        }
+        let commits = segment.header.commits.clone();
+        let mut next_commit = commits.iter();
+        let io = |path: &Path| {
+            let what = path.display().to_string();
+            move |source| SegmentError::Io { what, source }
+        };
+        while let Some(frame) = segment.next_frame()? {
+            let offset = (u64::from(frame.header.page_number) - 1) * self.page_size;
+            self.file
+                .write_all_at(frame.page, offset)
+                .map_err(io(&self.path))?;
+            if frame.header.is_commit() {
+                let record = next_commit
+                    .next()
+                    .filter(|c| c.at == frame.at && c.pages == frame.header.commit_pages)
+                    .cloned();
+                let at = frame.at;
+                let record = record.ok_or_else(|| {
+                    segment.bad(format!("frame {at} ends a commit the header does not list"))
+                })?;
+                self.file
+                    .set_len(u64::from(record.pages) * self.page_size)
+                    .map_err(io(&self.path))?;
+                self.applied = Some(record.clone());
+                if stop(&record, &self.path)? {
+                    return Ok(Applied::Stopped);
+                }
+            }
+        }
+        self.chain_end = segment.end();
+        Ok(Applied::Whole)
+    }
+
+    pub fn sync(&self) -> Result<(), SegmentError> {
+        self.file.sync_all().map_err(|source| SegmentError::Io {
+            what: self.path.display().to_string(),
+            source,
+        })
+    }
+}
+
+/// Joins consecutive segments of one generation, each following the one before, into
+/// one: the frames end to end, a run continued where the next segment goes on in the
+/// same WAL. Every frame is checked on the way.
+pub fn merge<R: BufRead>(
+    segments: &mut [SegmentReader<R>],
+) -> Result<(SegmentHeader, Vec<u8>), SegmentError> {
+    let mut merged: Option<SegmentHeader> = None;
+    let mut frames = Vec::new();
+    let mut previous: Option<ChainEnd> = None;
+    for segment in segments.iter_mut() {
+        if let Some(end) = &previous {
+            segment.header.follows(end)?;
+        }
+        while let Some(frame) = segment.next_frame()? {
+            frames.extend_from_slice(&frame.header_bytes());
+            frames.extend_from_slice(frame.page);
+        }
+        previous = segment.end();
+        let next = segment.header.clone();
+        match merged.as_mut() {
+            None => merged = Some(next),
+            Some(m) => {
+                if m.generation != next.generation {
+                    return Err(segment.bad(format!(
+                        "it is of generation {}, not {}",
+                        next.generation, m.generation
+                    )));
+                }
+                let mut runs = next.runs.into_iter();
+                if let (Some(last), Some(first)) = (m.runs.last_mut(), runs.next()) {
+                    if last.wal == first.wal {
+                        last.frames += first.frames;
+                    } else {
+                        m.runs.push(first);
+                    }
+                }
+                m.runs.extend(runs);
+                m.commits.extend(next.commits);
+            }
+        }
+    }
+    let mut header = merged.ok_or_else(|| SegmentError::Bad {
+        segment: "merge".into(),
+        reason: "no segments to merge".into(),
+    })?;
+    header.frames_sha256 = hex::encode(Sha256::digest(&frames));
+    Ok((header, frames))
+}
+
+impl Frame<'_> {
+    /// The frame's 24-byte header as it was stored.
+    pub fn header_bytes(&self) -> [u8; FRAME_HEADER_BYTES] {
+        let mut out = [0u8; FRAME_HEADER_BYTES];
+        let words = [
+            self.header.page_number,
+            self.header.commit_pages,
+            self.header.salt[0],
+            self.header.salt[1],
+            self.header.checksum[0],
+            self.header.checksum[1],
+        ];
+        for (i, w) in words.iter().enumerate() {
+            out[i * 4..i * 4 + 4].copy_from_slice(&w.to_be_bytes());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::walfile::{read_wal_index, WalFile};
+    use proptest::prelude::*;
+    use rusqlite::Connection;
+
+    /// The table's rows and the database's size in pages.
+    type Rows = (Vec<(i64, Vec<u8>)>, u32);
+
+    /// What the test does to the database between reads of its WAL.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Insert(usize),
+        Update(u8, usize),
+        Delete(u8),
+        Vacuum,
+        /// Read the WAL into a segment now.
+        Tail,
+        /// Read the WAL, then checkpoint: the next write restarts the WAL.
+        Checkpoint,
+        /// Read the WAL, then checkpoint and truncate it.
+        Truncate,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (1usize..6000).prop_map(Step::Insert),
+            2 => (any::<u8>(), 1usize..3000).prop_map(|(i, n)| Step::Update(i, n)),
+            2 => any::<u8>().prop_map(Step::Delete),
+            1 => Just(Step::Vacuum),
+            3 => Just(Step::Tail),
+            1 => Just(Step::Checkpoint),
+            1 => Just(Step::Truncate),
+        ]
+    }
+
+    /// Reads the WAL the way replication does: the commits after the cursor become a
+    /// segment; a new WAL header means the WAL was restarted (this test always reads
+    /// everything before it checkpoints, so nothing is lost in between).
+    struct Tail {
+        wal_number: u32,
+        end: Position,
+        cursor: Option<WalCursor>,
+        segments: Vec<Vec<u8>>,
+    }
+
+    impl Tail {
+        fn read(&mut self, db: &Path) {
+            let Some(wal) = WalFile::open(db).expect("open wal") else {
+                return;
+            };
+            let Some(header) = wal.header().expect("header") else {
+                return;
+            };
+            let cursor = match self.cursor {
+                Some(c) if c.header == header => c,
+                Some(_) => {
+                    self.wal_number += 1;
+                    WalCursor::at_start(header)
+                }
+                None => WalCursor::at_start(header),
+            };
+            let commits = wal.commits_after(&cursor, None).expect("scan");
+            let Some(last) = commits.last() else {
+                self.cursor = Some(cursor);
+                return;
+            };
+            let records = commits
+                .iter()
+                .map(|c| CommitRecord {
+                    at: Position {
+                        wal: self.wal_number,
+                        frame: c.frame,
+                    },
+                    pages: c.pages,
+                    seen_at: Utc::now(),
+                    last_event_id: None,
+                })
+                .collect();
+            let mut out = Vec::new();
+            let (_, after) = write_from_wal(
+                &mut out,
+                "g",
+                self.end,
+                &wal,
+                (self.wal_number, cursor),
+                last.frame,
+                records,
+            )
+            .expect("segment");
+            self.cursor = Some(after);
+            self.end = Position {
+                wal: self.wal_number,
+                frame: after.frames,
+            };
+            self.segments.push(out);
+        }
+    }
+
+    fn rows(conn: &Connection) -> Rows {
+        let mut s = conn
+            .prepare("SELECT id, x FROM t ORDER BY id")
+            .expect("prepare");
+        let rows = s
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        let pages = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .expect("page_count");
+        (rows, pages)
+    }
+
+    /// Runs `steps`, returning the snapshot taken before them, the segments read and
+    /// the rows after each commit (index 0: the snapshot's).
+    fn record(dir: &Path, steps: &[Step]) -> (PathBuf, Vec<Vec<u8>>, Vec<Rows>) {
+        let db = dir.join("live.db");
+        let conn = Connection::open(&db).expect("open");
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
+             CREATE TABLE t(id INTEGER PRIMARY KEY, x BLOB);
+             PRAGMA wal_checkpoint(TRUNCATE);",
+        )
+        .expect("schema");
+        let snapshot = dir.join("snapshot.db");
+        std::fs::copy(&db, &snapshot).expect("snapshot of the checkpointed file");
+        let mut states = vec![rows(&conn)];
+        let mut tail = Tail {
+            wal_number: 0,
+            end: Position { wal: 0, frame: 0 },
+            cursor: None,
+            segments: Vec::new(),
+        };
+        let commits = || read_wal_index(&db).expect("shm").map_or(0, |i| i.commits);
+        for step in steps {
+            let before = commits();
+            match step {
+                Step::Insert(n) => {
+                    conn.execute("INSERT INTO t(x) VALUES (randomblob(?1))", [*n as i64])
+                        .expect("insert");
+                }
+                Step::Update(i, n) => {
+                    conn.execute(
+                        "UPDATE t SET x = randomblob(?2) WHERE id % 7 = ?1 % 7",
+                        rusqlite::params![*i as i64, *n as i64],
+                    )
+                    .expect("update");
+                }
+                Step::Delete(i) => {
+                    conn.execute("DELETE FROM t WHERE id % 5 = ?1 % 5", [*i as i64])
+                        .expect("delete");
+                }
+                Step::Vacuum => conn.execute_batch("VACUUM").expect("vacuum"),
+                Step::Tail => tail.read(&db),
+                Step::Checkpoint | Step::Truncate => {
+                    tail.read(&db);
+                    let mode = match step {
+                        Step::Checkpoint => "PASSIVE",
+                        _ => "TRUNCATE",
+                    };
+                    conn.execute_batch(&format!("PRAGMA wal_checkpoint({mode})"))
+                        .expect("checkpoint");
+                }
+            }
+            match commits().wrapping_sub(before) {
+                0 => {}
+                1 => states.push(rows(&conn)),
+                n => panic!("{n} commits in one step"),
+            }
+        }
+        tail.read(&db);
+        (snapshot, tail.segments, states)
+    }
+
+    /// Rebuilds the database at commit `target` (0: the snapshot) from the snapshot and
+    /// the segments.
+    fn restore(dir: &Path, snapshot: &Path, segments: &[Vec<u8>], target: usize) -> PathBuf {
+        let out = dir.join(format!("restored-{target}.db"));
+        std::fs::copy(snapshot, &out).expect("copy snapshot");
+        let mut applier = Applier::open(&out, 4096).expect("applier");
+        applier.chain_end = Some(start());
+        let mut applied = 0;
+        for bytes in segments {
+            if applied == target {
+                break;
+            }
+            let mut reader = SegmentReader::new(&bytes[..], "test").expect("reader");
+            applier
+                .apply(&mut reader, |_, _| {
+                    applied += 1;
+                    Ok(applied == target)
+                })
+                .expect("apply");
+        }
+        assert_eq!(applied, target, "the segments hold every commit");
+        out
+    }
+
+    /// The restored file's rows, and its size in pages measured by its length (a
+    /// restore that left stale pages past the end would be longer than SQLite's).
+    fn restored_rows(path: &Path) -> Rows {
+        let length = std::fs::metadata(path).expect("stat").len();
+        let conn = Connection::open(path).expect("open restored");
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .expect("integrity_check");
+        assert_eq!(check, "ok");
+        let (rows, _) = rows(&conn);
+        (rows, (length / 4096) as u32)
+    }
+
+    fn merged_in_groups(segments: &[Vec<u8>], group: usize) -> Vec<Vec<u8>> {
+        segments
+            .chunks(group)
+            .map(|chunk| {
+                let mut readers: Vec<_> = chunk
+                    .iter()
+                    .map(|b| SegmentReader::new(&b[..], "part").expect("reader"))
+                    .collect();
+                let (header, frames) = merge(&mut readers).expect("merge");
+                let mut out = Vec::new();
+                write_segment(&mut out, &header, &frames).expect("write");
+                out
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Restoring to any commit from the snapshot and the segments gives exactly the
+        /// rows the database had right after that commit, across restarts and
+        /// truncations of the WAL and whether or not segments were merged.
+        #[test]
+        fn a_restore_to_any_commit_gives_the_database_as_it_was_then(
+            steps in proptest::collection::vec(step(), 1..60),
+            targets in proptest::collection::vec(any::<prop::sample::Index>(), 1..6),
+            group in 1usize..5,
+        ) {
+            let dir = tempfile::tempdir().expect("dir");
+            let (snapshot, segments, states) = record(dir.path(), &steps);
+            let merged = merged_in_groups(&segments, group);
+            for (i, target) in targets.iter().enumerate() {
+                let target = target.index(states.len());
+                let from = if i % 2 == 0 { &segments } else { &merged };
+                let path = restore(dir.path(), &snapshot, from, target);
+                prop_assert_eq!(&restored_rows(&path), &states[target]);
+                std::fs::remove_file(&path).expect("remove");
+            }
+        }
+    }
+
+    /// Where the test's snapshot is: before frame 1 of the first WAL.
+    fn start() -> ChainEnd {
+        ChainEnd {
+            position: Position { wal: 0, frame: 0 },
+            wal_header: String::new(),
+            chain: [0, 0],
+        }
+    }
+
+    fn three_segments(dir: &Path) -> (PathBuf, Vec<Vec<u8>>) {
+        let steps = [
+            Step::Insert(100),
+            Step::Tail,
+            Step::Insert(200),
+            Step::Checkpoint,
+            Step::Insert(300),
+        ];
+        let (snapshot, segments, _) = record(dir, &steps);
+        assert_eq!(segments.len(), 3);
+        (snapshot, segments)
+    }
+
+    fn apply_all(dir: &Path, snapshot: &Path, segments: &[Vec<u8>]) -> Result<(), SegmentError> {
+        let out = dir.join("all.db");
+        std::fs::copy(snapshot, &out).expect("copy");
+        let mut applier = Applier::open(&out, 4096)?;
+        applier.chain_end = Some(start());
+        for bytes in segments {
+            let mut reader = SegmentReader::new(&bytes[..], "test")?;
+            applier.apply(&mut reader, |_, _| Ok(false))?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_missing_or_repeated_segment_is_a_gap_not_a_silent_hole() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (snapshot, segments) = three_segments(dir.path());
+        apply_all(dir.path(), &snapshot, &segments).expect("the whole chain applies");
+        let missing = [segments[0].clone(), segments[2].clone()];
+        let repeated = [segments[0].clone(), segments[0].clone()];
+        let first_missing = [segments[1].clone(), segments[2].clone()];
+        for chain in [&missing[..], &repeated[..], &first_missing[..]] {
+            assert!(matches!(
+                apply_all(dir.path(), &snapshot, chain),
+                Err(SegmentError::Gap { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn a_damaged_segment_is_refused_with_the_frame_that_is_wrong() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (snapshot, segments) = three_segments(dir.path());
+        let mut damaged = segments.clone();
+        let last = damaged[1].len() - 10;
+        damaged[1][last] ^= 0x40;
+        let err = apply_all(dir.path(), &snapshot, &damaged).expect_err("refused");
+        assert!(
+            err.to_string().contains("checksum does not follow"),
+            "{err}"
+        );
+        let mut cut = segments.clone();
+        let shorter = cut[1].len() - 100;
+        cut[1].truncate(shorter);
+        let err = apply_all(dir.path(), &snapshot, &cut).expect_err("refused");
+        assert!(err.to_string().contains("it ends before frame"), "{err}");
+        let mut extra = segments;
+        extra[2].push(0);
+        let err = apply_all(dir.path(), &snapshot, &extra).expect_err("refused");
+        assert!(
+            err.to_string().contains("bytes follow the last frame"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn positions_are_written_so_names_sort_in_stream_order() {
+        let a = Position {
+            wal: 1,
+            frame: 0xff,
+        };
+        let b = Position { wal: 2, frame: 1 };
+        assert_eq!(a.to_string(), "00000001-000000ff");
+        assert!(a.to_string() < b.to_string());
+        assert_eq!("00000002-00000001".parse::<Position>(), Ok(b));
+        assert!("2-1".parse::<Position>().is_err());
+    }
+}

@@ -17,8 +17,10 @@ pub(crate) mod job_runs;
 pub(crate) mod jobsql;
 pub mod lock;
 pub mod migrations;
+pub mod pin;
 pub mod queries;
 pub(crate) mod readers;
+pub(crate) mod snapshot;
 pub(crate) mod sqlite_errors;
 pub mod verified_copy;
 pub(crate) mod wal;
@@ -98,6 +100,8 @@ pub enum DbError {
         #[source]
         source: actix::MailboxError,
     },
+    #[error(transparent)]
+    WalFile(#[from] walfile::WalFileError),
     #[error("the crash VFS could not be registered: {reason}")]
     CrashVfs { reason: String },
     #[error("database.vfs `{vfs}`: this build has no such VFS (the crash VFS exists only in test builds)")]

@@ -42,6 +42,7 @@ pub mod segment;
 pub mod ship;
 pub mod shipper;
 pub mod store;
+pub mod tailer;
 pub mod uploads;
 
 use std::path::PathBuf;
@@ -86,6 +87,10 @@ pub enum ReplicaError {
     Backup(#[from] crate::backup::BackupError),
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
+    #[error(transparent)]
+    Segment(#[from] segment::SegmentError),
+    #[error(transparent)]
+    WalFile(#[from] crate::db::walfile::WalFileError),
     #[error("replica {replica}: written by another dbwarden service ({holder}{}); not writing there: stop that service, or give this one another prefix", renewed_at.map(|t| format!(", lease renewed {}", t.to_rfc3339())).unwrap_or_default())]
     LeaseHeld {
         replica: String,

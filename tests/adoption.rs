@@ -336,3 +336,49 @@ fn refuses_a_changed_or_newer_migration() {
         "{err}"
     );
 }
+
+/// A Healarr database named by a bare file name (`database.path = "healarr.db"`, in the
+/// working directory) gets its verified pre-adoption copy beside it like any other.
+/// (Found by mutation testing: treating the empty parent of a bare name as a directory
+/// went unnoticed.)
+#[test]
+fn a_healarr_database_given_by_a_bare_file_name_is_protected_before_adoption() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    build_healarr_db(&dir.path().join("healarr.db"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dbwarden"))
+        .current_dir(dir.path())
+        .arg("migrate")
+        .env("DBWARDEN__DATABASE__PATH", "healarr.db")
+        .env("DBWARDEN__BACKUP__DIR", "backups")
+        .env("DBWARDEN__API__LISTEN", "127.0.0.1:1")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run dbwarden");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let copies: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("healarr.db.healarr-") && n.ends_with(".bak"))
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let copy = Connection::open(dir.path().join(&copies[0])).expect("open the copy");
+    assert!(
+        adopt_free(&copy),
+        "the copy is the Healarr database as it was, not the adopted one"
+    );
+}
+
+/// True for a database dbwarden has not migrated.
+fn adopt_free(conn: &Connection) -> bool {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE name = 'dbwarden_migrations'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .expect("sqlite_master")
+        == 0
+}

@@ -74,3 +74,55 @@ pub fn stash_healarr_summary(conn: &Connection) -> Result<(), DbError> {
     tx.commit()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn has_stash(conn: &Connection) -> bool {
+        table_exists(conn, "dbwarden_adoption_summary").expect("sqlite_master")
+    }
+
+    /// The stash is made only for an unadopted Healarr database that has a summary:
+    /// never again once dbwarden owns the database (migration 0004, which drops it, ran
+    /// long ago), and not for a Healarr database older than its summary table.
+    /// (Found by mutation testing: `||` → `&&` in the guard went unnoticed.)
+    #[test]
+    fn the_summary_is_stashed_only_from_an_unadopted_healarr_database_that_has_one() {
+        let adopted = Connection::open_in_memory().expect("open");
+        adopted
+            .execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER);
+                 CREATE TABLE dbwarden_migrations (name TEXT);
+                 CREATE TABLE corruption_summary (corruption_id TEXT, file_path, path_id,
+                     corruption_type, detected_at);",
+            )
+            .expect("schema");
+        stash_healarr_summary(&adopted).expect("nothing to do");
+        assert!(!has_stash(&adopted), "an adopted database got a stash");
+
+        let old_healarr = Connection::open_in_memory().expect("open");
+        old_healarr
+            .execute_batch("CREATE TABLE schema_migrations (version INTEGER);")
+            .expect("schema");
+        stash_healarr_summary(&old_healarr).expect("no summary: nothing to do");
+        assert!(!has_stash(&old_healarr));
+
+        let healarr = Connection::open_in_memory().expect("open");
+        healarr
+            .execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER);
+                 CREATE TABLE corruption_summary (corruption_id TEXT, file_path, path_id,
+                     corruption_type, detected_at);
+                 INSERT INTO corruption_summary VALUES ('c1', '/m/a.mkv', 1, 'x', 'now');",
+            )
+            .expect("schema");
+        stash_healarr_summary(&healarr).expect("stash");
+        let stashed: i64 = healarr
+            .query_row("SELECT count(*) FROM dbwarden_adoption_summary", [], |r| {
+                r.get(0)
+            })
+            .expect("count");
+        assert_eq!(stashed, 1);
+    }
+}

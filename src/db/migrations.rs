@@ -220,4 +220,19 @@ mod tests {
         let embedded: Vec<&str> = MIGRATIONS.iter().map(|m| m.name).collect();
         assert_eq!(files, embedded);
     }
+
+    /// The checksum is what tells a changed migration file from the one applied: it
+    /// must be the SHA-256 of the text (checkable with `sha256sum`), different for
+    /// every migration. (Found by mutation testing: a constant checksum went unnoticed,
+    /// which would make every changed file look unchanged.)
+    #[test]
+    fn a_migrations_checksum_is_the_sha256_of_its_text() {
+        assert_eq!(
+            checksum("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let sums: std::collections::BTreeSet<String> =
+            MIGRATIONS.iter().map(|m| checksum(m.sql)).collect();
+        assert_eq!(sums.len(), MIGRATIONS.len());
+    }
 }

@@ -2,6 +2,7 @@
 
 use object_store::path::Path;
 
+use super::segment::Position;
 use crate::backup::catalog;
 use crate::config::Encryption;
 
@@ -10,6 +11,9 @@ const COPY_ZSTD: &str = ".zst";
 const COPY_ZSTD_AGE: &str = ".zst.age";
 const MANIFEST: &str = ".manifest.json";
 const DRILL: &str = ".drill.json";
+const GENERATIONS: &str = "generations";
+const SNAPSHOT_MANIFEST: &str = "snapshot.json";
+const SEGMENT: &str = ".seg";
 
 /// What an object under `backups/` is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,10 +49,7 @@ impl Layout {
     }
 
     pub fn copy(&self, name: &str, encryption: Encryption) -> Path {
-        let suffix = match encryption {
-            Encryption::Age => COPY_ZSTD_AGE,
-            Encryption::None => COPY_ZSTD,
-        };
+        let suffix = Self::suffix(encryption);
         self.under(&format!("{BACKUPS}/{name}{suffix}"))
     }
 
@@ -58,6 +59,75 @@ impl Layout {
 
     pub fn drill(&self, name: &str) -> Path {
         self.under(&format!("{BACKUPS}/{name}{DRILL}"))
+    }
+
+    fn suffix(encryption: Encryption) -> &'static str {
+        match encryption {
+            Encryption::Age => COPY_ZSTD_AGE,
+            Encryption::None => COPY_ZSTD,
+        }
+    }
+
+    /// Continuous replication: `generations/<generation>/...`.
+    pub fn generations(&self) -> Path {
+        self.under(GENERATIONS)
+    }
+
+    pub fn snapshot(&self, generation: &str, encryption: Encryption) -> Path {
+        let suffix = Self::suffix(encryption);
+        self.under(&format!("{GENERATIONS}/{generation}/snapshot.db{suffix}"))
+    }
+
+    /// Written after the snapshot is complete: a generation counts only with it.
+    pub fn snapshot_manifest(&self, generation: &str) -> Path {
+        self.under(&format!("{GENERATIONS}/{generation}/{SNAPSHOT_MANIFEST}"))
+    }
+
+    pub fn segments(&self, generation: &str) -> Path {
+        self.under(&format!("{GENERATIONS}/{generation}/segments"))
+    }
+
+    /// A segment, named `<first>_<last>` by the positions it holds.
+    pub fn segment(&self, generation: &str, name: &str, encryption: Encryption) -> Path {
+        let suffix = Self::suffix(encryption);
+        self.under(&format!(
+            "{GENERATIONS}/{generation}/segments/{name}{SEGMENT}{suffix}"
+        ))
+    }
+
+    /// The generation of an object under `generations/`, with the rest of its name.
+    pub fn parse_generation<'a>(&self, location: &'a Path) -> Option<(&'a str, &'a str)> {
+        let rest = location
+            .as_ref()
+            .strip_prefix(self.generations().as_ref())?
+            .strip_prefix('/')?;
+        rest.split_once('/')
+    }
+
+    /// A segment object's first and last positions and encryption.
+    pub fn parse_segment(
+        &self,
+        location: &Path,
+    ) -> Option<(String, Position, Position, Encryption)> {
+        let (generation, rest) = self.parse_generation(location)?;
+        let file = rest.strip_prefix("segments/")?;
+        let (stem, encryption) = [
+            (COPY_ZSTD_AGE, Encryption::Age),
+            (COPY_ZSTD, Encryption::None),
+        ]
+        .into_iter()
+        .find_map(|(suffix, e)| {
+            file.strip_suffix(suffix)
+                .and_then(|f| f.strip_suffix(SEGMENT))
+                .map(|stem| (stem, e))
+        })?;
+        let (first, last) = stem.split_once('_')?;
+        Some((
+            generation.to_string(),
+            first.parse().ok()?,
+            last.parse().ok()?,
+            encryption,
+        ))
     }
 
     pub fn lease(&self) -> Path {
@@ -112,6 +182,35 @@ mod tests {
                     "{path}"
                 );
             }
+            let first = Position { wal: 0, frame: 7 };
+            let last = Position {
+                wal: 2,
+                frame: 0x1f,
+            };
+            for encryption in [Encryption::Age, Encryption::None] {
+                let segment = layout.segment(
+                    "20261203T054000.000000Z",
+                    &format!("{first}_{last}"),
+                    encryption,
+                );
+                assert_eq!(
+                    layout.parse_segment(&segment),
+                    Some((
+                        "20261203T054000.000000Z".to_string(),
+                        first,
+                        last,
+                        encryption
+                    )),
+                    "{segment}"
+                );
+                assert_eq!(layout.parse(&segment), None, "a segment is not a backup");
+            }
+            let snapshot = layout.snapshot_manifest("g");
+            assert_eq!(
+                layout.parse_generation(&snapshot),
+                Some(("g", "snapshot.json"))
+            );
+            assert_eq!(layout.parse_segment(&snapshot), None);
             for foreign in [
                 "backups/notes.txt",
                 "backups/dbwarden-20261202T101500Z.db",

@@ -63,21 +63,7 @@ impl RemoteManifest {
         match &self.facts {
             SealedFacts::Plain(facts) => Ok(facts.clone()),
             SealedFacts::Age(text) => {
-                let sealed = base64::engine::general_purpose::STANDARD
-                    .decode(text)
-                    .map_err(|e| {
-                        ReplicaError::Decrypt(format!("manifest of {}: {e}", self.name))
-                    })?;
-                let decryptor = age::Decryptor::new(&sealed[..]).map_err(|e| {
-                    ReplicaError::Decrypt(format!("manifest of {}: {e}", self.name))
-                })?;
-                let mut reader = decryptor
-                    .decrypt(identities.iter().map(|i| i as &dyn age::Identity))
-                    .map_err(|e| {
-                        ReplicaError::Decrypt(format!("manifest of {}: {e}", self.name))
-                    })?;
-                let mut json = Vec::new();
-                reader.read_to_end(&mut json).map_err(|e| {
+                let json = open_sealed(text, identities).map_err(|e| {
                     ReplicaError::Decrypt(format!("manifest of {}: {e}", self.name))
                 })?;
                 serde_json::from_slice(&json)
@@ -98,21 +84,40 @@ pub fn seal(
         Encryption::Age => {
             let json =
                 serde_json::to_vec(facts).map_err(|e| ReplicaError::Encrypt(e.to_string()))?;
-            let encryptor = age::Encryptor::with_recipients(
-                recipients.iter().map(|r| r as &dyn age::Recipient),
-            )
-            .map_err(|e| ReplicaError::Encrypt(e.to_string()))?;
-            let mut sealed = Vec::new();
-            let mut writer = encryptor
-                .wrap_output(&mut sealed)
-                .map_err(|e| ReplicaError::Encrypt(e.to_string()))?;
-            writer
-                .write_all(&json)
-                .and_then(|()| writer.finish().map(|_| ()))
-                .map_err(|e| ReplicaError::Encrypt(e.to_string()))?;
-            Ok(SealedFacts::Age(
-                base64::engine::general_purpose::STANDARD.encode(sealed),
-            ))
+            Ok(SealedFacts::Age(seal_bytes(&json, recipients)?))
         }
     }
+}
+
+/// `plain` encrypted to `recipients` with age, as base64 (for a JSON field).
+pub fn seal_bytes(
+    plain: &[u8],
+    recipients: &[age::x25519::Recipient],
+) -> Result<String, ReplicaError> {
+    let encryptor =
+        age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+            .map_err(|e| ReplicaError::Encrypt(e.to_string()))?;
+    let mut sealed = Vec::new();
+    let mut writer = encryptor
+        .wrap_output(&mut sealed)
+        .map_err(|e| ReplicaError::Encrypt(e.to_string()))?;
+    writer
+        .write_all(plain)
+        .and_then(|()| writer.finish().map(|_| ()))
+        .map_err(|e| ReplicaError::Encrypt(e.to_string()))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(sealed))
+}
+
+/// The bytes [`seal_bytes`] sealed, decrypted with `identities`.
+pub fn open_sealed(text: &str, identities: &[age::x25519::Identity]) -> Result<Vec<u8>, String> {
+    let sealed = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| e.to_string())?;
+    let decryptor = age::Decryptor::new(&sealed[..]).map_err(|e| e.to_string())?;
+    let mut reader = decryptor
+        .decrypt(identities.iter().map(|i| i as &dyn age::Identity))
+        .map_err(|e| e.to_string())?;
+    let mut plain = Vec::new();
+    reader.read_to_end(&mut plain).map_err(|e| e.to_string())?;
+    Ok(plain)
 }

@@ -15,6 +15,7 @@
 //! backups/<backup name>.zst.age        the copy (`.zst` when not encrypted)
 //! backups/<backup name>.manifest.json  written last: a copy counts only with it
 //! backups/<backup name>.drill.json     the last restore drill's verdict
+//! generations/<generation>/...         continuous replication (see [`stream`])
 //! lease.json                           which service writes here (see [`lease`])
 //! lease.lock                           file:// replicas only: the lock itself
 //! ```
@@ -24,8 +25,8 @@
 //! that has only the settings. The manifest's public part (sizes, the copy's SHA-256,
 //! times) is plain JSON, so retention and catch-up need no secret; what the database
 //! holds (its SHA-256, last event id, event count, schema) is sealed to the same age
-//! recipients as the copy. Continuous replication (WAL segments) will live beside
-//! `backups/` under the same prefix.
+//! recipients as the copy. Continuous replication's snapshots and WAL segments live
+//! beside `backups/` under the same prefix ([`stream`]).
 //!
 //! Nothing here ever blocks the writer: shipping reads the verified backup file, never
 //! the live database.
@@ -42,6 +43,7 @@ pub mod segment;
 pub mod ship;
 pub mod shipper;
 pub mod store;
+pub mod stream;
 pub mod tailer;
 pub mod uploads;
 

@@ -433,7 +433,7 @@ fn with_temp(path: &Path) -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::replica::segment::{Applier, SegmentReader};
     use rusqlite::Connection;
@@ -469,7 +469,8 @@ mod tests {
         }
     }
 
-    fn events(conn: &Connection) -> Vec<(i64, Vec<u8>)> {
+    /// Every row of the test table, in id order.
+    pub(in crate::replica) fn events(conn: &Connection) -> Vec<(i64, Vec<u8>)> {
         let mut s = conn
             .prepare("SELECT id, data FROM events ORDER BY id")
             .expect("prepare");

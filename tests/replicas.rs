@@ -1502,3 +1502,119 @@ async fn a_copy_opens_with_age_zstd_and_sqlite3_alone() {
         );
     }
 }
+
+/// A generation streamed to each replica (its snapshot big enough to go up in several
+/// parts of 5 MiB) is rebuilt from the replica alone: to its last commit, and to the
+/// commit that wrote a given event, every event equal to the live database's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_generation_is_rebuilt_from_each_replica_alone() {
+    use dbwarden::db::pin::ReadPin;
+    use dbwarden::replica::stream::{self, Target};
+    use dbwarden::replica::tailer::{Pass, Tailer};
+
+    let mut world = World::new().await;
+    world.replicas = world.replicas.replace(
+        "age_recipients = [",
+        "part_size_mib = 5\nage_recipients = [",
+    );
+    let settings = world.machine();
+    fill_noise(&settings.database, 9_000);
+    let (conn, _) = db::open_and_migrate(&settings.database).expect("migrate");
+    conn.execute_batch("PRAGMA wal_autocheckpoint=0")
+        .expect("no automatic checkpoint");
+    let live = settings.database.path.clone();
+    let open = || rusqlite::Connection::open(&live).expect("pin connection");
+    let pin = ReadPin::new(&live, [open(), open()]);
+    let spool = world.root.path().join("spool");
+    let (mut tailer, info) =
+        Tailer::start(&live, pin, &spool, chrono::Utc::now()).expect("generation");
+    let replicas: Vec<Replica> = settings
+        .replicas
+        .iter()
+        .map(|r| Replica::open(r).expect("open"))
+        .collect();
+    for replica in &replicas {
+        stream::upload_snapshot(replica, tailer.dir(), &info)
+            .await
+            .expect("snapshot");
+    }
+    let insert = |n: usize| {
+        for i in 0..n {
+            conn.execute(
+                "INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data) VALUES ('corruption', ?1, 'CorruptionDetected', '{}')",
+                [format!("streamed-{i}")],
+            )
+            .expect("insert");
+        }
+    };
+    for _ in 0..3 {
+        insert(4);
+        match tailer.pass(chrono::Utc::now()).expect("pass") {
+            Pass::Spooled { header, path } => {
+                for replica in &replicas {
+                    stream::upload_segment(replica, &path, &header)
+                        .await
+                        .expect("segment");
+                }
+            }
+            other => panic!("expected a segment: {other:?}"),
+        }
+    }
+    let everything = events_of(&live);
+    assert_eq!(everything.len(), 9_012);
+    let identities = dbwarden::config::read_identities(&world.identity).expect("identity file");
+    for replica in &replicas {
+        let generations = stream::list(replica).await.expect("list");
+        assert_eq!(generations.len(), 1, "{}", replica.name());
+        assert_eq!(generations[0].segments.len(), 3, "{}", replica.name());
+        let snapshot_bytes = generations[0]
+            .snapshot
+            .as_ref()
+            .expect("complete")
+            .object_bytes;
+        assert!(
+            snapshot_bytes > 5 << 20,
+            "the snapshot ({snapshot_bytes} bytes) went up in one part"
+        );
+        let staging = world.root.path().join("staging");
+        let latest = world
+            .root
+            .path()
+            .join(format!("{}-latest.db", replica.name()));
+        let restored = stream::restore(
+            replica,
+            &generations[0],
+            &Target::Latest,
+            &identities,
+            &staging,
+            &latest,
+        )
+        .await
+        .expect("restore the latest");
+        assert_eq!(restored.event_count, 9_012);
+        assert_eq!(events_of(&latest), everything, "{}", replica.name());
+        // The 6th streamed event: the 2nd commit of the second pass.
+        let target = 9_006;
+        let to_event = world
+            .root
+            .path()
+            .join(format!("{}-event.db", replica.name()));
+        let restored = stream::restore(
+            replica,
+            &generations[0],
+            &Target::EventId(target),
+            &identities,
+            &staging,
+            &to_event,
+        )
+        .await
+        .expect("restore to an event");
+        assert_eq!(restored.last_event_id, target);
+        assert_eq!(
+            events_of(&to_event),
+            everything[..target as usize].to_vec(),
+            "{}",
+            replica.name()
+        );
+    }
+}

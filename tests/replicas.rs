@@ -1533,8 +1533,13 @@ async fn a_streamed_generation_is_rebuilt_from_each_replica_alone() {
         .iter()
         .map(|r| Replica::open(r).expect("open"))
         .collect();
+    // Where the service keeps its upload ledgers (it makes the directory at start).
+    backup::ensure_dir(&settings.backup.dir).expect("backup dir");
+    let ledger = |replica: &Replica| {
+        dbwarden::replica::uploads::Ledger::of(&settings.backup.dir, replica.name())
+    };
     for replica in &replicas {
-        stream::upload_snapshot(replica, tailer.dir(), &info)
+        stream::upload_snapshot(replica, tailer.dir(), &info, &ledger(replica))
             .await
             .expect("snapshot");
     }
@@ -1552,7 +1557,7 @@ async fn a_streamed_generation_is_rebuilt_from_each_replica_alone() {
         match tailer.pass(chrono::Utc::now()).expect("pass") {
             Pass::Spooled { header, path } => {
                 for replica in &replicas {
-                    stream::upload_segment(replica, &path, &header)
+                    stream::upload_segment(replica, &path, &header, &ledger(replica))
                         .await
                         .expect("segment");
                 }
@@ -1562,6 +1567,13 @@ async fn a_streamed_generation_is_rebuilt_from_each_replica_alone() {
     }
     let everything = events_of(&live);
     assert_eq!(everything.len(), 9_012);
+    for replica in &replicas {
+        assert!(
+            ledger(replica).read().expect("ledger").is_empty(),
+            "{}: a finished upload is still in the ledger",
+            replica.name()
+        );
+    }
     let identities = dbwarden::config::read_identities(&world.identity).expect("identity file");
     for replica in &replicas {
         let generations = stream::list(replica).await.expect("list");

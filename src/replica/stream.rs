@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{MultipartUpload, ObjectStoreExt, PutPayload, WriteMultipart};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -39,6 +39,7 @@ use super::codec::{self, Written};
 use super::manifest;
 use super::segment::{self, Applier, CommitRecord, Position, SegmentHeader, SegmentReader};
 use super::tailer::{SnapshotInfo, SNAPSHOT};
+use super::uploads::{Ledger, TrackedUpload};
 use super::{Replica, ReplicaError};
 use crate::config::Encryption;
 use crate::db::{self, durable, integrity};
@@ -92,11 +93,13 @@ impl SnapshotManifest {
 }
 
 /// Compresses and encrypts `source` into the object `location`: one PUT when it fits
-/// one part, a multipart upload streamed part by part otherwise.
+/// one part, a multipart upload streamed part by part otherwise (its id written in
+/// `ledger` first, as a backup's is, so that one a kill cut short is aborted later).
 async fn upload_file(
     replica: &Replica,
     source: &Path,
     location: &object_store::path::Path,
+    ledger: &Ledger,
 ) -> Result<Written, ReplicaError> {
     let settings = &replica.settings;
     let (parts_tx, mut parts) = mpsc::channel::<Bytes>(QUEUED_PARTS);
@@ -121,11 +124,22 @@ async fn upload_file(
         (first, Some(second)) => {
             // (`first` is there: a channel yields nothing once it has closed.)
             let first = first.unwrap_or_default();
-            let upload = replica
-                .store
-                .put_multipart(location)
-                .await
-                .map_err(|e| replica.error(e))?;
+            let upload: Box<dyn MultipartUpload> = match &replica.multipart {
+                Some(multipart) => Box::new(
+                    TrackedUpload::start(
+                        replica,
+                        std::sync::Arc::clone(multipart),
+                        location,
+                        ledger.clone(),
+                    )
+                    .await?,
+                ),
+                None => replica
+                    .store
+                    .put_multipart(location)
+                    .await
+                    .map_err(|e| replica.error(e))?,
+            };
             let mut writer =
                 WriteMultipart::new_with_chunk_size(upload, settings.part_size_bytes());
             let mut next = Some(second);
@@ -169,12 +183,13 @@ pub async fn upload_snapshot(
     replica: &Replica,
     generation_dir: &Path,
     info: &SnapshotInfo,
+    ledger: &Ledger,
 ) -> Result<SnapshotManifest, ReplicaError> {
     let settings = &replica.settings;
     let object = replica
         .layout
         .snapshot(&info.generation, settings.encryption);
-    let stored = upload_file(replica, &generation_dir.join(SNAPSHOT), &object).await?;
+    let stored = upload_file(replica, &generation_dir.join(SNAPSHOT), &object, ledger).await?;
     let info_sealed = match settings.encryption {
         Encryption::None => SealedInfo::Plain(info.clone()),
         Encryption::Age => {
@@ -212,13 +227,14 @@ pub async fn upload_segment(
     replica: &Replica,
     path: &Path,
     header: &SegmentHeader,
+    ledger: &Ledger,
 ) -> Result<Written, ReplicaError> {
     let object = replica.layout.segment(
         &header.generation,
         &header.name(),
         replica.settings.encryption,
     );
-    upload_file(replica, path, &object).await
+    upload_file(replica, path, &object, ledger).await
 }
 
 /// One segment object as listed.
@@ -631,7 +647,8 @@ mod tests {
         let pin = ReadPin::new(&db, [open(), open()]);
         let spool = dir.path().join("spool");
         let (mut tailer, info) = Tailer::start(&db, pin, &spool, Utc::now()).expect("start");
-        upload_snapshot(&replica, tailer.dir(), &info)
+        let ledger = Ledger::of(dir.path(), replica.name());
+        upload_snapshot(&replica, tailer.dir(), &info, &ledger)
             .await
             .expect("snapshot uploaded");
         // Each pass is stamped one minute after the one before; `states[k]` is the
@@ -643,7 +660,7 @@ mod tests {
         for round in 0..4 {
             insert(3);
             k += 1;
-            ship_pass(&replica, &mut tailer, pass_at(k)).await;
+            ship_pass(&replica, &mut tailer, pass_at(k), &ledger).await;
             states.push((pass_at(k), events(&conn)));
             if round == 2 {
                 // As the Checkpointer does: everything read, then the pin let go.
@@ -652,7 +669,7 @@ mod tests {
                     .expect("truncate");
                 insert(1);
                 k += 1;
-                ship_pass(&replica, &mut tailer, pass_at(k)).await;
+                ship_pass(&replica, &mut tailer, pass_at(k), &ledger).await;
                 states.push((pass_at(k), events(&conn)));
             }
         }
@@ -740,10 +757,10 @@ mod tests {
         assert!(!wrong.exists());
     }
 
-    async fn ship_pass(replica: &Replica, tailer: &mut Tailer, at: DateTime<Utc>) {
+    async fn ship_pass(replica: &Replica, tailer: &mut Tailer, at: DateTime<Utc>, ledger: &Ledger) {
         match tailer.pass(at).expect("pass") {
             Pass::Spooled { header, path } => {
-                upload_segment(replica, &path, &header)
+                upload_segment(replica, &path, &header, ledger)
                     .await
                     .expect("segment uploaded");
             }

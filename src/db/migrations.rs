@@ -221,6 +221,45 @@ mod tests {
         assert_eq!(files, embedded);
     }
 
+    /// What `dbwarden check` and health report about the schema: nothing applied on a
+    /// new file, every migration after `migrate` (and the second run applies nothing
+    /// and says so), and not current once one is missing. (Found by mutation testing:
+    /// constant answers from `newest_applied` and `is_current`, and the report's
+    /// `already_applied`, went unnoticed.)
+    #[test]
+    fn the_schemas_state_is_read_back_as_it_is() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        assert_eq!(newest_applied_or_none(&conn), None);
+        assert!(!is_current(&conn).expect("is_current"));
+        let first = migrate(&mut conn).expect("migrate");
+        assert_eq!(first.applied.len(), MIGRATIONS.len());
+        assert_eq!(first.already_applied, 0);
+        let again = migrate(&mut conn).expect("migrate again");
+        assert!(again.applied.is_empty());
+        assert_eq!(again.already_applied, MIGRATIONS.len());
+        assert_eq!(
+            newest_applied(&conn).expect("newest").as_deref(),
+            MIGRATIONS.last().map(|m| m.name)
+        );
+        assert!(is_current(&conn).expect("is_current"));
+        conn.execute(
+            "DELETE FROM dbwarden_migrations WHERE name = ?1",
+            [MIGRATIONS[MIGRATIONS.len() - 1].name],
+        )
+        .expect("forget the newest");
+        assert!(!is_current(&conn).expect("is_current"));
+        assert_eq!(
+            newest_applied(&conn).expect("newest").as_deref(),
+            Some(MIGRATIONS[MIGRATIONS.len() - 2].name)
+        );
+    }
+
+    /// Before `dbwarden_migrations` exists there is no table to read: an error or
+    /// nothing, never a name.
+    fn newest_applied_or_none(conn: &Connection) -> Option<String> {
+        newest_applied(conn).ok().flatten()
+    }
+
     /// The checksum is what tells a changed migration file from the one applied: it
     /// must be the SHA-256 of the text (checkable with `sha256sum`), different for
     /// every migration. (Found by mutation testing: a constant checksum went unnoticed,

@@ -69,4 +69,20 @@ mod tests {
         );
         assert_eq!(state.pending_bytes, file - HEADER_BYTES);
     }
+
+    /// Frames not yet checkpointed, each a frame header and a page; never negative
+    /// (SQLite answers -1 for both counts when it is not in WAL mode). (Found by
+    /// mutation testing: `-` → `+` went unnoticed.)
+    #[test]
+    fn pending_bytes_count_the_frames_not_yet_checkpointed() {
+        let result = |log_frames, checkpointed_frames| CheckpointResult {
+            busy: false,
+            log_frames,
+            checkpointed_frames,
+        };
+        assert_eq!(pending_bytes(&result(10, 4), 4096), 6 * (4096 + 24));
+        assert_eq!(pending_bytes(&result(10, 10), 4096), 0);
+        assert_eq!(pending_bytes(&result(-1, -1), 4096), 0);
+        assert_eq!(pending_bytes(&result(3, 0), 1024), 3 * (1024 + 24));
+    }
 }

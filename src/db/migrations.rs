@@ -254,6 +254,27 @@ mod tests {
         );
     }
 
+    /// A database an older dbwarden migrated (only the first migration applied) gets
+    /// the others, and only those. (Found by mutation testing: `==` → `!=` in the
+    /// choice of what is already applied went unnoticed.)
+    #[test]
+    fn a_database_an_older_dbwarden_migrated_gets_the_migrations_it_lacks() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.execute(CREATE_TABLE, []).expect("table");
+        let first = &MIGRATIONS[0];
+        execute_migration(&conn, first.sql, &mut Vec::new()).expect("first migration");
+        conn.execute(
+            "INSERT INTO dbwarden_migrations (name, checksum, applied_at) VALUES (?1, ?2, 'then')",
+            rusqlite::params![first.name, checksum(first.sql)],
+        )
+        .expect("record it");
+        let report = migrate(&mut conn).expect("migrate the rest");
+        let rest: Vec<String> = MIGRATIONS[1..].iter().map(|m| m.name.to_string()).collect();
+        assert_eq!(report.applied, rest);
+        assert_eq!(report.already_applied, 1);
+        assert!(is_current(&conn).expect("is_current"));
+    }
+
     /// Before `dbwarden_migrations` exists there is no table to read: an error or
     /// nothing, never a name.
     fn newest_applied_or_none(conn: &Connection) -> Option<String> {

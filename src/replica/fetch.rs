@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::catalog::RemoteCopy;
-use super::codec::{self, PartReader};
+use super::codec::{self, PartReader, Written};
 use super::manifest::{Facts, RemoteManifest};
 use super::{Replica, ReplicaError};
 use crate::db::{self, durable, integrity, verified_copy::TEMP_SUFFIX};
@@ -49,6 +49,42 @@ impl<W: Write> Write for HashingWriter<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// Sends a download's bytes to the decoder on `parts`, hashing every stored byte,
+/// even after the decoder stopped reading (a decoder that fails early must not make a
+/// short object look whole). Answers the stored size and SHA-256, or the download's
+/// error (the decoder is told it failed).
+pub(super) async fn send_stored(
+    replica: &Replica,
+    got: object_store::GetResult,
+    parts: mpsc::Sender<io::Result<bytes::Bytes>>,
+) -> Result<Written, ReplicaError> {
+    let mut stream = got.into_stream();
+    let mut hasher = Sha256::new();
+    let mut bytes = 0u64;
+    let mut decoder_gone = false;
+    while let Some(part) = stream.next().await {
+        match part {
+            Ok(part) => {
+                hasher.update(&part);
+                bytes += part.len() as u64;
+                if !decoder_gone && parts.send(Ok(part)).await.is_err() {
+                    decoder_gone = true;
+                }
+            }
+            Err(e) => {
+                let _ = parts
+                    .send(Err(io::Error::other("the download failed")))
+                    .await;
+                return Err(replica.error(e));
+            }
+        }
+    }
+    Ok(Written {
+        bytes,
+        sha256: hex::encode(hasher.finalize()),
+    })
 }
 
 /// Downloads `copy` into `dir/<name>` and proves it (see the module docs). The file is
@@ -127,39 +163,15 @@ async fn fetch_into(
             .map_err(|e| ReplicaError::Decrypt(e.to_string()))?;
         Ok::<_, ReplicaError>((out.bytes, hex::encode(out.hasher.finalize()), file))
     });
-    // Every stored byte is hashed, even after the decoder stopped reading.
-    let mut stream = got.into_stream();
-    let mut hasher = Sha256::new();
-    let mut stored_bytes = 0u64;
-    let mut download_error = None;
-    let mut decoder_gone = false;
-    while let Some(part) = stream.next().await {
-        match part {
-            Ok(part) => {
-                hasher.update(&part);
-                stored_bytes += part.len() as u64;
-                if !decoder_gone && parts_tx.send(Ok(part)).await.is_err() {
-                    decoder_gone = true;
-                }
-            }
-            Err(e) => {
-                let _ = parts_tx
-                    .send(Err(io::Error::other("the download failed")))
-                    .await;
-                download_error = Some(replica.error(e));
-                break;
-            }
-        }
-    }
-    drop(parts_tx);
+    let stored = send_stored(replica, got, parts_tx).await;
     let decoded = decoder.await.map_err(|e| ReplicaError::Io {
         path: temp.to_path_buf(),
         source: io::Error::other(e),
     })?;
-    if let Some(e) = download_error {
-        return Err(e);
-    }
-    let stored_sha256 = hex::encode(hasher.finalize());
+    let Written {
+        bytes: stored_bytes,
+        sha256: stored_sha256,
+    } = stored?;
     if stored_bytes != manifest.object_bytes || stored_sha256 != manifest.object_sha256 {
         return Err(bad(format!(
             "the stored object differs from its manifest ({stored_bytes} bytes, SHA-256 {stored_sha256}; the manifest says {} bytes, {})",

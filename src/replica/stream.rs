@@ -32,7 +32,6 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use object_store::{MultipartUpload, ObjectStoreExt, PutPayload, WriteMultipart};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::codec::{self, Written};
@@ -344,41 +343,15 @@ async fn download(
         out.flush()
             .map_err(|e| ReplicaError::Decrypt(e.to_string()))
     });
-    let mut stream = got.into_stream();
-    let mut hasher = Sha256::new();
-    let mut bytes = 0u64;
-    let mut failed = None;
-    while let Some(part) = stream.next().await {
-        match part {
-            Ok(part) => {
-                hasher.update(&part);
-                bytes += part.len() as u64;
-                if parts_tx.send(Ok(part)).await.is_err() {
-                    break;
-                }
-            }
-            Err(e) => {
-                let _ = parts_tx
-                    .send(Err(std::io::Error::other("the download failed")))
-                    .await;
-                failed = Some(replica.error(e));
-                break;
-            }
-        }
-    }
-    drop(parts_tx);
+    let stored = super::fetch::send_stored(replica, got, parts_tx).await;
     let decoded = decoder.await.map_err(|e| ReplicaError::Io {
         path: out.to_path_buf(),
         source: std::io::Error::other(e),
     })?;
-    if let Some(e) = failed {
-        return Err(e);
-    }
+    // A failed download is the reason, not what the decoder made of it.
+    let stored = stored?;
     decoded?;
-    Ok(Written {
-        bytes,
-        sha256: hex::encode(hasher.finalize()),
-    })
+    Ok(stored)
 }
 
 /// Which commit a restore stops at.

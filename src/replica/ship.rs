@@ -9,17 +9,16 @@
 //! its verified local manifest, or the upload is aborted.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use object_store::{MultipartUpload, ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{self, Encoded};
 use super::manifest::{self, Facts, RemoteManifest};
-use super::uploads::{Ledger, TrackedUpload};
+use super::uploads::{self, Ledger};
 use super::{Replica, ReplicaError};
 use crate::backup::catalog::Manifest;
 use crate::db;
@@ -76,22 +75,7 @@ pub async fn ship(
     // change, and its old verdict goes once the new manifest is there.
     let manifest_location = replica.layout.manifest(&local.name);
     delete_if_there(replica, &manifest_location).await?;
-    let upload: Box<dyn MultipartUpload> = match &replica.multipart {
-        Some(multipart) => Box::new(
-            TrackedUpload::start(
-                replica,
-                Arc::clone(multipart),
-                &object,
-                Ledger::of(dir, replica.name()),
-            )
-            .await?,
-        ),
-        None => replica
-            .store
-            .put_multipart(&object)
-            .await
-            .map_err(|e| replica.error(e))?,
-    };
+    let upload = uploads::start_upload(replica, &object, Ledger::of(dir, replica.name())).await?;
     let mut writer = WriteMultipart::new_with_chunk_size(upload, settings.part_size_bytes());
 
     let (parts_tx, mut parts) = mpsc::channel(QUEUED_PARTS);

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use object_store::{MultipartUpload, ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -38,7 +38,7 @@ use super::codec::{self, Written};
 use super::manifest;
 use super::segment::{self, Applier, CommitRecord, Position, SegmentHeader, SegmentReader};
 use super::tailer::{SnapshotInfo, SNAPSHOT};
-use super::uploads::{Ledger, TrackedUpload};
+use super::uploads::{self, Ledger};
 use super::{Replica, ReplicaError};
 use crate::config::Encryption;
 use crate::db::{self, durable, integrity};
@@ -123,22 +123,7 @@ async fn upload_file(
         (first, Some(second)) => {
             // (`first` is there: a channel yields nothing once it has closed.)
             let first = first.unwrap_or_default();
-            let upload: Box<dyn MultipartUpload> = match &replica.multipart {
-                Some(multipart) => Box::new(
-                    TrackedUpload::start(
-                        replica,
-                        std::sync::Arc::clone(multipart),
-                        location,
-                        ledger.clone(),
-                    )
-                    .await?,
-                ),
-                None => replica
-                    .store
-                    .put_multipart(location)
-                    .await
-                    .map_err(|e| replica.error(e))?,
-            };
+            let upload = uploads::start_upload(replica, location, ledger.clone()).await?;
             let mut writer =
                 WriteMultipart::new_with_chunk_size(upload, settings.part_size_bytes());
             let mut next = Some(second);

@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjectPath;
-use object_store::{MultipartId, MultipartUpload, PutPayload, PutResult, UploadPart};
+use object_store::{
+    MultipartId, MultipartUpload, ObjectStoreExt, PutPayload, PutResult, UploadPart,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{Replica, ReplicaError};
@@ -157,6 +159,26 @@ impl std::fmt::Debug for TrackedUpload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "TrackedUpload({} id {})", self.object, self.id)
     }
+}
+
+/// Starts a multipart upload of `object`: tracked in `ledger` where the replica has a
+/// multipart API (S3, GCS, Azure), object_store's own otherwise (`file://`, whose
+/// staging files are swept by [`Replica::remove_abandoned_uploads`]).
+pub async fn start_upload(
+    replica: &Replica,
+    object: &ObjectPath,
+    ledger: Ledger,
+) -> Result<Box<dyn MultipartUpload>, ReplicaError> {
+    Ok(match &replica.multipart {
+        Some(multipart) => {
+            Box::new(TrackedUpload::start(replica, Arc::clone(multipart), object, ledger).await?)
+        }
+        None => replica
+            .store
+            .put_multipart(object)
+            .await
+            .map_err(|e| replica.error(e))?,
+    })
 }
 
 impl TrackedUpload {

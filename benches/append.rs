@@ -175,6 +175,7 @@ fn library_path(dir: &Path, n: usize, concurrent_singles: usize) -> Vec<Row> {
             512,
             dbwarden::notifier::Notifier::log_only(),
             std::sync::Arc::new(dbwarden::metrics::Metrics::new().expect("metrics")),
+            None,
         );
         let mut rows = Vec::new();
 

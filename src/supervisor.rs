@@ -34,7 +34,9 @@ use crate::jobs::registry::{JobDeps, Registry, RegistryError};
 use crate::jobs::{self, builtin, JobErrors, JobSpec, Trigger};
 use crate::metrics::Metrics;
 use crate::notifier::{Notifier, Severity};
-use crate::replica::{shipper::Shippers, ReplicaError};
+use crate::replica::replicator::{self, Replicator};
+use crate::replica::shipper::{ReplicaBoard, Shippers};
+use crate::replica::{lease, ReplicaError};
 use crate::scheduler::{Scheduler, SchedulerError};
 use crate::writer::{DbWriter, WriterHandle};
 
@@ -116,6 +118,9 @@ pub struct Service {
     auditor_arbiter: Arbiter,
     /// One per replica; stopped before the backups (an upload in flight is aborted).
     shippers: Option<Shippers>,
+    /// Continuous replication; stopped after the writer, so its final commits and
+    /// checkpoint are shipped.
+    replicator: Option<Replicator>,
     scheduler: Option<Scheduler>,
     notifier: Notifier,
     flush_bound: std::time::Duration,
@@ -150,6 +155,12 @@ impl Service {
         mode: Mode,
     ) -> Result<Service, StartError> {
         let custom_jobs = jobs::load_dir(&settings.jobs.dir)?;
+        let mut settings = settings;
+        if replicator::streams(&settings) {
+            // The Checkpointer is then the only checkpointer on dbwarden's connections,
+            // and each of its checkpoints waits until replication has every frame.
+            settings.database.wal_autocheckpoint_pages = 0;
+        }
         let settings = Arc::new(settings);
         let notifier = Notifier::start(&settings.notify);
         let _ = PANIC_NOTIFIER.set(notifier.clone());
@@ -174,12 +185,20 @@ impl Service {
         let page_size = db::wal::page_size(&conn)?;
         let readers = ReaderPool::open(&settings.database)?;
         let metrics = Arc::new(Metrics::new()?);
+        let replica_board = Arc::new(ReplicaBoard::for_settings(&settings));
+        let leases = lease::for_replicas(&settings.replicas, &settings.database.path);
+        // Started before the writer, which tells it of every commit and checkpoint.
+        let replicator = match mode {
+            Mode::Serve => Replicator::start(&settings, &leases, &replica_board, &notifier)?,
+            Mode::OneShot => None,
+        };
         let (writer, writer_arbiter) = DbWriter::start(
             conn,
             settings.writer.mailbox_capacity,
             settings.writer.max_batch_requests,
             notifier.clone(),
             metrics.clone(),
+            replicator.as_ref().map(|r| r.link.clone()),
         );
         let checkpointer = Arc::new(Checkpointer::new(
             writer.clone(),
@@ -200,7 +219,13 @@ impl Service {
             start_backups(&settings, integrity.clone(), &notifier, &metrics)?;
         // Shipping outlives a one-shot command's run: replicas are the service's.
         let shippers = match mode {
-            Mode::Serve => Some(Shippers::start(&settings, backups.verified(), &notifier)?),
+            Mode::Serve => Some(Shippers::start(
+                &settings,
+                backups.verified(),
+                &notifier,
+                &leases,
+                replica_board.clone(),
+            )?),
             Mode::OneShot => None,
         };
         let mut specs = builtin::specs(&settings, &backups, &auditor, &checkpointer);
@@ -231,10 +256,7 @@ impl Service {
             integrity,
             checkpoints: checkpointer.board.clone(),
             jobs: registry.clone(),
-            replicas: shippers
-                .as_ref()
-                .map(|s| s.board.clone())
-                .unwrap_or_default(),
+            replicas: replica_board,
             metrics: metrics.clone(),
             notifier: notifier.clone(),
             started: Instant::now(),
@@ -259,6 +281,7 @@ impl Service {
             auditor,
             auditor_arbiter,
             shippers,
+            replicator,
             scheduler,
             flush_bound,
             jobs_wait,
@@ -294,6 +317,9 @@ impl Service {
         self.writer_arbiter.stop();
         let arbiter = self.writer_arbiter;
         let _ = tokio::task::spawn_blocking(move || arbiter.join()).await;
+        if let Some(replicator) = self.replicator {
+            replicator.shutdown().await;
+        }
         if self.server.is_some() {
             self.notifier.alert(
                 "service_stopped",

@@ -455,13 +455,7 @@ async fn wait_for_copies(replica: &Replica, names: &[&str]) {
 
 /// Appends a few events and takes a backup through the API; the backup's name.
 async fn append_and_back_up(app: &common::TestApp, n: usize) -> String {
-    let events: Vec<serde_json::Value> = (0..n)
-        .map(|i| serde_json::json!({"aggregate_type": "corruption", "aggregate_id": format!("a{i}"), "event_type": "CorruptionDetected", "event_data": {"file_path": format!("/media/{i}.mkv")}}))
-        .collect();
-    let res = app
-        .post_json("/api/events", &serde_json::json!(events))
-        .await;
-    assert_eq!(res.status(), 201, "the append is acknowledged");
+    append_events(app, "backed-up", n).await;
     // Backup names carry the second they were taken in.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let res = app.post("/api/backups").await;
@@ -1156,8 +1150,11 @@ async fn a_kill_during_an_upload_leaves_no_counted_copy_and_the_next_start_ships
     let nas = world.root.path().join("nas");
     let dir = world.root.path().join("service");
     std::fs::create_dir_all(dir.join("data")).expect("dir");
-    let limited = world
+    // Backup copies only: the staging files and bytes counted here are theirs.
+    let unstreamed = world
         .replicas
+        .replace("cpu_priority", "stream = false\ncpu_priority");
+    let limited = unstreamed
         .replace(
             "name = \"s3\"\n",
             "name = \"s3\"\npart_size_mib = 5\nmax_bytes_per_second = 65536\n",
@@ -1232,7 +1229,7 @@ async fn a_kill_during_an_upload_leaves_no_counted_copy_and_the_next_start_ships
     );
 
     // Started again without the rate limit: the copy is shipped whole.
-    std::fs::write(dir.join("config.toml"), &world.replicas).expect("config");
+    std::fs::write(dir.join("config.toml"), &unstreamed).expect("config");
     let running = common::process::start_with(&dir, &env);
     // This start takes a backup of its own (`backup.at_startup`); a replica with no
     // complete copy gets the newest backup, and the older one too only if its shipper
@@ -1628,5 +1625,175 @@ async fn a_streamed_generation_is_rebuilt_from_each_replica_alone() {
             "{}",
             replica.name()
         );
+    }
+}
+
+/// Appends `n` events through the API; answers the ids acknowledged.
+async fn append_events(app: &common::TestApp, tag: &str, n: usize) -> Vec<i64> {
+    let events: Vec<serde_json::Value> = (0..n)
+        .map(|i| serde_json::json!({"aggregate_type": "corruption", "aggregate_id": format!("{tag}-{i}"), "event_type": "CorruptionDetected", "event_data": {"file_path": format!("/media/{tag}/{i}.mkv")}}))
+        .collect();
+    let res = app
+        .post_json("/api/events", &serde_json::json!(events))
+        .await;
+    assert_eq!(res.status(), 201, "the append is acknowledged");
+    let body: serde_json::Value = res.json().await.expect("ids");
+    body["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|id| id.as_i64().expect("an id"))
+        .collect()
+}
+
+/// Restores the newest generation of `replica` to `target` into a new file.
+async fn restore_stream(
+    replica: &Replica,
+    target: &dbwarden::replica::stream::Target,
+    identity: &Path,
+    out: &Path,
+) -> Result<dbwarden::replica::stream::Restored, replica::ReplicaError> {
+    use dbwarden::replica::stream;
+    let identities = dbwarden::config::read_identities(identity).expect("identity file");
+    let generations = stream::list(replica).await?;
+    let newest = generations
+        .iter()
+        .rev()
+        .find(|g| g.snapshot.is_some())
+        .ok_or_else(|| replica::ReplicaError::Empty {
+            replica: replica.name().to_string(),
+        })?;
+    let _ = std::fs::remove_file(out);
+    let staging = out.with_extension("staging");
+    stream::restore(replica, newest, target, &identities, &staging, out).await
+}
+
+/// Waits (up to 60 s) until the newest generation of `replica` rebuilds exactly
+/// `expected`; answers whether it did, and how many events it last rebuilt.
+async fn wait_until_streamed(
+    replica: &Replica,
+    identity: &Path,
+    expected: &[String],
+    out: &Path,
+) -> (bool, usize) {
+    use dbwarden::replica::stream::Target;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let restored = restore_stream(replica, &Target::Latest, identity, out).await;
+        let got = if restored.is_ok() {
+            events_of(out)
+        } else {
+            Vec::new()
+        };
+        if got == expected {
+            return (true, got.len());
+        }
+        if std::time::Instant::now() > deadline {
+            return (false, got.len());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// The running service streams every commit to each replica by itself: appends
+/// through the API, the checkpoints between them, and, last, a direct writer's inserts
+/// on its own connection (which runs SQLite's automatic checkpoint after every commit),
+/// found by the tailer's own polling since the DbWriter knows nothing of them. Each
+/// replica alone then rebuilds the database exactly: to its last commit, and to the
+/// commit that acknowledged a given event. Health shows what was streamed.
+#[actix_rt::test]
+async fn the_service_streams_every_commit_and_each_replica_alone_rebuilds_it() {
+    use dbwarden::replica::stream::Target;
+
+    let mut world = World::new().await;
+    world.replicas = world.replicas.replace(
+        "age_recipients = [",
+        "sync_interval_ms = 200\nage_recipients = [",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = common::settings_with_file(dir.path(), &world.replicas, &[]);
+    let live = settings.database.path.clone();
+    let replicas: Vec<Replica> = settings
+        .replicas
+        .iter()
+        .map(|r| Replica::open(r).expect("open"))
+        .collect();
+    let app = common::TestApp::start(dir, dbwarden::supervisor::Service::builder(settings)).await;
+
+    let first = append_events(&app, "first", 5).await;
+    let second = append_events(&app, "second", 5).await;
+    let checkpoint = app.run_job("checkpoint").await;
+    assert_eq!(checkpoint["outcome"], "ok", "{checkpoint}");
+    let third = append_events(&app, "third", 5).await;
+    let identity = world.identity.clone();
+    let scratch = world.root.path().join("restored");
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let acknowledged = events_of(&live);
+    assert_eq!(acknowledged.len(), 15);
+    for replica in &replicas {
+        let out = scratch.join(format!("{}-acknowledged.db", replica.name()));
+        let (caught_up, got) = wait_until_streamed(replica, &identity, &acknowledged, &out).await;
+        assert!(caught_up, "{}: rebuilds {got} of 15 events", replica.name());
+    }
+    // Then a direct writer, as Healarr is: its own connection, checkpointing on its
+    // own. Nothing tells dbwarden of these commits.
+    let direct = rusqlite::Connection::open(&live).expect("direct writer");
+    direct
+        .execute_batch("PRAGMA busy_timeout=5000; PRAGMA wal_autocheckpoint=1;")
+        .expect("direct writer settings");
+    for i in 0..3 {
+        direct
+            .execute(
+                "INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data) VALUES ('corruption', ?1, 'CorruptionDetected', '{}')",
+                [format!("direct-{i}")],
+            )
+            .expect("a direct insert");
+    }
+    let everything = events_of(&live);
+    assert_eq!(everything.len(), 18);
+    for replica in &replicas {
+        let latest = scratch.join(format!("{}-latest.db", replica.name()));
+        let (caught_up, got) = wait_until_streamed(replica, &identity, &everything, &latest).await;
+        assert!(
+            caught_up,
+            "{}: the replica never held the direct writer's commits; it rebuilds {got} of 18 events",
+            replica.name()
+        );
+        let target = *second.last().expect("ids");
+        let to_event = scratch.join(format!("{}-event.db", replica.name()));
+        let restored = restore_stream(replica, &Target::EventId(target), &identity, &to_event)
+            .await
+            .expect("restore to an event");
+        assert_eq!(restored.last_event_id, target, "{}", replica.name());
+        let expected: Vec<String> = everything
+            .iter()
+            .filter(|e| {
+                let id: i64 = e
+                    .split('|')
+                    .next()
+                    .and_then(|i| i.parse().ok())
+                    .expect("id");
+                id <= target
+            })
+            .cloned()
+            .collect();
+        assert_eq!(expected.len(), first.len() + second.len());
+        assert_eq!(events_of(&to_event), expected, "{}", replica.name());
+    }
+    assert!(third.iter().all(|id| *id > second[4]));
+    let health = app.get_json("/api/health").await;
+    for name in ["nas", "s3"] {
+        let status = health["replicas"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["name"] == name))
+            .expect("the replica in health")
+            .clone();
+        let stream = &status["stream"];
+        assert_eq!(stream["snapshots_shipped"], 1, "{status}");
+        assert!(
+            stream["segments_shipped"].as_u64().unwrap_or(0) >= 1,
+            "{status}"
+        );
+        assert!(stream["generation"].is_string(), "{status}");
     }
 }

@@ -228,6 +228,19 @@ pub struct ReplicaSettings {
     /// `idle` (default) or `low`; see [`CpuPriority`].
     #[serde(default)]
     pub cpu_priority: CpuPriority,
+    /// Continuous replication: every commit, as WAL segments after a snapshot, besides
+    /// the backup copies (see [`crate::replica::replicator`]). While any replica
+    /// streams, dbwarden's connections do not checkpoint on their own.
+    #[serde(default = "default_stream")]
+    pub stream: bool,
+    /// How often this replica receives what was committed: at most one segment upload
+    /// per interval, holding every commit made in it.
+    #[serde(default = "default_sync_interval")]
+    pub sync_interval_ms: u64,
+    /// Health turns `degraded` when the oldest commit not yet in this replica is older
+    /// than this.
+    #[serde(default = "default_max_lag")]
+    pub max_lag_secs: u64,
 }
 
 fn default_encryption() -> Encryption {
@@ -253,6 +266,15 @@ fn default_part_size() -> usize {
 }
 fn default_lease_expire() -> u64 {
     86_400
+}
+fn default_stream() -> bool {
+    true
+}
+fn default_sync_interval() -> u64 {
+    1_000
+}
+fn default_max_lag() -> u64 {
+    60
 }
 
 impl ReplicaSettings {
@@ -371,7 +393,14 @@ impl ReplicaSettings {
             1,
             64,
         )?;
-        check.range(&key("part_size_mib"), self.part_size_mib, 5, 4096)
+        check.range(&key("part_size_mib"), self.part_size_mib, 5, 4096)?;
+        check.range(
+            &key("sync_interval_ms"),
+            self.sync_interval_ms,
+            100,
+            3_600_000,
+        )?;
+        check.range(&key("max_lag_secs"), self.max_lag_secs, 1, 366 * 86_400)
     }
 
     fn validate_transport(

@@ -39,6 +39,26 @@ pub struct LeaseRecord {
     pub renewed_at: DateTime<Utc>,
 }
 
+/// One replica's lease, shared by its Shipper and its Streamer (whichever writes).
+pub type SharedLease = std::sync::Arc<tokio::sync::Mutex<Lease>>;
+
+/// A lease, not taken yet, for each replica of the service of `database`.
+pub fn for_replicas(
+    replicas: &[crate::config::ReplicaSettings],
+    database: &std::path::Path,
+) -> Vec<(String, SharedLease)> {
+    replicas
+        .iter()
+        .map(|r| {
+            let lease = Lease::new(database);
+            (
+                r.name.clone(),
+                std::sync::Arc::new(tokio::sync::Mutex::new(lease)),
+            )
+        })
+        .collect()
+}
+
 /// This service's claim on a replica.
 #[derive(Debug)]
 pub struct Lease {

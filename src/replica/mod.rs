@@ -38,12 +38,15 @@ pub mod fetch;
 pub mod layout;
 pub mod lease;
 pub mod manifest;
+pub mod replicator;
 pub mod retention;
 pub mod segment;
 pub mod ship;
 pub mod shipper;
+pub mod spool;
 pub mod store;
 pub mod stream;
+pub mod streamer;
 pub mod tailer;
 pub mod uploads;
 

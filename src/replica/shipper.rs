@@ -28,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::catalog::{self, CopyStatus};
 use super::drill::{self, DrillOutcome};
-use super::lease::Lease;
+use super::lease::SharedLease;
+use super::spool::Spool;
 use super::{retention, ship, uploads, Replica, ReplicaError};
 use crate::backup::catalog::{self as local_catalog, BackupStatus};
 use crate::config::Settings;
@@ -60,6 +61,48 @@ pub struct ReplicaStatus {
     /// Set while another service holds this replica's lease: this one writes nothing
     /// there.
     pub held_by: Option<String>,
+    /// Continuous replication to it; `None` when it does not stream.
+    pub stream: Option<StreamStatus>,
+}
+
+/// How continuous replication to one replica stands.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StreamStatus {
+    /// The generation it is being sent, and the last position it holds there.
+    pub generation: Option<String>,
+    pub through: Option<String>,
+    pub snapshots_shipped: u64,
+    pub segments_shipped: u64,
+    /// Stored (compressed, encrypted) bytes of snapshots and segments.
+    pub bytes_shipped: u64,
+    /// Objects written (a snapshot is two: it and its manifest).
+    pub uploads: u64,
+    pub failures: u64,
+    pub last_shipped_at: Option<DateTime<Utc>>,
+    /// The last upload's error; `None` once one succeeded.
+    pub last_error: Option<String>,
+    /// Seconds since the oldest commit it does not hold was read (0: it holds all).
+    pub lag_seconds: f64,
+    /// Spooled bytes it does not hold yet.
+    pub lag_bytes: u64,
+    pub max_lag_secs: u64,
+}
+
+impl StreamStatus {
+    pub fn is_lagging(&self) -> bool {
+        self.lag_seconds > self.max_lag_secs as f64
+    }
+
+    pub fn lag_reason(&self, name: &str) -> String {
+        let error = match &self.last_error {
+            Some(e) => format!("; last upload: {e}"),
+            None => String::new(),
+        };
+        format!(
+            "replica {name}: replication lags {:.0} s behind (more than {} s), {} bytes waiting{error}",
+            self.lag_seconds, self.max_lag_secs, self.lag_bytes
+        )
+    }
 }
 
 impl ReplicaStatus {
@@ -101,11 +144,65 @@ impl ReplicaStatus {
 #[derive(Debug, Default)]
 pub struct ReplicaBoard {
     replicas: Mutex<Vec<ReplicaStatus>>,
+    /// Continuous replication's spool, from which each streaming replica's lag is read.
+    spool: std::sync::OnceLock<Arc<Mutex<Spool>>>,
 }
 
 impl ReplicaBoard {
+    /// A status for each configured replica, nothing shipped yet.
+    pub fn for_settings(settings: &Settings) -> ReplicaBoard {
+        let replicas = settings
+            .replicas
+            .iter()
+            .map(|replica| {
+                let max_age = replica
+                    .max_age_secs
+                    .map(Duration::from_secs)
+                    .unwrap_or_else(|| settings.backup.max_age());
+                ReplicaStatus {
+                    name: replica.name.clone(),
+                    kind: replica.target().kind().to_string(),
+                    max_age_secs: max_age.as_secs(),
+                    stream: replica.stream.then(|| StreamStatus {
+                        max_lag_secs: replica.max_lag_secs,
+                        ..StreamStatus::default()
+                    }),
+                    ..ReplicaStatus::default()
+                }
+            })
+            .collect();
+        ReplicaBoard {
+            replicas: Mutex::new(replicas),
+            spool: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Every replica's status; a streaming replica's lag as of now.
     pub fn view(&self) -> Vec<ReplicaStatus> {
-        self.replicas.lock().map(|r| r.clone()).unwrap_or_default()
+        let mut view = self.replicas.lock().map(|r| r.clone()).unwrap_or_default();
+        if let Some(spool) = self.spool.get().and_then(|s| s.lock().ok()) {
+            let now = Utc::now();
+            for status in &mut view {
+                if let Some(stream) = status.stream.as_mut() {
+                    let lag = spool.lag(&status.name, now);
+                    stream.lag_seconds = lag.seconds;
+                    stream.lag_bytes = lag.bytes;
+                }
+            }
+        }
+        view
+    }
+
+    pub(super) fn watch_spool(&self, spool: Arc<Mutex<Spool>>) {
+        let _ = self.spool.set(spool);
+    }
+
+    pub(super) fn update_stream(&self, name: &str, change: impl FnOnce(&mut StreamStatus)) {
+        self.update(name, |s| {
+            if let Some(stream) = s.stream.as_mut() {
+                change(stream);
+            }
+        });
     }
 
     fn update(&self, name: &str, change: impl FnOnce(&mut ReplicaStatus)) {
@@ -132,31 +229,25 @@ impl Shippers {
         settings: &Settings,
         verified: watch::Receiver<u64>,
         notifier: &Notifier,
+        leases: &[(String, SharedLease)],
+        board: Arc<ReplicaBoard>,
     ) -> Result<Shippers, ReplicaError> {
-        let board = Arc::new(ReplicaBoard::default());
         let cancel = CancellationToken::new();
         let mut threads = Vec::new();
         let mut handles = ShipperHandles::default();
         for replica_settings in &settings.replicas {
             let replica = Replica::open(replica_settings)?;
-            let max_age = replica_settings
-                .max_age_secs
-                .map(Duration::from_secs)
-                .unwrap_or_else(|| settings.backup.max_age());
-            if let Ok(mut replicas) = board.replicas.lock() {
-                replicas.push(ReplicaStatus {
-                    name: replica_settings.name.clone(),
-                    kind: replica_settings.target().kind().to_string(),
-                    max_age_secs: max_age.as_secs(),
-                    ..ReplicaStatus::default()
-                });
-            }
             let (commands_tx, commands) = mpsc::channel(4);
             handles
                 .senders
                 .push((replica_settings.name.clone(), commands_tx));
             let shipper = Shipper {
-                lease: tokio::sync::Mutex::new(Lease::new(&settings.database.path)),
+                lease: leases
+                    .iter()
+                    .find(|(n, _)| *n == replica_settings.name)
+                    .map(|(_, l)| l.clone())
+                    .ok_or_else(|| ReplicaError::UnknownReplica(replica_settings.name.clone()))?,
+                releases_lease: !replica_settings.stream,
                 staging: drill::staging_dir(&settings.backup.dir, &replica_settings.name),
                 replica,
                 backup_dir: settings.backup.dir.clone(),
@@ -199,6 +290,18 @@ impl Shippers {
     }
 }
 
+/// Deletes this service's lease at a stop; bounded: a replica that does not answer must
+/// not hold up the stop.
+pub(super) async fn release_lease(lease: &SharedLease, replica: &Replica) {
+    let release = async { lease.lock().await.release(replica).await };
+    if tokio::time::timeout(Duration::from_secs(5), release)
+        .await
+        .is_err()
+    {
+        tracing::debug!(replica = %replica.name(), "the lease was not released: the replica did not answer");
+    }
+}
+
 /// What a shipper can be asked to do besides shipping.
 enum Command {
     Drill(oneshot::Sender<Result<DrillOutcome, ReplicaError>>),
@@ -232,7 +335,9 @@ impl ShipperHandles {
 struct Shipper {
     replica: Replica,
     /// Taken or renewed before every write to the replica.
-    lease: tokio::sync::Mutex<Lease>,
+    lease: SharedLease,
+    /// False when the replica streams: its Streamer stops last and releases it.
+    releases_lease: bool,
     /// Where drills download to, emptied after each.
     staging: PathBuf,
     backup_dir: PathBuf,
@@ -310,13 +415,8 @@ impl Shipper {
                 }
             }
         }
-        // Bounded: a replica that does not answer must not hold up the stop.
-        let release = async { self.lease.lock().await.release(&self.replica).await };
-        if tokio::time::timeout(Duration::from_secs(5), release)
-            .await
-            .is_err()
-        {
-            tracing::debug!(replica = %name, "the lease was not released: the replica did not answer");
+        if self.releases_lease {
+            release_lease(&self.lease, &self.replica).await;
         }
         tracing::debug!(replica = %name, "shipper stopped");
     }

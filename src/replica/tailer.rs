@@ -38,9 +38,9 @@ use serde::{Deserialize, Serialize};
 
 use super::segment::{self, CommitRecord, Position, SegmentHeader};
 use super::ReplicaError;
-use crate::db::integrity;
 use crate::db::pin::{Pinned, ReadPin};
 use crate::db::walfile::{self, WalCursor, WalFile};
+use crate::db::{durable, integrity};
 
 pub const SNAPSHOT: &str = "snapshot.db";
 pub const SNAPSHOT_INFO: &str = "snapshot.json";
@@ -139,8 +139,8 @@ impl Tailer {
         let snapshot = dir.join(SNAPSHOT);
         let (page_size, pages) = crate::db::snapshot::copy_pages(conn, &with_temp(&snapshot))?;
         integrity::verify_file(&with_temp(&snapshot))?;
-        crate::db::durable::rename(&with_temp(&snapshot), &snapshot)
-            .map_err(ReplicaError::io(&snapshot))?;
+        durable::sync_file(&with_temp(&snapshot)).map_err(ReplicaError::io(&snapshot))?;
+        durable::rename(&with_temp(&snapshot), &snapshot).map_err(ReplicaError::io(&snapshot))?;
         let info = SnapshotInfo {
             generation: generation.clone(),
             position: stream.end,
@@ -155,8 +155,13 @@ impl Tailer {
             replica: "replication".into(),
             reason: e.to_string(),
         })?;
+        // Written last and made durable: a generation directory without it never
+        // finished starting, and the spool's load removes it.
         let info_path = dir.join(SNAPSHOT_INFO);
-        crate::db::durable::write_file(&info_path, &json, 0o600)
+        durable::write_file(&with_temp(&info_path), &json, 0o600)
+            .and_then(|()| durable::sync_file(&with_temp(&info_path)))
+            .and_then(|()| durable::rename(&with_temp(&info_path), &info_path))
+            .and_then(|()| durable::sync_dir(&dir))
             .map_err(ReplicaError::io(&info_path))?;
         Ok((
             Tailer {
@@ -342,10 +347,12 @@ impl Tailer {
             records,
         )
         .and_then(|w| {
-            out.flush().map_err(|source| segment::SegmentError::Io {
+            let io = |source| segment::SegmentError::Io {
                 what: temp.display().to_string(),
                 source,
-            })?;
+            };
+            out.flush().map_err(io)?;
+            out.get_ref().sync_all().map_err(io)?;
             Ok(w)
         });
         let (header, after) = match written {
@@ -355,7 +362,11 @@ impl Tailer {
                 return Err(e.into());
             }
         };
-        fs::rename(&temp, &path).map_err(ReplicaError::io(&path))?;
+        // Durable before the pass counts: once a checkpoint resets the WAL, the
+        // spool is the only copy of these frames until every replica has them.
+        durable::rename(&temp, &path)
+            .and_then(|()| durable::sync_dir(&self.dir))
+            .map_err(ReplicaError::io(&path))?;
         Ok((header, path, after))
     }
 }

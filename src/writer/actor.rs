@@ -15,6 +15,7 @@ use super::WriteError;
 use crate::db::{self, queries, CheckpointMode, CheckpointResult};
 use crate::metrics::Metrics;
 use crate::notifier::{Notifier, Severity};
+use crate::replica::replicator::ReplicationLink;
 
 /// A request for the writer, from the [`WriterHandle`].
 #[derive(Message)]
@@ -51,6 +52,9 @@ pub struct DbWriter {
     /// succeed again.
     notifier: Notifier,
     metrics: Arc<Metrics>,
+    /// Continuous replication, told of commits and checkpoints; `None` when no
+    /// replica streams.
+    replication: Option<ReplicationLink>,
 }
 
 impl Actor for DbWriter {
@@ -69,6 +73,7 @@ impl DbWriter {
         max_batch: usize,
         notifier: Notifier,
         metrics: Arc<Metrics>,
+        replication: Option<ReplicationLink>,
     ) -> (WriterHandle, Arbiter) {
         let stats = Arc::new(WriterStats::default());
         let arbiter = Arbiter::new();
@@ -83,6 +88,7 @@ impl DbWriter {
             stats: actor_stats,
             notifier,
             metrics: actor_metrics,
+            replication,
         });
         (WriterHandle::new(addr, stats, metrics), arbiter)
     }
@@ -91,6 +97,9 @@ impl DbWriter {
     /// a request that must be alone runs between them in its own.
     fn flush(&mut self) {
         self.flush_scheduled = false;
+        if self.pending.is_empty() {
+            return;
+        }
         let mut run: Vec<Batched> = Vec::new();
         for request in std::mem::take(&mut self.pending) {
             match request {
@@ -105,6 +114,26 @@ impl DbWriter {
             }
         }
         self.commit(run);
+        if let Some(link) = &self.replication {
+            link.committed();
+        }
+    }
+
+    /// A checkpoint, with replication told before (so every frame is spooled, and a
+    /// WAL reset is not blocked by its pin) and after.
+    fn checkpoint(
+        &self,
+        conn: &Connection,
+        mode: CheckpointMode,
+    ) -> Result<CheckpointResult, WriteError> {
+        if let Some(link) = &self.replication {
+            link.before_checkpoint(mode);
+        }
+        let result = db::wal_checkpoint(conn, mode).map_err(WriteError::storage);
+        if let Some(link) = &self.replication {
+            link.after_checkpoint();
+        }
+        result
     }
 
     fn commit(&mut self, mut run: Vec<Batched>) {
@@ -199,7 +228,7 @@ impl Handler<Checkpoint> for DbWriter {
     fn handle(&mut self, msg: Checkpoint, _: &mut Self::Context) -> Self::Result {
         self.flush();
         let conn = self.conn.as_ref().ok_or(WriteError::Unavailable)?;
-        db::wal_checkpoint(conn, msg.0).map_err(WriteError::storage)
+        self.checkpoint(conn, msg.0)
     }
 }
 
@@ -219,8 +248,7 @@ impl Handler<Shutdown> for DbWriter {
         if let Err(e) = conn.busy_timeout(FINAL_CHECKPOINT_WAIT) {
             tracing::warn!(error = %e, "could not shorten the busy timeout for the final checkpoint");
         }
-        let result =
-            db::wal_checkpoint(&conn, CheckpointMode::Truncate).map_err(WriteError::storage);
+        let result = self.checkpoint(&conn, CheckpointMode::Truncate);
         match &result {
             Ok(r) if !r.busy => tracing::info!(
                 frames = r.log_frames,

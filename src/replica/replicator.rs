@@ -1,0 +1,406 @@
+//! The Replicator: continuous replication of every commit, whoever made it, to every
+//! replica with `stream = true`, each within its `sync_interval_ms`.
+//!
+//! # Moving parts
+//!
+//! - The **tailer thread** owns the [`Tailer`] and its [read pin](crate::db::pin). It
+//!   makes a pass when the DbWriter says it committed (at most every
+//!   [`MIN_PASS_GAP`]), when the DbWriter is about to checkpoint, and every half of the
+//!   shortest sync interval in any case, which is how commits of a direct writer (Healarr
+//!   on its own connection) are found. Each pass spools the new commits' frames as one
+//!   segment, durably ([`super::spool`]).
+//! - One **[Streamer](super::streamer)** per streaming replica uploads from the spool.
+//! - A start begins a new generation: a snapshot of the database as it is then, so
+//!   whatever happened while dbwarden was down (a direct writer's commits, a restore)
+//!   is in it. What an earlier run spooled and did not upload goes up first.
+//!
+//! # Checkpoints
+//!
+//! dbwarden's connections do not checkpoint on their own while a replica streams
+//! (`wal_autocheckpoint = 0`, set by the supervisor); the Checkpointer's checkpoints run
+//! on the DbWriter's connection, which calls [`ReplicationLink::before_checkpoint`]
+//! first: the tailer makes a pass (every frame committed so far is then in the spool)
+//! and, for a RESTART or TRUNCATE checkpoint, which must wait for every reader, lets go
+//! of its pin until [`ReplicationLink::after_checkpoint`]. A PASSIVE checkpoint keeps
+//! the pin: it copies frames back only up to the pin's snapshot, all of them spooled.
+//!
+//! A direct writer's own checkpoints (SQLite's automatic one on Healarr's connection)
+//! cannot reset the WAL over frames not yet read: the pin is a reader whose snapshot
+//! holds them. Between the pass before a RESTART/TRUNCATE checkpoint and the checkpoint
+//! itself a direct writer may still commit; if the checkpoint then resets the WAL over
+//! that commit, the next pass finds the commit count short and reports a **gap**: the
+//! tailer raises a `replication_gap` alert and begins a new generation from a fresh
+//! snapshot. A restore never crosses a gap; it restores to a generation's last commit or
+//! to any point of the newer one.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::lease::SharedLease;
+use super::shipper::ReplicaBoard;
+use super::spool::{self, Spool};
+use super::streamer::Streamer;
+use super::tailer::{Pass, Tailer};
+use super::{Replica, ReplicaError};
+use crate::config::Settings;
+use crate::db::{self, pin::ReadPin, CheckpointMode};
+use crate::notifier::{Notifier, Severity};
+
+/// Commits closer together than this share a pass (and a spooled piece).
+pub const MIN_PASS_GAP: Duration = Duration::from_millis(100);
+/// How long the tailer keeps its pin released for a checkpoint that never says it
+/// ended (the DbWriter stopped mid-way): then it pins again.
+const RELEASE_LIMIT: Duration = Duration::from_secs(30);
+/// How long the DbWriter waits for the tailer's pass before a checkpoint.
+const BEFORE_CHECKPOINT_WAIT: Duration = Duration::from_secs(30);
+/// How long a stop waits for the streamers to upload what is spooled.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+enum Message {
+    Committed,
+    BeforeCheckpoint {
+        resets_wal: bool,
+        done: SyncSender<()>,
+    },
+    AfterCheckpoint,
+    Stop,
+}
+
+/// The DbWriter's side of replication: cheap to clone, never blocks a commit.
+#[derive(Clone)]
+pub struct ReplicationLink {
+    messages: SyncSender<Message>,
+}
+
+impl ReplicationLink {
+    /// Something was committed: a pass soon.
+    pub fn committed(&self) {
+        // A full queue already holds a message that leads to a pass.
+        let _ = self.messages.try_send(Message::Committed);
+    }
+
+    /// Blocks until the tailer has spooled every commit so far and, when `mode`
+    /// resets the WAL, released its pin. Bounded: a tailer that does not answer only
+    /// risks a gap, which it would detect.
+    pub fn before_checkpoint(&self, mode: CheckpointMode) {
+        let (done, answered) = mpsc::sync_channel(1);
+        let resets_wal = !matches!(mode, CheckpointMode::Passive | CheckpointMode::Noop);
+        if self
+            .messages
+            .send(Message::BeforeCheckpoint { resets_wal, done })
+            .is_ok()
+            && answered.recv_timeout(BEFORE_CHECKPOINT_WAIT).is_err()
+        {
+            tracing::warn!("the replication tailer did not answer before a checkpoint; a gap it would find starts a new generation");
+        }
+    }
+
+    pub fn after_checkpoint(&self) {
+        let _ = self.messages.send(Message::AfterCheckpoint);
+    }
+}
+
+/// The last gap the tailer found, for health and metrics.
+#[derive(Debug, Clone, Serialize)]
+pub struct GapRecord {
+    pub at: DateTime<Utc>,
+    pub reason: String,
+    /// The generation begun after it.
+    pub generation: Option<String>,
+}
+
+/// What health and metrics read of the tailer.
+#[derive(Debug, Default)]
+pub struct TailerBoard {
+    pub generation: Mutex<Option<String>>,
+    pub last_gap: Mutex<Option<GapRecord>>,
+    pub gaps: std::sync::atomic::AtomicU64,
+    pub generations: std::sync::atomic::AtomicU64,
+}
+
+/// The running replicator.
+pub struct Replicator {
+    pub link: ReplicationLink,
+    pub spool: Arc<Mutex<Spool>>,
+    pub tailer_board: Arc<TailerBoard>,
+    messages: SyncSender<Message>,
+    tailer: std::thread::JoinHandle<()>,
+    streamers: Vec<std::thread::JoinHandle<()>>,
+    drain: CancellationToken,
+    cancel: CancellationToken,
+}
+
+impl Replicator {
+    /// Starts replication when some replica streams; `None` otherwise. The first
+    /// generation's snapshot is taken on the tailer's thread, so a large database
+    /// does not delay the start.
+    pub fn start(
+        settings: &Settings,
+        leases: &[(String, SharedLease)],
+        board: &Arc<ReplicaBoard>,
+        notifier: &Notifier,
+    ) -> Result<Option<Replicator>, ReplicaError> {
+        let streaming: Vec<_> = settings.replicas.iter().filter(|r| r.stream).collect();
+        if streaming.is_empty() {
+            return Ok(None);
+        }
+        let names: Vec<String> = streaming.iter().map(|r| r.name.clone()).collect();
+        let root = spool::dir(&settings.backup.dir);
+        let spool = Arc::new(Mutex::new(Spool::load(&root, &names)?));
+        board.watch_spool(spool.clone());
+        let (spooled_tx, spooled) = watch::channel(0u64);
+        let drain = CancellationToken::new();
+        let cancel = CancellationToken::new();
+        let mut streamers = Vec::new();
+        for replica_settings in &streaming {
+            let lease = leases
+                .iter()
+                .find(|(n, _)| *n == replica_settings.name)
+                .map(|(_, l)| l.clone())
+                .ok_or_else(|| ReplicaError::UnknownReplica(replica_settings.name.clone()))?;
+            let streamer = Streamer {
+                replica: Replica::open(replica_settings)?,
+                lease,
+                spool: spool.clone(),
+                board: board.clone(),
+                interval: Duration::from_millis(replica_settings.sync_interval_ms),
+                drain: drain.clone(),
+                cancel: cancel.clone(),
+            };
+            let spooled = spooled.clone();
+            let priority = replica_settings.cpu_priority;
+            let name = replica_settings.name.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("stream-{name}"))
+                .spawn(move || {
+                    super::lower_this_threads_priority(priority);
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime.block_on(streamer.run(spooled)),
+                        Err(e) => tracing::error!(replica = %name, error = %e, "cannot start the streamer's runtime"),
+                    }
+                })
+                .map_err(ReplicaError::io(PathBuf::from("replica streamer thread")))?;
+            streamers.push(thread);
+        }
+        let poll = streaming
+            .iter()
+            .map(|r| Duration::from_millis(r.sync_interval_ms) / 2)
+            .min()
+            .unwrap_or(Duration::from_millis(500))
+            .max(MIN_PASS_GAP);
+        let (messages, inbox) = mpsc::sync_channel(64);
+        let tailer_board = Arc::new(TailerBoard::default());
+        let tailing = Tailing {
+            settings: settings.database.clone(),
+            spool: spool.clone(),
+            spooled: spooled_tx,
+            notifier: notifier.clone(),
+            board: tailer_board.clone(),
+            poll,
+            tailer: None,
+        };
+        let tailer = std::thread::Builder::new()
+            .name("replication-tailer".into())
+            .spawn(move || tailing.run(inbox))
+            .map_err(ReplicaError::io(PathBuf::from("replication tailer thread")))?;
+        Ok(Some(Replicator {
+            link: ReplicationLink {
+                messages: messages.clone(),
+            },
+            spool,
+            tailer_board,
+            messages,
+            tailer,
+            streamers,
+            drain,
+            cancel,
+        }))
+    }
+
+    /// Call after the DbWriter stopped: a last pass spools its final commits, the
+    /// streamers upload what they can within [`DRAIN_LIMIT`], and everything stops.
+    pub async fn shutdown(self) {
+        let _ = self.messages.send(Message::Stop);
+        let tailer = self.tailer;
+        let _ = tokio::task::spawn_blocking(move || tailer.join()).await;
+        self.drain.cancel();
+        let cancel = self.cancel.clone();
+        let streamers = self.streamers;
+        let joined = tokio::task::spawn_blocking(move || {
+            for thread in streamers {
+                let _ = thread.join();
+            }
+        });
+        tokio::pin!(joined);
+        tokio::select! {
+            _ = &mut joined => {}
+            () = tokio::time::sleep(DRAIN_LIMIT) => {
+                tracing::warn!("replicas did not take everything spooled before the stop; the rest goes up at the next start");
+                cancel.cancel();
+                let _ = joined.await;
+            }
+        }
+    }
+}
+
+/// The tailer thread's state.
+struct Tailing {
+    settings: crate::config::DatabaseSettings,
+    spool: Arc<Mutex<Spool>>,
+    spooled: watch::Sender<u64>,
+    notifier: Notifier,
+    board: Arc<TailerBoard>,
+    poll: Duration,
+    tailer: Option<Tailer>,
+}
+
+impl Tailing {
+    fn run(mut self, inbox: mpsc::Receiver<Message>) {
+        let mut released_until: Option<Instant> = None;
+        let mut last_pass = Instant::now();
+        let mut due = Instant::now();
+        loop {
+            let wait = match released_until {
+                Some(until) => until.saturating_duration_since(Instant::now()),
+                None => due.saturating_duration_since(Instant::now()),
+            };
+            match inbox.recv_timeout(wait) {
+                Ok(Message::Committed) => {
+                    if released_until.is_none() {
+                        due = due.min(last_pass + MIN_PASS_GAP);
+                    }
+                    continue;
+                }
+                Ok(Message::BeforeCheckpoint { resets_wal, done }) => {
+                    released_until = None;
+                    self.pass();
+                    if resets_wal {
+                        if let Some(tailer) = self.tailer.as_mut() {
+                            tailer.release_pin();
+                        }
+                        released_until = Some(Instant::now() + RELEASE_LIMIT);
+                    }
+                    let _ = done.send(());
+                }
+                Ok(Message::AfterCheckpoint) | Err(RecvTimeoutError::Timeout) => {
+                    released_until = None;
+                    self.pass();
+                }
+                Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                    self.pass();
+                    break;
+                }
+            }
+            last_pass = Instant::now();
+            due = last_pass + self.poll;
+        }
+        tracing::debug!("replication tailer stopped");
+    }
+
+    /// One pass; begins the generation first when there is none (the start, or a
+    /// start that failed before).
+    fn pass(&mut self) {
+        let Some(tailer) = self.tailer.as_mut() else {
+            self.begin(None);
+            return;
+        };
+        match tailer.pass(Utc::now()) {
+            Ok(Pass::Idle) => {}
+            Ok(Pass::Spooled { header, path }) => {
+                if let Ok(mut spool) = self.spool.lock() {
+                    spool.add(header, path);
+                }
+                self.spooled.send_modify(|n| *n += 1);
+            }
+            Ok(Pass::Gap { reason }) => {
+                let old = tailer.generation().to_string();
+                tracing::error!(generation = %old, %reason, "replication found commits it cannot ship in order; starting a new generation");
+                self.board
+                    .gaps
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Ok(mut last) = self.board.last_gap.lock() {
+                    *last = Some(GapRecord {
+                        at: Utc::now(),
+                        reason: reason.clone(),
+                        generation: None,
+                    });
+                }
+                self.notifier.alert(
+                    "replication_gap",
+                    Severity::Warning,
+                    format!("replication of generation {old} stopped at a gap ({reason}); a new generation starts from a fresh snapshot"),
+                    serde_json::json!({ "generation": old, "reason": reason }),
+                );
+                let pin = self.tailer.take().map(Tailer::into_pin);
+                self.begin(pin);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a replication pass failed; trying again at the next one");
+            }
+        }
+    }
+
+    fn begin(&mut self, pin: Option<ReadPin>) {
+        let pin = match pin {
+            Some(pin) => pin,
+            None => match open_pin(&self.settings) {
+                Ok(pin) => pin,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open the replication's read connections; trying again");
+                    return;
+                }
+            },
+        };
+        let root = match self.spool.lock() {
+            Ok(spool) => spool.root().to_path_buf(),
+            Err(_) => return,
+        };
+        match Tailer::start(&self.settings.path, pin, &root, Utc::now()) {
+            Ok((tailer, info)) => {
+                tracing::info!(generation = %info.generation, position = %info.position, last_event_id = info.last_event_id, "replication generation begun");
+                if let Ok(mut spool) = self.spool.lock() {
+                    spool.begin(tailer.dir(), info.clone());
+                }
+                if let Ok(mut current) = self.board.generation.lock() {
+                    *current = Some(info.generation.clone());
+                }
+                if let Ok(mut last) = self.board.last_gap.lock() {
+                    if let Some(gap) = last.as_mut().filter(|g| g.generation.is_none()) {
+                        gap.generation = Some(info.generation.clone());
+                    }
+                }
+                self.board
+                    .generations
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.tailer = Some(tailer);
+                self.spooled.send_modify(|n| *n += 1);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot begin a replication generation; trying again at the next pass");
+            }
+        }
+    }
+}
+
+fn open_pin(settings: &crate::config::DatabaseSettings) -> Result<ReadPin, db::DbError> {
+    Ok(ReadPin::new(
+        &settings.path,
+        [db::open_reader(settings)?, db::open_reader(settings)?],
+    ))
+}
+
+/// Whether any replica streams, so dbwarden's connections leave checkpoints to the
+/// Checkpointer.
+pub fn streams(settings: &Settings) -> bool {
+    settings.replicas.iter().any(|r| r.stream)
+}

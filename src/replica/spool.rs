@@ -1,0 +1,392 @@
+//! The spool: what the tailer has read from the WAL and not every streaming replica
+//! has yet, on the local disk, and who has what.
+//!
+//! ```text
+//! <spool>/<generation>/snapshot.db              the generation's snapshot
+//! <spool>/<generation>/snapshot.json            where it is in the stream (written last)
+//! <spool>/<generation>/<first>_<last>.seg       one segment per tailer pass
+//! <spool>/<generation>/shipped-<replica>.json   what that replica has of it
+//! ```
+//!
+//! A replica's `shipped` record says whether it holds the snapshot and the last
+//! position it holds; it is written (durably) after each upload completed, so a
+//! service killed between an upload and its record uploads that piece again after
+//! the restart, under the same name: an object is replaced, never doubled, and a
+//! restore reads each position once. A piece every streaming replica holds is
+//! deleted, and so is a generation's directory once every replica holds all of it and
+//! the tailer has moved on to a newer generation.
+//!
+//! The spool lives under the backup directory (`<backup.dir>/stream-spool`), on the
+//! machine's own disk: it holds at most what the slowest replica lags behind.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::segment::{Position, SegmentHeader, SegmentReader};
+use super::tailer::{SnapshotInfo, SEGMENT_SUFFIX, SNAPSHOT, SNAPSHOT_INFO};
+use super::ReplicaError;
+use crate::db::durable;
+
+/// The spool's directory for a service whose backups are in `backup_dir`.
+pub fn dir(backup_dir: &Path) -> PathBuf {
+    backup_dir.join("stream-spool")
+}
+
+/// What one replica holds of one generation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shipped {
+    pub snapshot: bool,
+    /// The last position it holds; `None` before its first segment.
+    pub through: Option<Position>,
+}
+
+/// One segment file in the spool.
+#[derive(Debug, Clone)]
+pub struct Piece {
+    pub header: SegmentHeader,
+    pub path: PathBuf,
+    pub bytes: u64,
+}
+
+impl Piece {
+    pub fn last(&self) -> Position {
+        // A spooled piece always has a run: the tailer writes none without frames.
+        self.header.last().unwrap_or(self.header.after)
+    }
+
+    /// When the tailer read its first commit: how long it has waited for a replica.
+    fn first_seen(&self) -> Option<DateTime<Utc>> {
+        self.header.commits.first().map(|c| c.seen_at)
+    }
+}
+
+#[derive(Debug)]
+struct SpooledGeneration {
+    info: SnapshotInfo,
+    dir: PathBuf,
+    pieces: Vec<Piece>,
+    /// The tailer still adds pieces to it.
+    current: bool,
+    shipped: BTreeMap<String, Shipped>,
+}
+
+impl SpooledGeneration {
+    fn shipped(&self, replica: &str) -> Shipped {
+        self.shipped.get(replica).cloned().unwrap_or_default()
+    }
+
+    fn pending<'a>(&'a self, replica: &str) -> impl Iterator<Item = &'a Piece> {
+        let through = self.shipped(replica).through;
+        self.pieces
+            .iter()
+            .filter(move |p| through.is_none_or(|t| p.last() > t))
+    }
+}
+
+/// What a replica's streamer should upload next.
+#[derive(Debug, Clone)]
+pub enum Work {
+    Snapshot {
+        dir: PathBuf,
+        info: SnapshotInfo,
+    },
+    /// Consecutive pieces of one generation, oldest first.
+    Segments {
+        pieces: Vec<Piece>,
+    },
+}
+
+/// How far one replica is behind the tailer.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Lag {
+    /// Since the oldest commit it does not hold was read; 0 when it holds everything.
+    pub seconds: f64,
+    /// The spooled bytes it does not hold (segments, and a snapshot not yet uploaded).
+    pub bytes: u64,
+}
+
+/// The spool and every replica's progress through it.
+#[derive(Debug)]
+pub struct Spool {
+    root: PathBuf,
+    replicas: Vec<String>,
+    generations: Vec<SpooledGeneration>,
+}
+
+impl Spool {
+    /// Reads what a previous run left in `root` (every generation there is finished:
+    /// this run starts its own), removing what every replica already holds and
+    /// generations that never finished starting.
+    pub fn load(root: &Path, replicas: &[String]) -> Result<Spool, ReplicaError> {
+        fs::create_dir_all(root).map_err(ReplicaError::io(root))?;
+        let mut names: Vec<PathBuf> = fs::read_dir(root)
+            .map_err(ReplicaError::io(root))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
+        names.sort();
+        let mut spool = Spool {
+            root: root.to_path_buf(),
+            replicas: replicas.to_vec(),
+            generations: Vec::new(),
+        };
+        for dir in names {
+            match load_generation(&dir, replicas) {
+                Ok(Some(generation)) => spool.generations.push(generation),
+                Ok(None) => {
+                    tracing::info!(dir = %dir.display(), "removing a generation that never finished starting from the spool");
+                    fs::remove_dir_all(&dir).map_err(ReplicaError::io(&dir))?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        spool.collect();
+        Ok(spool)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The tailer began generation `info` in `dir`: the one before is finished.
+    pub fn begin(&mut self, dir: &Path, info: SnapshotInfo) {
+        for generation in &mut self.generations {
+            generation.current = false;
+        }
+        self.generations.push(SpooledGeneration {
+            info,
+            dir: dir.to_path_buf(),
+            pieces: Vec::new(),
+            current: true,
+            shipped: BTreeMap::new(),
+        });
+        self.collect();
+    }
+
+    /// The tailer spooled a piece of the current generation.
+    pub fn add(&mut self, header: SegmentHeader, path: PathBuf) {
+        let bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if let Some(generation) = self
+            .generations
+            .iter_mut()
+            .find(|g| g.current && g.info.generation == header.generation)
+        {
+            generation.pieces.push(Piece {
+                header,
+                path,
+                bytes,
+            });
+        }
+    }
+
+    /// What `replica` should upload next: generations oldest first, each its snapshot
+    /// and then its pieces; `None` when it holds everything spooled.
+    pub fn next_work(&self, replica: &str) -> Option<Work> {
+        for generation in &self.generations {
+            if !generation.shipped(replica).snapshot {
+                return Some(Work::Snapshot {
+                    dir: generation.dir.clone(),
+                    info: generation.info.clone(),
+                });
+            }
+            let pieces: Vec<Piece> = generation.pending(replica).cloned().collect();
+            if !pieces.is_empty() {
+                return Some(Work::Segments { pieces });
+            }
+            if generation.current {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// Records (durably) that `replica` holds generation `name` up to `shipped`, and
+    /// removes what every replica now holds.
+    pub fn record(
+        &mut self,
+        replica: &str,
+        name: &str,
+        shipped: Shipped,
+    ) -> Result<(), ReplicaError> {
+        let Some(generation) = self
+            .generations
+            .iter_mut()
+            .find(|g| g.info.generation == name)
+        else {
+            return Ok(());
+        };
+        let path = shipped_path(&generation.dir, replica);
+        let json = serde_json::to_vec(&shipped).map_err(|e| ReplicaError::Open {
+            replica: replica.to_string(),
+            reason: e.to_string(),
+        })?;
+        let temp = generation.dir.join(format!(".shipped-{replica}.tmp"));
+        durable::write_file(&temp, &json, 0o600)
+            .and_then(|()| durable::sync_file(&temp))
+            .and_then(|()| durable::rename(&temp, &path))
+            .and_then(|()| durable::sync_dir(&generation.dir))
+            .map_err(ReplicaError::io(&path))?;
+        generation.shipped.insert(replica.to_string(), shipped);
+        self.collect();
+        Ok(())
+    }
+
+    /// What `replica` holds of generation `name`.
+    pub fn shipped(&self, replica: &str, name: &str) -> Shipped {
+        self.generations
+            .iter()
+            .find(|g| g.info.generation == name)
+            .map(|g| g.shipped(replica))
+            .unwrap_or_default()
+    }
+
+    /// How far `replica` is behind what is spooled.
+    pub fn lag(&self, replica: &str, now: DateTime<Utc>) -> Lag {
+        let mut lag = Lag::default();
+        let mut oldest: Option<DateTime<Utc>> = None;
+        for generation in &self.generations {
+            let shipped = generation.shipped(replica);
+            if !shipped.snapshot {
+                lag.bytes += fs::metadata(generation.dir.join(SNAPSHOT))
+                    .map(|m| m.len())
+                    .unwrap_or(0);
+                oldest = oldest.or(Some(generation.info.taken_at));
+            }
+            for piece in generation.pending(replica) {
+                lag.bytes += piece.bytes;
+                oldest = oldest.or(piece.first_seen());
+            }
+        }
+        if let Some(oldest) = oldest {
+            lag.seconds = ((now - oldest).num_milliseconds().max(0) as f64) / 1000.0;
+        }
+        lag
+    }
+
+    /// The current generation's name, if the tailer has begun one.
+    pub fn current(&self) -> Option<&str> {
+        self.generations
+            .iter()
+            .find(|g| g.current)
+            .map(|g| g.info.generation.as_str())
+    }
+
+    /// Deletes pieces and snapshots every replica holds, and finished generations
+    /// every replica holds entirely. A deletion that fails is retried next time.
+    fn collect(&mut self) {
+        let replicas = self.replicas.clone();
+        let holds_all = |g: &SpooledGeneration, p: &Piece| {
+            replicas
+                .iter()
+                .all(|r| g.shipped(r).through.is_some_and(|t| t >= p.last()))
+        };
+        for generation in &mut self.generations {
+            let (done, kept): (Vec<Piece>, Vec<Piece>) = std::mem::take(&mut generation.pieces)
+                .into_iter()
+                .partition(|p| holds_all(generation, p));
+            generation.pieces = kept;
+            for piece in done {
+                if let Err(e) = fs::remove_file(&piece.path) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(path = %piece.path.display(), error = %e, "cannot remove a shipped piece from the spool");
+                    }
+                }
+            }
+            let snapshot = generation.dir.join(SNAPSHOT);
+            if replicas.iter().all(|r| generation.shipped(r).snapshot) && snapshot.exists() {
+                if let Err(e) = fs::remove_file(&snapshot) {
+                    tracing::warn!(path = %snapshot.display(), error = %e, "cannot remove a shipped snapshot from the spool");
+                }
+            }
+        }
+        self.generations.retain(|g| {
+            let finished = !g.current
+                && g.pieces.is_empty()
+                && replicas.iter().all(|r| g.shipped(r).snapshot);
+            if finished {
+                if let Err(e) = fs::remove_dir_all(&g.dir) {
+                    tracing::warn!(dir = %g.dir.display(), error = %e, "cannot remove a shipped generation from the spool");
+                    return true;
+                }
+            }
+            !finished
+        });
+    }
+}
+
+fn shipped_path(dir: &Path, replica: &str) -> PathBuf {
+    dir.join(format!("shipped-{replica}.json"))
+}
+
+/// A generation a previous run left; `None` when it never finished starting (no
+/// `snapshot.json`).
+fn load_generation(
+    dir: &Path,
+    replicas: &[String],
+) -> Result<Option<SpooledGeneration>, ReplicaError> {
+    let info_path = dir.join(SNAPSHOT_INFO);
+    let info: SnapshotInfo = match fs::read(&info_path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ReplicaError::Open {
+            replica: "replication".into(),
+            reason: format!("{}: {e}", info_path.display()),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(ReplicaError::Io {
+                path: info_path,
+                source: e,
+            })
+        }
+    };
+    let has_snapshot = dir.join(SNAPSHOT).exists();
+    let mut pieces = Vec::new();
+    for entry in fs::read_dir(dir).map_err(ReplicaError::io(dir))? {
+        let path = entry.map_err(ReplicaError::io(dir))?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.ends_with(".tmp") {
+            let _ = fs::remove_file(&path);
+            continue;
+        }
+        if !name.ends_with(SEGMENT_SUFFIX) {
+            continue;
+        }
+        let file = fs::File::open(&path).map_err(ReplicaError::io(&path))?;
+        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let header = SegmentReader::new(BufReader::new(file), name)?.header;
+        pieces.push(Piece {
+            header,
+            path,
+            bytes,
+        });
+    }
+    pieces.sort_by_key(Piece::last);
+    let mut shipped = BTreeMap::new();
+    for replica in replicas {
+        let record = match fs::read(shipped_path(dir, replica)) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            // A replica added since, or one that never got this generation: without
+            // the snapshot it cannot use the pieces either, so it skips the generation.
+            Err(_) if !has_snapshot => Shipped {
+                snapshot: true,
+                through: pieces.last().map(Piece::last),
+            },
+            Err(_) => Shipped::default(),
+        };
+        shipped.insert(replica.clone(), record);
+    }
+    Ok(Some(SpooledGeneration {
+        info,
+        dir: dir.to_path_buf(),
+        pieces,
+        current: false,
+        shipped,
+    }))
+}

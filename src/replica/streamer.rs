@@ -1,0 +1,282 @@
+//! The Streamer: one per streaming replica, on its own thread with its own runtime
+//! (like the [Shipper](super::shipper)), uploading what the tailer spooled, in order:
+//! each generation's snapshot, then its segments.
+//!
+//! **One upload per sync interval.** After an upload the streamer waits out the
+//! replica's `sync_interval_ms`; the pieces spooled meanwhile (one per tailer pass)
+//! are then merged into one segment and sent with one PUT. While nothing is spooled it
+//! sends nothing: an idle database costs no request (the lease is renewed only before
+//! an upload, and at most every quarter of `lease_expire_secs`).
+//!
+//! **Failures only delay.** A failed upload is retried (1 s doubling to 1 min); the
+//! spool keeps everything until the replica has it, and it catches up in order, a
+//! merged segment per interval. Nothing here can block the writer or the tailer.
+//!
+//! **Stop.** At a stop the streamer first drains: it uploads what is spooled, without
+//! waiting out the interval, until everything is there or the drain's time is up; then
+//! an upload still in flight is cancelled (a multipart upload is aborted) and what is
+//! left waits in the spool for the next start.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::lease::SharedLease;
+use super::segment::{self, SegmentReader};
+use super::shipper::ReplicaBoard;
+use super::spool::{Piece, Shipped, Spool, Work};
+use super::uploads::{self, Ledger};
+use super::{stream, Replica, ReplicaError};
+
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const LONGEST_RETRY: Duration = Duration::from_secs(60);
+/// Pieces merged into one upload add up to at most this (merging holds their frames in
+/// memory); a replica further behind catches up in several uploads.
+const MERGE_LIMIT_BYTES: u64 = 64 << 20;
+
+pub struct Streamer {
+    pub replica: Replica,
+    pub lease: SharedLease,
+    pub spool: Arc<Mutex<Spool>>,
+    pub board: Arc<ReplicaBoard>,
+    pub interval: Duration,
+    /// Cancelled when the stop begins: drain, then end.
+    pub drain: CancellationToken,
+    /// Cancelled when the drain's time is up: end now.
+    pub cancel: CancellationToken,
+}
+
+impl Streamer {
+    pub async fn run(self, mut spooled: watch::Receiver<u64>) {
+        let name = self.replica.name().to_string();
+        let ledger = Ledger::of(self.spool_root().as_path(), &name);
+        let aborted = uploads::abort_abandoned(&self.replica, &ledger).await;
+        if aborted > 0 {
+            tracing::info!(replica = %name, aborted, "aborted stream uploads a previous run left unfinished");
+        }
+        let mut last_upload: Option<Instant> = None;
+        let mut lease_held: Option<Instant> = None;
+        let mut retry = FIRST_RETRY;
+        loop {
+            let draining = self.drain.is_cancelled();
+            if self.next_work().is_none() {
+                if draining {
+                    break;
+                }
+                tokio::select! {
+                    () = self.cancel.cancelled() => break,
+                    () = self.drain.cancelled() => {}
+                    changed = spooled.changed() => if changed.is_err() { break },
+                }
+                continue;
+            }
+            if let (Some(at), false) = (last_upload, draining) {
+                tokio::select! {
+                    () = self.cancel.cancelled() => break,
+                    () = self.drain.cancelled() => {}
+                    () = tokio::time::sleep_until(at + self.interval) => {}
+                }
+            }
+            // Taken after the wait: what was spooled meanwhile goes up with it.
+            let Some(work) = self.next_work() else {
+                continue;
+            };
+            let outcome = tokio::select! {
+                () = self.cancel.cancelled() => Err(ReplicaError::Cancelled),
+                outcome = self.upload(work, &ledger, &mut lease_held) => outcome,
+            };
+            match outcome {
+                Ok(()) => {
+                    retry = FIRST_RETRY;
+                    last_upload = Some(Instant::now());
+                }
+                Err(ReplicaError::Cancelled) => break,
+                Err(e) => {
+                    tracing::warn!(replica = %name, error = %e, retry_in = ?retry, "streaming to the replica failed; the spool keeps every commit until it is there");
+                    self.board.update_stream(&name, |s| {
+                        s.failures += 1;
+                        s.last_error = Some(e.to_string());
+                    });
+                    if matches!(e, ReplicaError::LeaseHeld { .. }) {
+                        lease_held = None;
+                    }
+                    if draining {
+                        break;
+                    }
+                    tokio::select! {
+                        () = self.cancel.cancelled() => break,
+                        () = self.drain.cancelled() => {}
+                        () = tokio::time::sleep(retry) => {}
+                    }
+                    retry = (retry * 2).min(LONGEST_RETRY);
+                }
+            }
+        }
+        super::shipper::release_lease(&self.lease, &self.replica).await;
+        tracing::debug!(replica = %name, "streamer stopped");
+    }
+
+    fn spool_root(&self) -> PathBuf {
+        self.spool
+            .lock()
+            .map(|s| s.root().to_path_buf())
+            .unwrap_or_default()
+    }
+
+    fn next_work(&self) -> Option<Work> {
+        self.spool
+            .lock()
+            .ok()
+            .and_then(|s| s.next_work(self.replica.name()))
+    }
+
+    /// Takes or renews the lease when it was not renewed lately.
+    async fn hold_lease(&self, held: &mut Option<Instant>) -> Result<(), ReplicaError> {
+        let renew_every =
+            Duration::from_secs(self.replica.settings.lease_expire_secs / 4).max(self.interval);
+        if held.is_some_and(|at| at.elapsed() < renew_every) {
+            return Ok(());
+        }
+        self.lease.lock().await.hold(&self.replica).await?;
+        *held = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn upload(
+        &self,
+        work: Work,
+        ledger: &Ledger,
+        lease_held: &mut Option<Instant>,
+    ) -> Result<(), ReplicaError> {
+        self.hold_lease(lease_held).await?;
+        let name = self.replica.name().to_string();
+        match work {
+            Work::Snapshot { dir, info } => {
+                let manifest = stream::upload_snapshot(&self.replica, &dir, &info, ledger).await?;
+                self.record(
+                    &info.generation,
+                    Shipped {
+                        snapshot: true,
+                        through: None,
+                    },
+                )?;
+                self.board.update_stream(&name, |s| {
+                    s.generation = Some(info.generation.clone());
+                    s.through = Some(info.position.to_string());
+                    s.snapshots_shipped += 1;
+                    s.bytes_shipped += manifest.object_bytes;
+                    s.uploads += 2;
+                    s.last_shipped_at = Some(Utc::now());
+                    s.last_error = None;
+                });
+                tracing::info!(replica = %name, generation = %info.generation, "snapshot streamed");
+            }
+            Work::Segments { pieces } => {
+                let pieces = within_merge_limit(pieces);
+                let generation = pieces[0].header.generation.clone();
+                let (header, path, merged) = if pieces.len() == 1 {
+                    (pieces[0].header.clone(), pieces[0].path.clone(), false)
+                } else {
+                    let target = self
+                        .spool_root()
+                        .join(format!(".merge-{}.tmp", self.replica.name()));
+                    let (header, path) = merge_pieces(pieces.clone(), target).await?;
+                    (header, path, true)
+                };
+                let sent = stream::upload_segment(&self.replica, &path, &header, ledger).await;
+                if merged {
+                    let _ = std::fs::remove_file(&path);
+                }
+                let written = sent?;
+                let through = header.last();
+                self.record(
+                    &generation,
+                    Shipped {
+                        snapshot: true,
+                        through,
+                    },
+                )?;
+                self.board.update_stream(&name, |s| {
+                    s.generation = Some(generation.clone());
+                    s.through = through.map(|t| t.to_string());
+                    s.segments_shipped += 1;
+                    s.bytes_shipped += written.bytes;
+                    s.uploads += 1;
+                    s.last_shipped_at = Some(Utc::now());
+                    s.last_error = None;
+                });
+                tracing::debug!(replica = %name, segment = %header.name(), pieces = pieces.len(), "segment streamed");
+            }
+        }
+        Ok(())
+    }
+
+    fn record(&self, generation: &str, shipped: Shipped) -> Result<(), ReplicaError> {
+        match self.spool.lock() {
+            Ok(mut spool) => spool.record(self.replica.name(), generation, shipped),
+            Err(_) => Err(ReplicaError::Open {
+                replica: self.replica.name().to_string(),
+                reason: "the spool's state was poisoned by a panic".into(),
+            }),
+        }
+    }
+}
+
+/// The first pieces that add up to at most [`MERGE_LIMIT_BYTES`] (always one).
+fn within_merge_limit(pieces: Vec<Piece>) -> Vec<Piece> {
+    let mut total = 0;
+    let mut kept = Vec::new();
+    for piece in pieces {
+        total += piece.bytes;
+        if !kept.is_empty() && total > MERGE_LIMIT_BYTES {
+            break;
+        }
+        kept.push(piece);
+    }
+    kept
+}
+
+/// Merges consecutive pieces into one segment file at `target` (every frame checked
+/// again on the way), off the runtime's thread.
+async fn merge_pieces(
+    pieces: Vec<Piece>,
+    target: PathBuf,
+) -> Result<(segment::SegmentHeader, PathBuf), ReplicaError> {
+    tokio::task::spawn_blocking(move || {
+        let mut readers = pieces
+            .iter()
+            .map(|p| {
+                let file = std::fs::File::open(&p.path).map_err(ReplicaError::io(&p.path))?;
+                Ok(SegmentReader::new(
+                    std::io::BufReader::new(file),
+                    &p.header.name(),
+                )?)
+            })
+            .collect::<Result<Vec<_>, ReplicaError>>()?;
+        let (header, frames) = segment::merge(&mut readers)?;
+        write_merged(&target, &header, &frames)?;
+        Ok((header, target))
+    })
+    .await
+    .map_err(|e| ReplicaError::Io {
+        path: PathBuf::from("segment merge"),
+        source: std::io::Error::other(e),
+    })?
+}
+
+fn write_merged(
+    target: &Path,
+    header: &segment::SegmentHeader,
+    frames: &[u8],
+) -> Result<(), ReplicaError> {
+    let file = std::fs::File::create(target).map_err(ReplicaError::io(target))?;
+    let mut out = std::io::BufWriter::new(file);
+    segment::write_segment(&mut out, header, frames)?;
+    std::io::Write::flush(&mut out).map_err(ReplicaError::io(target))?;
+    Ok(())
+}

@@ -42,13 +42,24 @@ pub enum RestoreError {
     Identity { replica: String, reason: String },
 }
 
-/// Which copy of a replica to restore.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What of a replica to restore.
+#[derive(Debug, Clone)]
 pub enum Pick {
-    /// The newest complete copy.
+    /// The newest state there: the last commit streamed when the replica holds a
+    /// complete generation, else its newest complete backup copy.
     Latest,
     /// The copy of this backup (its name, `dbwarden-<UTC time>.db`).
     Named(String),
+    /// A point of the streamed commits (a time or an event id).
+    Point(crate::replica::stream::Target),
+}
+
+/// A database brought back from a replica, proven, waiting in the staging directory.
+#[derive(Debug)]
+pub struct FromReplica {
+    pub path: PathBuf,
+    /// What it is, for the user: the backup copy, or the generation and commit.
+    pub what: String,
 }
 
 /// The identities a restore or drill of `replica` decrypts with: `identity_file`, or
@@ -84,23 +95,53 @@ pub async fn fetch_from_replica(
     pick: &Pick,
     identities: &[age::x25519::Identity],
     stage_dir: &Path,
-) -> Result<PathBuf, RestoreError> {
-    use crate::replica::{self, catalog::CopyStatus, ReplicaError};
+) -> Result<FromReplica, RestoreError> {
+    use crate::replica::{self, catalog::CopyStatus, stream, ReplicaError};
     let replica_settings = settings
         .replicas
         .iter()
         .find(|r| r.name == name)
         .ok_or_else(|| ReplicaError::UnknownReplica(name.to_string()))?;
     let replica = replica::Replica::open(replica_settings)?;
+    let point = match pick {
+        Pick::Point(target) => Some(*target),
+        Pick::Latest => {
+            let streamed = stream::list(&replica).await?;
+            streamed
+                .iter()
+                .any(|g| g.snapshot.is_some())
+                .then_some(stream::Target::Latest)
+        }
+        Pick::Named(_) => None,
+    };
+    if let Some(target) = point {
+        db::create_private_dir(stage_dir).map_err(|source| RestoreError::Io {
+            path: stage_dir.to_path_buf(),
+            source,
+        })?;
+        let output = stage_dir.join("streamed.db");
+        let restored = stream::restore_point(
+            &replica,
+            &target,
+            identities,
+            &stage_dir.join("work"),
+            &output,
+        )
+        .await?;
+        let commit = match &restored.commit {
+            Some(c) => format!("commit at {} (read {})", c.at, c.seen_at.to_rfc3339()),
+            None => "its snapshot".to_string(),
+        };
+        return Ok(FromReplica {
+            path: output,
+            what: format!(
+                "generation {}, {commit}: last event id {}, {} events",
+                restored.generation, restored.last_event_id, restored.event_count
+            ),
+        });
+    }
     let copies = replica::catalog::list(&replica).await?;
     let copy = match pick {
-        Pick::Latest => copies
-            .iter()
-            .rev()
-            .find(|c| c.status == CopyStatus::Complete)
-            .ok_or_else(|| ReplicaError::Empty {
-                replica: name.to_string(),
-            })?,
         Pick::Named(backup) => {
             let copy = copies.iter().find(|c| &c.name == backup).ok_or_else(|| {
                 ReplicaError::NoSuchCopy {
@@ -118,9 +159,19 @@ pub async fn fetch_from_replica(
             }
             copy
         }
+        _ => copies
+            .iter()
+            .rev()
+            .find(|c| c.status == CopyStatus::Complete)
+            .ok_or_else(|| ReplicaError::Empty {
+                replica: name.to_string(),
+            })?,
     };
     let fetched = replica::fetch::fetch(&replica, copy, identities, stage_dir).await?;
-    Ok(fetched.path)
+    Ok(FromReplica {
+        path: fetched.path,
+        what: format!("backup copy {}", copy.name),
+    })
 }
 
 /// What a restore will do (or did).

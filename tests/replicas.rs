@@ -1796,4 +1796,96 @@ async fn the_service_streams_every_commit_and_each_replica_alone_rebuilds_it() {
         );
         assert!(stream["generation"].is_string(), "{status}");
     }
+
+    // A new machine with only the settings and the identity: the CLI restores from
+    // each replica alone, to the commit of an event and to the latest, and refuses an
+    // event the replica never held.
+    let config = new_machine(world.root.path(), &world.replicas);
+    // Off the test's thread, which also serves the in-process S3 server.
+    async fn cli(config: &Path, args: &[&str]) -> std::process::Output {
+        let config = config.to_path_buf();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            dbwarden(&config, &args)
+        })
+        .await
+        .expect("the command ran")
+    }
+    let identity = world.identity.display().to_string();
+    let target = *second.last().expect("ids");
+    let up_to_target: Vec<String> = everything[..first.len() + second.len()].to_vec();
+    for name in ["nas", "s3"] {
+        let to_event = scratch.join(format!("{name}-cli-event.db"));
+        let out = cli(
+            &config,
+            &[
+                "restore",
+                "--from",
+                name,
+                "--event-id",
+                &target.to_string(),
+                "--identity",
+                &identity,
+                "--output",
+                &to_event.display().to_string(),
+            ],
+        )
+        .await;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{name}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("last event id {target}, 10 events")),
+            "{stdout}"
+        );
+        assert_eq!(events_of(&to_event), up_to_target, "{name}");
+        let latest = scratch.join(format!("{name}-cli-latest.db"));
+        let out = cli(
+            &config,
+            &[
+                "restore",
+                "--from",
+                name,
+                "--latest",
+                "--identity",
+                &identity,
+                "--output",
+                &latest.display().to_string(),
+            ],
+        )
+        .await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(events_of(&latest), everything, "{name}");
+        let never = scratch.join(format!("{name}-cli-never.db"));
+        let out = cli(
+            &config,
+            &[
+                "restore",
+                "--from",
+                name,
+                "--event-id",
+                "1000000",
+                "--identity",
+                &identity,
+                "--output",
+                &never.display().to_string(),
+            ],
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{name}: an event never written is restored?"
+        );
+        assert!(stderr.contains("event 1000000 is not there"), "{stderr}");
+        assert!(!never.exists(), "nothing is left at --output");
+    }
 }

@@ -77,14 +77,16 @@ enum Command {
         file: PathBuf,
     },
     /// Replace the database with a verified backup (the service must be stopped), or
-    /// restore one beside it with --output. With --from, the backup comes from a
-    /// replica: downloaded, decrypted, proven, then restored by the same rules.
-    #[command(group(clap::ArgGroup::new("which").required(true).args(["file", "latest", "backup"])))]
+    /// restore one beside it with --output. With --from, the database comes from a
+    /// replica (a backup copy, or its streamed commits up to a point): downloaded,
+    /// decrypted, proven, then restored by the same rules.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["file", "latest", "backup", "at", "event_id"])))]
     Restore {
         /// The backup file to restore.
         #[arg(conflicts_with = "from")]
         file: Option<PathBuf>,
-        /// Restore the newest good backup (in `backup.dir`, or on the replica).
+        /// Restore the newest good backup in `backup.dir`; with --from, the replica's
+        /// last streamed commit (its newest backup copy if it holds no stream).
         #[arg(long)]
         latest: bool,
         /// The replica (its `name`) to restore from.
@@ -94,6 +96,13 @@ enum Command {
         /// `replicas list` shows it).
         #[arg(long, value_name = "ID", requires = "from")]
         backup: Option<String>,
+        /// With --from: the last commit streamed at or before this time (RFC 3339,
+        /// e.g. 2026-12-03T07:30:00Z).
+        #[arg(long, value_name = "RFC3339", requires = "from", value_parser = parse_time)]
+        at: Option<chrono::DateTime<chrono::Utc>>,
+        /// With --from: the commit that wrote this event id (and nothing after it).
+        #[arg(long, value_name = "N", requires = "from")]
+        event_id: Option<i64>,
         /// The age identity file that decrypts the replica's copies (default: the
         /// replica's `age_identity_file`).
         #[arg(long, value_name = "FILE", requires = "from")]
@@ -304,6 +313,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             latest: _,
             from,
             backup,
+            at,
+            event_id,
             identity,
             output,
             dry_run,
@@ -313,6 +324,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 file,
                 from,
                 backup,
+                at,
+                event_id,
                 identity,
             },
             output,
@@ -345,4 +358,11 @@ pub fn spinner(message: String) -> indicatif::ProgressBar {
     bar.set_message(message);
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     bar
+}
+
+/// An RFC 3339 time for `--at`.
+fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("`{text}` is not an RFC 3339 time (2026-12-03T07:30:00Z): {e}"))
 }

@@ -1,6 +1,7 @@
-//! `dbwarden restore FILE | --latest | --from NAME (--latest | --backup ID)
-//! [--identity FILE] [--output PATH] [--dry-run]`: replace the database with a verified
-//! backup (refused while the service runs), or restore one beside it.
+//! `dbwarden restore FILE | --latest | --from NAME (--latest | --backup ID | --at TIME |
+//! --event-id N) [--identity FILE] [--output PATH] [--dry-run]`: replace the database
+//! with a verified backup or a point of a replica's streamed commits (refused while the
+//! service runs), or restore one beside it.
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,8 @@ pub struct Source {
     pub file: Option<PathBuf>,
     pub from: Option<String>,
     pub backup: Option<String>,
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
+    pub event_id: Option<i64>,
     pub identity: Option<PathBuf>,
 }
 
@@ -50,7 +53,7 @@ pub fn restore(
         None => None,
     };
     let backup = match (&fetched, source.file) {
-        (Some(path), _) => path.clone(),
+        (Some(fetched), _) => fetched.path.clone(),
         (None, Some(f)) => f,
         (None, None) => dbwarden::restore::latest(settings)?,
     };
@@ -69,12 +72,9 @@ pub fn restore(
     }
     let plan = plan?;
     let verb = if dry_run { "would restore" } else { "restored" };
-    let shown = match &source.from {
-        Some(name) => format!(
-            "{} from replica {name}",
-            backup.file_name().unwrap_or_default().to_string_lossy()
-        ),
-        None => plan.backup.display().to_string(),
+    let shown = match (&source.from, &fetched) {
+        (Some(name), Some(fetched)) => format!("{} from replica {name}", fetched.what),
+        _ => plan.backup.display().to_string(),
     };
     println!("{verb} {shown} into {}", plan.database.display());
     match &plan.keep_current_as {
@@ -89,7 +89,7 @@ fn fetch(
     name: &str,
     source: &Source,
     stage: &Path,
-) -> anyhow::Result<PathBuf> {
+) -> anyhow::Result<dbwarden::restore::FromReplica> {
     let replica = settings
         .replicas
         .iter()
@@ -99,9 +99,12 @@ fn fetch(
             format!("no replica named `{name}` (the settings have: {known:?})")
         })?;
     let identities = dbwarden::restore::identities_for(replica, source.identity.as_deref())?;
-    let pick = match &source.backup {
-        Some(id) => Pick::Named(id.clone()),
-        None => Pick::Latest,
+    use dbwarden::replica::stream::Target;
+    let pick = match (&source.backup, source.at, source.event_id) {
+        (Some(id), _, _) => Pick::Named(id.clone()),
+        (None, Some(at), _) => Pick::Point(Target::At(at)),
+        (None, None, Some(id)) => Pick::Point(Target::EventId(id)),
+        (None, None, None) => Pick::Latest,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -361,6 +361,94 @@ pub struct Restored {
     pub event_count: i64,
 }
 
+/// Restores `replica`'s stream to `target`, choosing the generation: for `Latest` the
+/// newest complete one; for `At(t)` the newest whose snapshot was taken at or before
+/// `t`; for `EventId(n)` the newest whose snapshot holds only events before `n` (or,
+/// failing that, the oldest, when its snapshot is exactly where event `n` is the
+/// newest). An event id the chosen generation never reaches is refused, never
+/// answered with a database that lacks it; nothing is left at `output` then.
+pub async fn restore_point(
+    replica: &Replica,
+    target: &Target,
+    identities: &[age::x25519::Identity],
+    staging: &Path,
+    output: &Path,
+) -> Result<Restored, ReplicaError> {
+    let generations: Vec<Generation> = list(replica)
+        .await?
+        .into_iter()
+        .filter(|g| g.snapshot.is_some())
+        .collect();
+    let none = || ReplicaError::Empty {
+        replica: replica.name().to_string(),
+    };
+    let chosen = match target {
+        Target::Latest => generations.last().ok_or_else(none)?,
+        Target::At(at) => {
+            let oldest = generations.first().ok_or_else(none)?;
+            generations
+                .iter()
+                .rev()
+                .find(|g| g.snapshot.as_ref().is_some_and(|s| s.taken_at <= *at))
+                .ok_or_else(|| {
+                    bad(
+                        replica,
+                        &oldest.name,
+                        format!(
+                            "{} is before the oldest generation there, which begins at {}",
+                            at.to_rfc3339(),
+                            oldest
+                                .snapshot
+                                .as_ref()
+                                .map(|s| s.taken_at.to_rfc3339())
+                                .unwrap_or_default()
+                        ),
+                    )
+                })?
+        }
+        Target::EventId(id) => {
+            let mut newest_before = None;
+            let mut exactly_at = None;
+            for generation in &generations {
+                let Some(snapshot) = &generation.snapshot else {
+                    continue;
+                };
+                let info = snapshot.open_info(identities)?;
+                if info.last_event_id < *id {
+                    newest_before = Some(generation);
+                } else if info.last_event_id == *id && exactly_at.is_none() {
+                    exactly_at = Some(generation);
+                }
+            }
+            newest_before.or(exactly_at).ok_or_else(|| {
+                bad(
+                    replica,
+                    &generations
+                        .first()
+                        .map(|g| g.name.clone())
+                        .unwrap_or_default(),
+                    format!("event {id} is older than every generation's snapshot there"),
+                )
+            })?
+        }
+    };
+    let restored = restore(replica, chosen, target, identities, staging, output).await?;
+    if let Target::EventId(id) = target {
+        if restored.last_event_id < *id {
+            let _ = fs::remove_file(output);
+            return Err(bad(
+                replica,
+                &chosen.name,
+                format!(
+                    "it holds events up to {} only; event {id} is not there (written after its last segment, or lost at a gap before the next generation)",
+                    restored.last_event_id
+                ),
+            ));
+        }
+    }
+    Ok(restored)
+}
+
 fn bad(replica: &Replica, name: &str, reason: String) -> ReplicaError {
     ReplicaError::BadCopy {
         replica: replica.name().to_string(),

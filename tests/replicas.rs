@@ -1801,37 +1801,26 @@ async fn the_service_streams_every_commit_and_each_replica_alone_rebuilds_it() {
     // each replica alone, to the commit of an event and to the latest, and refuses an
     // event the replica never held.
     let config = new_machine(world.root.path(), &world.replicas);
-    // Off the test's thread, which also serves the in-process S3 server.
-    async fn cli(config: &Path, args: &[&str]) -> std::process::Output {
-        let config = config.to_path_buf();
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let identity = world.identity.clone();
+    // `restore --from NAME <point> --identity F --output OUT`, off the test's thread,
+    // which also serves the in-process S3 server.
+    let restore = |name: &'static str, point: Vec<String>, out: PathBuf| {
+        let (config, identity) = (config.clone(), identity.clone());
         tokio::task::spawn_blocking(move || {
+            let mut args = vec!["restore".to_string(), "--from".into(), name.into()];
+            args.extend(point);
+            args.extend(["--identity".into(), identity.display().to_string()]);
+            args.extend(["--output".into(), out.display().to_string()]);
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             dbwarden(&config, &args)
         })
-        .await
-        .expect("the command ran")
-    }
-    let identity = world.identity.display().to_string();
+    };
     let target = *second.last().expect("ids");
     let up_to_target: Vec<String> = everything[..first.len() + second.len()].to_vec();
     for name in ["nas", "s3"] {
         let to_event = scratch.join(format!("{name}-cli-event.db"));
-        let out = cli(
-            &config,
-            &[
-                "restore",
-                "--from",
-                name,
-                "--event-id",
-                &target.to_string(),
-                "--identity",
-                &identity,
-                "--output",
-                &to_event.display().to_string(),
-            ],
-        )
-        .await;
+        let point = vec!["--event-id".to_string(), target.to_string()];
+        let out = restore(name, point, to_event.clone()).await.expect("ran");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -1844,20 +1833,9 @@ async fn the_service_streams_every_commit_and_each_replica_alone_rebuilds_it() {
         );
         assert_eq!(events_of(&to_event), up_to_target, "{name}");
         let latest = scratch.join(format!("{name}-cli-latest.db"));
-        let out = cli(
-            &config,
-            &[
-                "restore",
-                "--from",
-                name,
-                "--latest",
-                "--identity",
-                &identity,
-                "--output",
-                &latest.display().to_string(),
-            ],
-        )
-        .await;
+        let out = restore(name, vec!["--latest".into()], latest.clone())
+            .await
+            .expect("ran");
         assert!(
             out.status.success(),
             "{}",
@@ -1865,21 +1843,8 @@ async fn the_service_streams_every_commit_and_each_replica_alone_rebuilds_it() {
         );
         assert_eq!(events_of(&latest), everything, "{name}");
         let never = scratch.join(format!("{name}-cli-never.db"));
-        let out = cli(
-            &config,
-            &[
-                "restore",
-                "--from",
-                name,
-                "--event-id",
-                "1000000",
-                "--identity",
-                &identity,
-                "--output",
-                &never.display().to_string(),
-            ],
-        )
-        .await;
+        let point = vec!["--event-id".to_string(), "1000000".into()];
+        let out = restore(name, point, never.clone()).await.expect("ran");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success(),

@@ -9,7 +9,7 @@
 pub(crate) mod adopt;
 #[cfg(feature = "crash-vfs")]
 pub mod crashvfs;
-pub(crate) mod durable;
+pub mod durable;
 pub mod guard;
 pub(crate) mod indexes;
 pub mod integrity;

@@ -13,7 +13,7 @@
 //! (`_seconds`, `_bytes`), `_total` on counters.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -141,6 +141,7 @@ pub struct Snapshot {
     /// (bucket, corruptions)
     pub corruptions: Vec<(String, i64)>,
     pub replicas: Vec<ReplicaFigures>,
+    pub replication: Option<ReplicationFigures>,
 }
 
 /// One replica's figures, as its shipper counts them since the service started.
@@ -156,6 +157,33 @@ pub struct ReplicaFigures {
     pub stale: bool,
     /// (passed, seconds since) of the last drill that reached a verdict.
     pub last_drill: Option<(bool, i64)>,
+    /// Continuous replication to it, when it streams.
+    pub stream: Option<StreamFigures>,
+}
+
+/// One streaming replica's figures.
+#[derive(Debug, Default)]
+pub struct StreamFigures {
+    pub lag_seconds: f64,
+    pub lag_bytes: u64,
+    pub lagging: bool,
+    pub snapshots: u64,
+    pub segments: u64,
+    pub bytes: u64,
+    /// Object PUTs (snapshots, their manifests, segments).
+    pub puts: u64,
+    /// Requests taking or renewing the lease.
+    pub lease_requests: u64,
+    pub failures: u64,
+}
+
+/// The tailer's figures, when replication runs.
+#[derive(Debug, Default)]
+pub struct ReplicationFigures {
+    pub generations: u64,
+    pub gaps: u64,
+    /// Unix time of the last gap found.
+    pub last_gap_at: Option<i64>,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str, value: i64) -> Result<(), prometheus::Error> {
@@ -270,6 +298,32 @@ impl Metrics {
         }
         now.register(Box::new(buckets))?;
         register_replicas(&now, &snapshot.replicas)?;
+        register_streams(&now, &snapshot.replicas)?;
+        if let Some(replication) = &snapshot.replication {
+            let counter = |name: &str, help: &str, value: u64| {
+                let c = IntCounter::new(name, help)?;
+                c.inc_by(value);
+                now.register(Box::new(c))
+            };
+            counter(
+                "dbwarden_replication_generations_total",
+                "Generations begun (a snapshot, then every commit after it) since the service started.",
+                replication.generations,
+            )?;
+            counter(
+                "dbwarden_replication_gaps_total",
+                "Gaps found (commits the stream could not hold in order), each followed by a new generation.",
+                replication.gaps,
+            )?;
+            if let Some(at) = replication.last_gap_at {
+                gauge(
+                    &now,
+                    "dbwarden_replication_last_gap_timestamp_seconds",
+                    "Unix time of the last gap found (absent before the first).",
+                    at,
+                )?;
+            }
+        }
 
         let mut families = self.registry.gather();
         families.extend(now.gather());
@@ -278,6 +332,90 @@ impl Metrics {
         TextEncoder::new().encode(&families, &mut out)?;
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
+}
+
+/// The streaming replicas' families, labelled by the replica's name (and the request
+/// kind).
+fn register_streams(r: &Registry, replicas: &[ReplicaFigures]) -> Result<(), prometheus::Error> {
+    let label = &["replica"];
+    let lag = GaugeVec::new(
+        Opts::new(
+            "dbwarden_replica_stream_lag_seconds",
+            "Seconds since the oldest commit the replica does not hold yet was read (0 when it holds every one).",
+        ),
+        label,
+    )?;
+    let lag_bytes = IntGaugeVec::new(
+        Opts::new(
+            "dbwarden_replica_stream_lag_bytes",
+            "Spooled bytes (segments, a snapshot) the replica does not hold yet.",
+        ),
+        label,
+    )?;
+    let lagging = IntGaugeVec::new(
+        Opts::new(
+            "dbwarden_replica_stream_lagging",
+            "1 while the replica lags more than its max_lag_secs (health is degraded).",
+        ),
+        label,
+    )?;
+    let counter = |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), label);
+    let snapshots = counter(
+        "dbwarden_replica_stream_snapshots_total",
+        "Generation snapshots uploaded to the replica.",
+    )?;
+    let segments = counter(
+        "dbwarden_replica_stream_segments_total",
+        "WAL segments uploaded to the replica.",
+    )?;
+    let bytes = counter(
+        "dbwarden_replica_stream_bytes_total",
+        "Bytes of snapshots and segments uploaded to the replica (compressed, encrypted).",
+    )?;
+    let failures = counter(
+        "dbwarden_replica_stream_failures_total",
+        "Stream uploads to the replica that failed (each is retried).",
+    )?;
+    let requests = IntCounterVec::new(
+        Opts::new(
+            "dbwarden_replica_stream_requests_total",
+            "Requests continuous replication made to the replica, by kind: put (an object), lease (taking or renewing the lease).",
+        ),
+        &["replica", "kind"],
+    )?;
+    for figures in replicas {
+        let Some(stream) = &figures.stream else {
+            continue;
+        };
+        let name = figures.name.as_str();
+        lag.with_label_values(&[name]).set(stream.lag_seconds);
+        lag_bytes
+            .with_label_values(&[name])
+            .set(i64::try_from(stream.lag_bytes).unwrap_or(i64::MAX));
+        lagging
+            .with_label_values(&[name])
+            .set(i64::from(stream.lagging));
+        snapshots
+            .with_label_values(&[name])
+            .inc_by(stream.snapshots);
+        segments.with_label_values(&[name]).inc_by(stream.segments);
+        bytes.with_label_values(&[name]).inc_by(stream.bytes);
+        failures.with_label_values(&[name]).inc_by(stream.failures);
+        requests
+            .with_label_values(&[name, "put"])
+            .inc_by(stream.puts);
+        requests
+            .with_label_values(&[name, "lease"])
+            .inc_by(stream.lease_requests);
+    }
+    r.register(Box::new(lag))?;
+    for family in [lag_bytes, lagging] {
+        r.register(Box::new(family))?;
+    }
+    for family in [snapshots, segments, bytes, failures, requests] {
+        r.register(Box::new(family))?;
+    }
+    Ok(())
 }
 
 /// The per-replica families, labelled by the replica's name.

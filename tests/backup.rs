@@ -648,12 +648,6 @@ async fn the_backup_command_works_while_the_service_runs() {
     app.stop().await;
 }
 
-fn metric(text: &str, name: &str) -> Option<String> {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .map(|l| l[name.len() + 1..].to_string())
-}
-
 #[actix_rt::test]
 async fn health_says_when_backups_stop_and_when_they_are_back() {
     let mut app = TestApp::spawn(&[]).await;
@@ -687,7 +681,7 @@ async fn health_says_when_backups_stop_and_when_they_are_back() {
     assert!(health["backup"]["last_attempt_at"].is_string());
     let text = app.get_text("/metrics").await;
     assert_eq!(
-        metric(&text, "dbwarden_backups_healthy").as_deref(),
+        common::metric(&text, "dbwarden_backups_healthy").as_deref(),
         Some("0")
     );
 
@@ -699,7 +693,7 @@ async fn health_says_when_backups_stop_and_when_they_are_back() {
     assert_eq!(health["backup"]["last_error"], Value::Null);
     let text = app.get_text("/metrics").await;
     assert_eq!(
-        metric(&text, "dbwarden_backups_healthy").as_deref(),
+        common::metric(&text, "dbwarden_backups_healthy").as_deref(),
         Some("1")
     );
     app.stop().await;

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{settings_in, TestApp};
+use common::TestApp;
 use dbwarden::config::ChannelSettings;
 use dbwarden::supervisor::Service;
 use serde_json::json;
@@ -43,7 +43,12 @@ async fn scrape(app: &TestApp) -> String {
 async fn busy_service() -> TestApp {
     let alerts = common::receiver(0, Duration::ZERO);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut settings = settings_in(dir.path(), &[]);
+    // A streaming replica on another directory, so its families are in the scrape.
+    let replica = format!(
+        "[[replicas]]\nname = \"nas\"\nurl = \"file://{}\"\nencryption = \"none\"\ncpu_priority = \"low\"\nsync_interval_ms = 200\n",
+        dir.path().join("nas").display()
+    );
+    let mut settings = common::settings_with_file(dir.path(), &replica, &[]);
     settings.notify.channels = vec![ChannelSettings::Webhook {
         url: format!("{}/alerts", alerts.base),
         secret: None,
@@ -177,6 +182,13 @@ async fn promtool_accepts_the_exposition() {
     let mut app = busy_service().await;
     let text = scrape(&app).await;
     app.stop().await;
+    for family in [
+        "dbwarden_replica_stream_lag_seconds",
+        "dbwarden_replica_stream_requests_total",
+        "dbwarden_replication_gaps_total",
+    ] {
+        assert!(text.contains(family), "{family} is checked too: {text}");
+    }
     let mut child = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())

@@ -1797,6 +1797,38 @@ async fn the_service_streams_every_commit_and_each_replica_alone_rebuilds_it() {
         assert!(stream["generation"].is_string(), "{status}");
     }
 
+    // Idle: nothing committed, so nothing is sent to a replica, in 15 sync intervals.
+    let sent = || {
+        world
+            .server
+            .proxy
+            .sent_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let puts = |text: &str| {
+        common::metric(
+            text,
+            "dbwarden_replica_stream_requests_total{kind=\"put\",replica=\"s3\"}",
+        )
+    };
+    let (sent_before, metrics_before) = (sent(), app.get_text("/metrics").await);
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let metrics = app.get_text("/metrics").await;
+    assert_eq!(sent(), sent_before, "an idle service sent something to S3");
+    assert!(puts(&metrics).is_some_and(|n| n != "0"), "{metrics}");
+    assert_eq!(puts(&metrics), puts(&metrics_before));
+    for name in ["nas", "s3"] {
+        let lag = common::metric(
+            &metrics,
+            &format!("dbwarden_replica_stream_lag_seconds{{replica=\"{name}\"}}"),
+        );
+        assert_eq!(
+            lag.as_deref(),
+            Some("0"),
+            "{name} holds every commit: {metrics}"
+        );
+    }
+
     // A new machine with only the settings and the identity: the CLI restores from
     // each replica alone, to the commit of an event and to the latest, and refuses an
     // event the replica never held.
@@ -1852,5 +1884,110 @@ async fn the_service_streams_every_commit_and_each_replica_alone_rebuilds_it() {
         );
         assert!(stderr.contains("event 1000000 is not there"), "{stderr}");
         assert!(!never.exists(), "nothing is left at --output");
+    }
+}
+
+/// A replica that is down for a while only delays streaming: health names it once it
+/// lags more than its `max_lag_secs`, appends go on being acknowledged, the file
+/// replica keeps up, and once the server is back the replica catches up in order:
+/// every commit there once, nothing missing, nothing twice.
+#[actix_rt::test]
+async fn a_replica_down_for_a_while_catches_up_with_every_commit_once() {
+    use dbwarden::replica::stream::{self, Target};
+
+    let mut world = World::new().await;
+    world.replicas = world
+        .replicas
+        .replace(
+            "age_recipients = [",
+            "sync_interval_ms = 200\nage_recipients = [",
+        )
+        .replace("name = \"s3\"\n", "name = \"s3\"\nmax_lag_secs = 1\n");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = common::settings_with_file(dir.path(), &world.replicas, &[]);
+    let live = settings.database.path.clone();
+    let (nas, s3) = (
+        Replica::open(&settings.replicas[0]).expect("open nas"),
+        Replica::open(&settings.replicas[1]).expect("open s3"),
+    );
+    let app = common::TestApp::start(dir, dbwarden::supervisor::Service::builder(settings)).await;
+    let scratch = world.root.path().join("restored");
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    append_events(&app, "before", 5).await;
+    let before = events_of(&live);
+    for replica in [&nas, &s3] {
+        let out = scratch.join(format!("{}-before.db", replica.name()));
+        let (caught_up, got) = wait_until_streamed(replica, &world.identity, &before, &out).await;
+        assert!(caught_up, "{}: rebuilds {got} of 5", replica.name());
+    }
+
+    world.server.stop().await;
+    for i in 0..10 {
+        append_events(&app, &format!("down-{i}"), 3).await;
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    }
+    let everything = events_of(&live);
+    assert_eq!(
+        everything.len(),
+        35,
+        "appends are acknowledged while S3 is down"
+    );
+    let out = scratch.join("nas-during.db");
+    let (caught_up, got) = wait_until_streamed(&nas, &world.identity, &everything, &out).await;
+    assert!(caught_up, "the file replica keeps up: {got} of 35");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let health = loop {
+        let health = app.get_json("/api/health").await;
+        if health["status"] == "degraded" {
+            break health;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never degraded: {health}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let reasons = health["reasons"].to_string();
+    assert!(reasons.contains("replica s3: replication lags"), "{health}");
+    assert!(!reasons.contains("replica nas"), "{health}");
+
+    world.server.restart().await;
+    let out = scratch.join("s3-after.db");
+    let (caught_up, got) = wait_until_streamed(&s3, &world.identity, &everything, &out).await;
+    assert!(caught_up, "S3 catches up: {got} of 35");
+    // In order, each position once: the segments there chain without overlap.
+    let generations = stream::list(&s3).await.expect("list");
+    let segments = &generations.last().expect("a generation").segments;
+    for pair in segments.windows(2) {
+        assert!(
+            pair[1].first > pair[0].last,
+            "segments overlap or repeat: {:?} then {:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+    let identities = dbwarden::config::read_identities(&world.identity).expect("identity");
+    let at_each = scratch.join("s3-point.db");
+    let restored = stream::restore_point(
+        &s3,
+        &Target::EventId(20),
+        &identities,
+        &scratch.join("staging"),
+        &at_each,
+    )
+    .await
+    .expect("a point from the time S3 was down");
+    assert!(restored.last_event_id >= 20);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let health = app.get_json("/api/health").await;
+        if health["status"] == "healthy" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still degraded: {health}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }

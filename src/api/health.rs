@@ -143,11 +143,23 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
                     drill.summary()
                 ));
             }
+            if let Some(stream) = r.stream.as_ref().filter(|s| s.is_lagging()) {
+                status = "degraded";
+                reasons.push(stream.lag_reason(&r.name));
+            }
             let mut view = json!(r);
             view["stale"] = json!(stale);
             view
         })
         .collect();
+    let replication = state.replicas.tailer().map(|t| {
+        json!({
+            "generation": t.generation.lock().ok().and_then(|g| g.clone()),
+            "generations": t.generations.load(std::sync::atomic::Ordering::Relaxed),
+            "gaps": t.gaps.load(std::sync::atomic::Ordering::Relaxed),
+            "last_gap": t.last_gap.lock().ok().and_then(|g| g.clone()),
+        })
+    });
     let integrity = state.integrity.view();
     if integrity.result == "failing" {
         status = "failing";
@@ -170,6 +182,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         "checkpoint": state.checkpoints.last(),
         "backup": backup,
         "replicas": replicas,
+        "replication": replication,
         "reasons": reasons,
     });
     if status == "failing" {

@@ -14,7 +14,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::backup::catalog::{self, BackupStatus};
 use crate::db::{self, queries};
-use crate::metrics::{ReplicaFigures, Snapshot};
+use crate::metrics::{ReplicaFigures, ReplicationFigures, Snapshot, StreamFigures};
 
 /// Counts and times each request once it is answered.
 pub async fn count_requests(
@@ -133,6 +133,18 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
             .collect(),
         corruptions,
         replicas: replica_figures(&state, uptime),
+        replication: state.replicas.tailer().map(|t| {
+            use std::sync::atomic::Ordering::Relaxed;
+            ReplicationFigures {
+                generations: t.generations.load(Relaxed),
+                gaps: t.gaps.load(Relaxed),
+                last_gap_at: t
+                    .last_gap
+                    .lock()
+                    .ok()
+                    .and_then(|g| g.as_ref().map(|g| g.at.timestamp())),
+            }
+        }),
     };
     let text = state
         .metrics
@@ -160,6 +172,17 @@ fn replica_figures(state: &AppState, uptime: std::time::Duration) -> Vec<Replica
                 .last_drill
                 .as_ref()
                 .map(|d| (d.ok(), (now - d.at).num_seconds().max(0))),
+            stream: r.stream.as_ref().map(|s| StreamFigures {
+                lag_seconds: s.lag_seconds,
+                lag_bytes: s.lag_bytes,
+                lagging: s.is_lagging(),
+                snapshots: s.snapshots_shipped,
+                segments: s.segments_shipped,
+                bytes: s.bytes_shipped,
+                puts: s.uploads,
+                lease_requests: s.lease_requests,
+                failures: s.failures,
+            }),
             name: r.name,
         })
         .collect()

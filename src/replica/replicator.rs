@@ -154,7 +154,8 @@ impl Replicator {
         let names: Vec<String> = streaming.iter().map(|r| r.name.clone()).collect();
         let root = spool::dir(&settings.backup.dir);
         let spool = Arc::new(Mutex::new(Spool::load(&root, &names)?));
-        board.watch_spool(spool.clone());
+        let tailer_board = Arc::new(TailerBoard::default());
+        board.watch_spool(spool.clone(), tailer_board.clone());
         let (spooled_tx, spooled) = watch::channel(0u64);
         let drain = CancellationToken::new();
         let cancel = CancellationToken::new();
@@ -199,7 +200,6 @@ impl Replicator {
             .unwrap_or(Duration::from_millis(500))
             .max(MIN_PASS_GAP);
         let (messages, inbox) = mpsc::sync_channel(64);
-        let tailer_board = Arc::new(TailerBoard::default());
         let tailing = Tailing {
             settings: settings.database.clone(),
             spool: spool.clone(),

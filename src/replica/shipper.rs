@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::catalog::{self, CopyStatus};
 use super::drill::{self, DrillOutcome};
 use super::lease::SharedLease;
+use super::replicator::TailerBoard;
 use super::spool::Spool;
 use super::{retention, ship, uploads, Replica, ReplicaError};
 use crate::backup::catalog::{self as local_catalog, BackupStatus};
@@ -77,6 +78,8 @@ pub struct StreamStatus {
     pub bytes_shipped: u64,
     /// Objects written (a snapshot is two: it and its manifest).
     pub uploads: u64,
+    /// Requests taking or renewing the lease (two each: read, then write).
+    pub lease_requests: u64,
     pub failures: u64,
     pub last_shipped_at: Option<DateTime<Utc>>,
     /// The last upload's error; `None` once one succeeded.
@@ -146,6 +149,8 @@ pub struct ReplicaBoard {
     replicas: Mutex<Vec<ReplicaStatus>>,
     /// Continuous replication's spool, from which each streaming replica's lag is read.
     spool: std::sync::OnceLock<Arc<Mutex<Spool>>>,
+    /// The replication tailer's generations and gaps.
+    tailer: std::sync::OnceLock<Arc<TailerBoard>>,
 }
 
 impl ReplicaBoard {
@@ -174,6 +179,7 @@ impl ReplicaBoard {
         ReplicaBoard {
             replicas: Mutex::new(replicas),
             spool: std::sync::OnceLock::new(),
+            tailer: std::sync::OnceLock::new(),
         }
     }
 
@@ -193,8 +199,14 @@ impl ReplicaBoard {
         view
     }
 
-    pub(super) fn watch_spool(&self, spool: Arc<Mutex<Spool>>) {
+    pub(super) fn watch_spool(&self, spool: Arc<Mutex<Spool>>, tailer: Arc<TailerBoard>) {
         let _ = self.spool.set(spool);
+        let _ = self.tailer.set(tailer);
+    }
+
+    /// The replication tailer's board, while replication runs.
+    pub fn tailer(&self) -> Option<&TailerBoard> {
+        self.tailer.get().map(|t| t.as_ref())
     }
 
     pub(super) fn update_stream(&self, name: &str, change: impl FnOnce(&mut StreamStatus)) {

@@ -142,7 +142,16 @@ impl Streamer {
         if held.is_some_and(|at| at.elapsed() < renew_every) {
             return Ok(());
         }
-        self.lease.lock().await.hold(&self.replica).await?;
+        let outcome = self.lease.lock().await.hold(&self.replica).await;
+        // A read and a conditional write; a `file://` replica's lock is a local flock.
+        if !matches!(
+            self.replica.settings.target(),
+            crate::config::ReplicaTarget::File { .. }
+        ) {
+            self.board
+                .update_stream(self.replica.name(), |s| s.lease_requests += 2);
+        }
+        outcome?;
         *held = Some(Instant::now());
         Ok(())
     }

@@ -607,3 +607,11 @@ pub fn final_backups(dir: &Path) -> Vec<(PathBuf, Option<String>)> {
         })
         .collect()
 }
+
+/// The value of one sample (`name` with its labels, as the exposition writes them) in
+/// a `/metrics` text.
+pub fn metric(text: &str, name: &str) -> Option<String> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .map(|l| l[name.len() + 1..].to_string())
+}

@@ -184,6 +184,10 @@ pub struct ReplicationFigures {
     pub gaps: u64,
     /// Unix time of the last gap found.
     pub last_gap_at: Option<i64>,
+    /// Writes refused (503) because an `ack_writes` replica did not take them.
+    pub ack_refused: u64,
+    /// Writes answered on their local commit alone after a timeout (`ack_fallback_local`).
+    pub ack_fell_back: u64,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str, value: i64) -> Result<(), prometheus::Error> {
@@ -314,6 +318,16 @@ impl Metrics {
                 "dbwarden_replication_gaps_total",
                 "Gaps found (commits the stream could not hold in order), each followed by a new generation.",
                 replication.gaps,
+            )?;
+            counter(
+                "dbwarden_replication_ack_refused_total",
+                "Writes answered 503 because an ack_writes replica did not take their commit.",
+                replication.ack_refused,
+            )?;
+            counter(
+                "dbwarden_replication_ack_fallback_total",
+                "Writes acknowledged on their local commit alone after ack_timeout_ms (ack_fallback_local).",
+                replication.ack_fell_back,
             )?;
             if let Some(at) = replication.last_gap_at {
                 gauge(

@@ -1392,6 +1392,11 @@ fn bad_replica_settings_name_the_key_and_the_reason() {
         (s3.replace("secret_access_key = \"b\"", "secret_access_key_file = \"/nonexistent/secret\""), "replicas[0].secret_access_key_file", "cannot read"),
         (format!("{s3}options = {{ no_such_option = \"1\" }}\n"), "replicas[0].options.no_such_option", "not an option of s3"),
         (format!("{ok}\n[[replicas]]\n{ok}"), "replicas[1].name", "already the name of replicas[0]"),
+        (format!("{ok}sync_interval_ms = 10\n"), "replicas[0].sync_interval_ms", "out of range"),
+        (format!("{ok}max_lag_secs = 0\n"), "replicas[0].max_lag_secs", "out of range"),
+        (format!("{ok}ack_timeout_ms = 5\n"), "replicas[0].ack_timeout_ms", "out of range"),
+        (format!("{ok}stream = false\nack_writes = true\n"), "replicas[0].ack_writes", "needs stream = true"),
+        (format!("{ok}ack_fallback_local = true\n"), "replicas[0].ack_fallback_local", "only applies with ack_writes = true"),
     ];
     for (i, (table, key, reason)) in cases.iter().enumerate() {
         let dir = root.join(format!("case{i}"));
@@ -1987,6 +1992,129 @@ async fn a_replica_down_for_a_while_catches_up_with_every_commit_once() {
         assert!(
             std::time::Instant::now() < deadline,
             "still degraded: {health}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// With `ack_writes = true` on S3 a write is answered only once its commit is there.
+/// Under 16 concurrent writers behind a slow uplink, the moment the last answer came the
+/// service is cut off from S3 and the local disk is "lost": a restore of S3 alone holds
+/// every event that was acknowledged. Cut off, writes are answered 503 with
+/// `Retry-After` and health says why; once S3 is back, writes are acknowledged again.
+#[actix_rt::test]
+async fn with_ack_writes_every_acknowledged_event_is_on_the_replica_before_its_answer() {
+    use dbwarden::replica::stream::Target;
+
+    let mut world = World::new().await;
+    world.replicas = world.replicas.replace(
+        "name = \"s3\"\n",
+        "name = \"s3\"\nack_writes = true\nack_timeout_ms = 3000\nsync_interval_ms = 5000\n",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = common::settings_with_file(dir.path(), &world.replicas, &[]);
+    // S3 as seen past the proxy: what is there whatever the service can reach.
+    let mut direct = settings.replicas[1].clone();
+    direct.endpoint = Some(world.server.direct_endpoint());
+    let s3 = Replica::open(&direct).expect("open s3");
+    let app = std::rc::Rc::new(
+        common::TestApp::start(dir, dbwarden::supervisor::Service::builder(settings)).await,
+    );
+    // A slow uplink: each upload takes a while, so commits wait for it.
+    world.server.set_fault(s3::Fault::Throttle(64 << 10));
+    let mut writers = Vec::new();
+    for w in 0..16 {
+        let app = app.clone();
+        writers.push(actix_rt::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..8 {
+                let event = serde_json::json!({"aggregate_type": "corruption", "aggregate_id": format!("w{w}-{i}"), "event_type": "CorruptionDetected", "event_data": {"w": w, "i": i}});
+                let res = app.post_json("/api/events", &event).await;
+                assert_eq!(res.status(), 201, "acknowledged while S3 takes commits");
+                let body: serde_json::Value = res.json().await.expect("ids");
+                acked.push(body["ids"][0].as_i64().expect("an id"));
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for writer in writers {
+        acked.extend(writer.await.expect("a writer"));
+    }
+    // The machine is lost the moment the last answer came: nothing more reaches S3.
+    world.server.set_fault(s3::Fault::Refuse);
+    let identities = dbwarden::config::read_identities(&world.identity).expect("identity");
+    let scratch = world.root.path().join("restored");
+    let restored = dbwarden::replica::stream::restore_point(
+        &s3,
+        &Target::Latest,
+        &identities,
+        &scratch.join("staging"),
+        &scratch.join("from-s3.db"),
+    )
+    .await
+    .expect("restore S3 alone");
+    let there: std::collections::BTreeSet<i64> = events_of(&restored.path)
+        .iter()
+        .map(|e| {
+            e.split('|')
+                .next()
+                .and_then(|i| i.parse().ok())
+                .expect("id")
+        })
+        .collect();
+    let missing: Vec<&i64> = acked.iter().filter(|id| !there.contains(id)).collect();
+    assert_eq!(acked.len(), 128);
+    assert!(
+        missing.is_empty(),
+        "acknowledged, yet not on S3: {missing:?}"
+    );
+
+    // Cut off: a write is not acknowledged, and says so.
+    let event = serde_json::json!({"aggregate_type": "corruption", "aggregate_id": "cut-off", "event_type": "CorruptionDetected", "event_data": {}});
+    let res = app.post_json("/api/events", &event).await;
+    assert_eq!(res.status(), 503);
+    assert!(
+        res.headers().get("retry-after").is_some(),
+        "{:?}",
+        res.headers()
+    );
+    let body: serde_json::Value = res.json().await.expect("error body");
+    assert_eq!(body["error"]["code"], "not_replicated", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("replica s3"),
+        "{body}"
+    );
+    let health = app.get_json("/api/health").await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(
+        health["reasons"]
+            .to_string()
+            .contains("replica s3: writes are answered 503"),
+        "{health}"
+    );
+    let metrics = app.get_text("/metrics").await;
+    assert!(
+        common::metric(&metrics, "dbwarden_replication_ack_refused_total")
+            .is_some_and(|n| n != "0"),
+        "{metrics}"
+    );
+
+    // Back: writes are acknowledged again once the replica takes commits.
+    world.server.set_fault(s3::Fault::None);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let res = app.post_json("/api/events", &event).await;
+        if res.status() == 201 {
+            break;
+        }
+        assert_eq!(res.status(), 503);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writes never acknowledged again"
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }

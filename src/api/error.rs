@@ -39,6 +39,9 @@ pub enum ApiError {
     ShuttingDown,
     #[error("the disk is full; the write was not stored")]
     InsufficientStorage,
+    /// An `ack_writes` replica did not take the commit (503, `Retry-After`).
+    #[error("{0}")]
+    NotReplicated(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -65,6 +68,7 @@ impl ApiError {
             ApiError::Busy => "busy",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::InsufficientStorage => "insufficient_storage",
+            ApiError::NotReplicated(_) => "not_replicated",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -98,9 +102,10 @@ impl ResponseError for ApiError {
             ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Busy | ApiError::ShuttingDown | ApiError::Unavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Busy
+            | ApiError::ShuttingDown
+            | ApiError::Unavailable(_)
+            | ApiError::NotReplicated(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -111,6 +116,9 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Busy | ApiError::ShuttingDown | ApiError::InsufficientStorage => {
                 res.insert_header((header::RETRY_AFTER, "1"));
+            }
+            ApiError::NotReplicated(_) => {
+                res.insert_header((header::RETRY_AFTER, "5"));
             }
             ApiError::Unauthorized => {
                 res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
@@ -144,6 +152,7 @@ impl From<WriteError> for ApiError {
             WriteError::DiskFull(_) => ApiError::InsufficientStorage,
             WriteError::Unavailable => ApiError::ShuttingDown,
             WriteError::Storage(detail) => ApiError::Internal(detail.to_string()),
+            e @ WriteError::NotReplicated { .. } => ApiError::NotReplicated(e.to_string()),
         }
     }
 }

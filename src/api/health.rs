@@ -152,6 +152,14 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
             view
         })
         .collect();
+    if let Some(gate) = state.replicas.gate() {
+        for name in gate.failing() {
+            status = "degraded";
+            reasons.push(format!(
+                "replica {name}: writes are answered 503 until it takes commits again (ack_writes), its uploads are failing"
+            ));
+        }
+    }
     let replication = state.replicas.tailer().map(|t| {
         json!({
             "generation": t.generation.lock().ok().and_then(|g| g.clone()),

@@ -143,6 +143,11 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
                     .lock()
                     .ok()
                     .and_then(|g| g.as_ref().map(|g| g.at.timestamp())),
+                ack_refused: state.replicas.gate().map_or(0, |g| g.refused.load(Relaxed)),
+                ack_fell_back: state
+                    .replicas
+                    .gate()
+                    .map_or(0, |g| g.fell_back.load(Relaxed)),
             }
         }),
     };

@@ -241,6 +241,17 @@ pub struct ReplicaSettings {
     /// than this.
     #[serde(default = "default_max_lag")]
     pub max_lag_secs: u64,
+    /// Acknowledge a write only once its commit is in this replica (it must stream).
+    /// While the replica cannot take it, writes are answered 503 with `Retry-After`.
+    #[serde(default)]
+    pub ack_writes: bool,
+    /// With `ack_writes`: how long a write waits for the replica before it is refused.
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout_ms: u64,
+    /// With `ack_writes`: after `ack_timeout_ms`, acknowledge on the local commit alone
+    /// (logged and counted) instead of refusing. Off: never a false acknowledgement.
+    #[serde(default)]
+    pub ack_fallback_local: bool,
 }
 
 fn default_encryption() -> Encryption {
@@ -275,6 +286,9 @@ fn default_sync_interval() -> u64 {
 }
 fn default_max_lag() -> u64 {
     60
+}
+fn default_ack_timeout() -> u64 {
+    10_000
 }
 
 impl ReplicaSettings {
@@ -400,7 +414,21 @@ impl ReplicaSettings {
             100,
             3_600_000,
         )?;
-        check.range(&key("max_lag_secs"), self.max_lag_secs, 1, 366 * 86_400)
+        check.range(&key("max_lag_secs"), self.max_lag_secs, 1, 366 * 86_400)?;
+        check.range(&key("ack_timeout_ms"), self.ack_timeout_ms, 100, 600_000)?;
+        if self.ack_writes && !self.stream {
+            return Err(check.invalid(
+                &key("ack_writes"),
+                "needs stream = true: writes are acknowledged once their commit is streamed there",
+            ));
+        }
+        if self.ack_fallback_local && !self.ack_writes {
+            return Err(check.invalid(
+                &key("ack_fallback_local"),
+                "only applies with ack_writes = true",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_transport(

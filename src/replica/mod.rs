@@ -31,6 +31,7 @@
 //! Nothing here ever blocks the writer: shipping reads the verified backup file, never
 //! the live database.
 
+pub mod ack;
 pub mod catalog;
 pub mod codec;
 pub mod drill;

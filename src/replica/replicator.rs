@@ -43,6 +43,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::ack::AckGate;
 use super::lease::SharedLease;
 use super::shipper::ReplicaBoard;
 use super::spool::{self, Spool};
@@ -77,9 +78,15 @@ enum Message {
 #[derive(Clone)]
 pub struct ReplicationLink {
     messages: SyncSender<Message>,
+    gate: Arc<AckGate>,
 }
 
 impl ReplicationLink {
+    /// The gate a group commit waits at, when some replica acknowledges writes.
+    pub fn ack_gate(&self) -> Option<&Arc<AckGate>> {
+        Some(&self.gate).filter(|g| g.is_active())
+    }
+
     /// Something was committed: a pass soon.
     pub fn committed(&self) {
         // A full queue already holds a message that leads to a pass.
@@ -130,6 +137,7 @@ pub struct Replicator {
     pub link: ReplicationLink,
     pub spool: Arc<Mutex<Spool>>,
     pub tailer_board: Arc<TailerBoard>,
+    pub gate: Arc<AckGate>,
     messages: SyncSender<Message>,
     tailer: std::thread::JoinHandle<()>,
     streamers: Vec<std::thread::JoinHandle<()>>,
@@ -156,6 +164,21 @@ impl Replicator {
         let spool = Arc::new(Mutex::new(Spool::load(&root, &names)?));
         let tailer_board = Arc::new(TailerBoard::default());
         board.watch_spool(spool.clone(), tailer_board.clone());
+        let gate = Arc::new(AckGate::new(
+            streaming
+                .iter()
+                .filter(|r| r.ack_writes)
+                .map(|r| {
+                    (
+                        r.name.clone(),
+                        Duration::from_millis(r.ack_timeout_ms),
+                        r.ack_fallback_local,
+                    )
+                })
+                .collect(),
+            spool.clone(),
+        ));
+        board.watch_gate(gate.clone());
         let (spooled_tx, spooled) = watch::channel(0u64);
         let drain = CancellationToken::new();
         let cancel = CancellationToken::new();
@@ -172,6 +195,7 @@ impl Replicator {
                 spool: spool.clone(),
                 board: board.clone(),
                 interval: Duration::from_millis(replica_settings.sync_interval_ms),
+                gate: gate.clone(),
                 drain: drain.clone(),
                 cancel: cancel.clone(),
             };
@@ -207,6 +231,7 @@ impl Replicator {
             notifier: notifier.clone(),
             board: tailer_board.clone(),
             poll,
+            gate: gate.clone(),
             tailer: None,
         };
         let tailer = std::thread::Builder::new()
@@ -216,9 +241,11 @@ impl Replicator {
         Ok(Some(Replicator {
             link: ReplicationLink {
                 messages: messages.clone(),
+                gate: gate.clone(),
             },
             spool,
             tailer_board,
+            gate,
             messages,
             tailer,
             streamers,
@@ -261,6 +288,7 @@ struct Tailing {
     notifier: Notifier,
     board: Arc<TailerBoard>,
     poll: Duration,
+    gate: Arc<AckGate>,
     tailer: Option<Tailer>,
 }
 
@@ -277,7 +305,13 @@ impl Tailing {
             match inbox.recv_timeout(wait) {
                 Ok(Message::Committed) => {
                     if released_until.is_none() {
-                        due = due.min(last_pass + MIN_PASS_GAP);
+                        // A commit waiting for its acknowledgement is read at once.
+                        let gap = if self.gate.is_active() {
+                            Duration::ZERO
+                        } else {
+                            MIN_PASS_GAP
+                        };
+                        due = due.min(last_pass + gap);
                     }
                     continue;
                 }
@@ -314,11 +348,18 @@ impl Tailing {
             self.begin(None);
             return;
         };
+        // Read before the pass pins: every commit counted by now is in it.
+        let covered = self.gate.committed_so_far();
         match tailer.pass(Utc::now()) {
-            Ok(Pass::Idle) => {}
+            Ok(Pass::Idle) => {
+                if let Ok(mut spool) = self.spool.lock() {
+                    spool.passed(covered);
+                }
+                self.gate.progressed();
+            }
             Ok(Pass::Spooled { header, path }) => {
                 if let Ok(mut spool) = self.spool.lock() {
-                    spool.add(header, path);
+                    spool.add(header, path, covered);
                 }
                 self.spooled.send_modify(|n| *n += 1);
             }
@@ -365,11 +406,12 @@ impl Tailing {
             Ok(spool) => spool.root().to_path_buf(),
             Err(_) => return,
         };
+        let covered = self.gate.committed_so_far();
         match Tailer::start(&self.settings.path, pin, &root, Utc::now()) {
             Ok((tailer, info)) => {
                 tracing::info!(generation = %info.generation, position = %info.position, last_event_id = info.last_event_id, "replication generation begun");
                 if let Ok(mut spool) = self.spool.lock() {
-                    spool.begin(tailer.dir(), info.clone());
+                    spool.begin(tailer.dir(), info.clone(), covered);
                 }
                 if let Ok(mut current) = self.board.generation.lock() {
                     *current = Some(info.generation.clone());

@@ -26,6 +26,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::ack::AckGate;
 use super::catalog::{self, CopyStatus};
 use super::drill::{self, DrillOutcome};
 use super::lease::SharedLease;
@@ -151,6 +152,8 @@ pub struct ReplicaBoard {
     spool: std::sync::OnceLock<Arc<Mutex<Spool>>>,
     /// The replication tailer's generations and gaps.
     tailer: std::sync::OnceLock<Arc<TailerBoard>>,
+    /// Where writes wait for `ack_writes` replicas.
+    gate: std::sync::OnceLock<Arc<AckGate>>,
 }
 
 impl ReplicaBoard {
@@ -180,6 +183,7 @@ impl ReplicaBoard {
             replicas: Mutex::new(replicas),
             spool: std::sync::OnceLock::new(),
             tailer: std::sync::OnceLock::new(),
+            gate: std::sync::OnceLock::new(),
         }
     }
 
@@ -202,6 +206,15 @@ impl ReplicaBoard {
     pub(super) fn watch_spool(&self, spool: Arc<Mutex<Spool>>, tailer: Arc<TailerBoard>) {
         let _ = self.spool.set(spool);
         let _ = self.tailer.set(tailer);
+    }
+
+    pub(super) fn watch_gate(&self, gate: Arc<AckGate>) {
+        let _ = self.gate.set(gate);
+    }
+
+    /// The acknowledgement gate, while replication runs.
+    pub fn gate(&self) -> Option<&AckGate> {
+        self.gate.get().map(|g| g.as_ref())
     }
 
     /// The replication tailer's board, while replication runs.

@@ -51,6 +51,9 @@ pub struct Piece {
     pub header: SegmentHeader,
     pub path: PathBuf,
     pub bytes: u64,
+    /// The DbWriter's commits it holds: every one numbered up to this
+    /// ([`super::ack`]); 0 for pieces of an earlier run.
+    pub covers: u64,
 }
 
 impl Piece {
@@ -73,6 +76,10 @@ struct SpooledGeneration {
     /// The tailer still adds pieces to it.
     current: bool,
     shipped: BTreeMap<String, Shipped>,
+    /// The DbWriter's commits its snapshot holds (numbered up to this).
+    covers: u64,
+    /// Per replica, the DbWriter's commits it holds of this generation.
+    held: BTreeMap<String, u64>,
 }
 
 impl SpooledGeneration {
@@ -116,6 +123,8 @@ pub struct Spool {
     root: PathBuf,
     replicas: Vec<String>,
     generations: Vec<SpooledGeneration>,
+    /// The DbWriter's commits the tailer's last pass covered: all are spooled.
+    spooled: u64,
 }
 
 impl Spool {
@@ -134,6 +143,7 @@ impl Spool {
             root: root.to_path_buf(),
             replicas: replicas.to_vec(),
             generations: Vec::new(),
+            spooled: 0,
         };
         for dir in names {
             match load_generation(&dir, replicas) {
@@ -153,8 +163,9 @@ impl Spool {
         &self.root
     }
 
-    /// The tailer began generation `info` in `dir`: the one before is finished.
-    pub fn begin(&mut self, dir: &Path, info: SnapshotInfo) {
+    /// The tailer began generation `info` in `dir`, its snapshot holding the
+    /// DbWriter's commits up to `covers`: the one before is finished.
+    pub fn begin(&mut self, dir: &Path, info: SnapshotInfo, covers: u64) {
         for generation in &mut self.generations {
             generation.current = false;
         }
@@ -164,12 +175,16 @@ impl Spool {
             pieces: Vec::new(),
             current: true,
             shipped: BTreeMap::new(),
+            covers,
+            held: BTreeMap::new(),
         });
+        self.spooled = covers;
         self.collect();
     }
 
-    /// The tailer spooled a piece of the current generation.
-    pub fn add(&mut self, header: SegmentHeader, path: PathBuf) {
+    /// The tailer spooled a piece of the current generation, holding the DbWriter's
+    /// commits up to `covers`.
+    pub fn add(&mut self, header: SegmentHeader, path: PathBuf, covers: u64) {
         let bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         if let Some(generation) = self
             .generations
@@ -180,8 +195,36 @@ impl Spool {
                 header,
                 path,
                 bytes,
+                covers,
             });
         }
+        self.spooled = self.spooled.max(covers);
+    }
+
+    /// A tailer pass found nothing new: the DbWriter's commits up to `covers` are all
+    /// spooled already.
+    pub fn passed(&mut self, covers: u64) {
+        self.spooled = self.spooled.max(covers);
+    }
+
+    /// The DbWriter's commits `replica` holds (every one numbered up to this), in the
+    /// current generation; 0 while it does not hold that generation's snapshot.
+    pub fn acknowledged(&self, replica: &str) -> u64 {
+        let Some(current) = self.generations.iter().rev().find(|g| g.current) else {
+            return 0;
+        };
+        if !current.shipped(replica).snapshot {
+            return 0;
+        }
+        if current.pending(replica).next().is_none() {
+            return self.spooled;
+        }
+        current
+            .held
+            .get(replica)
+            .copied()
+            .unwrap_or(0)
+            .max(current.covers)
     }
 
     /// What `replica` should upload next: generations oldest first, each its snapshot
@@ -231,6 +274,15 @@ impl Spool {
             .and_then(|()| durable::rename(&temp, &path))
             .and_then(|()| durable::sync_dir(&generation.dir))
             .map_err(ReplicaError::io(&path))?;
+        let held = generation
+            .pieces
+            .iter()
+            .filter(|p| shipped.through.is_some_and(|t| p.last() <= t))
+            .map(|p| p.covers)
+            .max()
+            .unwrap_or(0);
+        let entry = generation.held.entry(replica.to_string()).or_insert(0);
+        *entry = (*entry).max(held);
         generation.shipped.insert(replica.to_string(), shipped);
         self.collect();
         Ok(())
@@ -365,6 +417,7 @@ fn load_generation(
             header,
             path,
             bytes,
+            covers: 0,
         });
     }
     pieces.sort_by_key(Piece::last);
@@ -388,5 +441,7 @@ fn load_generation(
         pieces,
         current: false,
         shipped,
+        covers: 0,
+        held: BTreeMap::new(),
     }))
 }

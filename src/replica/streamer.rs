@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::ack::AckGate;
 use super::lease::SharedLease;
 use super::segment::{self, SegmentReader};
 use super::shipper::ReplicaBoard;
@@ -45,6 +46,8 @@ pub struct Streamer {
     pub spool: Arc<Mutex<Spool>>,
     pub board: Arc<ReplicaBoard>,
     pub interval: Duration,
+    /// Writes waiting for this replica, when it has `ack_writes`.
+    pub gate: Arc<AckGate>,
     /// Cancelled when the stop begins: drain, then end.
     pub drain: CancellationToken,
     /// Cancelled when the drain's time is up: end now.
@@ -75,7 +78,9 @@ impl Streamer {
                 }
                 continue;
             }
-            if let (Some(at), false) = (last_upload, draining) {
+            // A replica that acknowledges writes takes them at once: writers wait.
+            let paced = !draining && !self.gate.acknowledges(&name);
+            if let (Some(at), true) = (last_upload, paced) {
                 tokio::select! {
                     () = self.cancel.cancelled() => break,
                     () = self.drain.cancelled() => {}
@@ -94,6 +99,7 @@ impl Streamer {
                 Ok(()) => {
                     retry = FIRST_RETRY;
                     last_upload = Some(Instant::now());
+                    self.gate.set_failing(&name, false);
                 }
                 Err(ReplicaError::Cancelled) => break,
                 Err(e) => {
@@ -105,6 +111,7 @@ impl Streamer {
                     if matches!(e, ReplicaError::LeaseHeld { .. }) {
                         lease_held = None;
                     }
+                    self.gate.set_failing(&name, true);
                     if draining {
                         break;
                     }

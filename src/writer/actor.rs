@@ -119,6 +119,41 @@ impl DbWriter {
         }
     }
 
+    /// Answers a committed group: at once, or, when a replica acknowledges writes,
+    /// once it holds the commit (off the actor, which goes on committing).
+    fn answer(&self, run: Vec<Batched>) {
+        let Some(gate) = self.replication.as_ref().and_then(|l| l.ack_gate()) else {
+            for request in run {
+                request.finish();
+            }
+            return;
+        };
+        let (run, now): (Vec<Batched>, Vec<Batched>) =
+            run.into_iter().partition(Batched::waits_for_replicas);
+        for request in now {
+            request.finish();
+        }
+        let gate = gate.clone();
+        let n = gate.committed();
+        actix::spawn(async move {
+            match gate.wait(n).await {
+                Ok(_) => {
+                    for request in run {
+                        request.finish();
+                    }
+                }
+                Err(not) => {
+                    for request in run {
+                        request.fail(WriteError::NotReplicated {
+                            replica: not.replica.clone(),
+                            reason: not.reason.clone(),
+                        });
+                    }
+                }
+            }
+        });
+    }
+
     /// A checkpoint, with replication told before (so every frame is spooled, and a
     /// WAL reset is not blocked by its pin) and after.
     fn checkpoint(
@@ -164,9 +199,7 @@ impl DbWriter {
                     self.notifier
                         .resolve("storage_failing", "writes are committed again");
                 }
-                for request in run {
-                    request.finish();
-                }
+                self.answer(run);
                 tracing::trace!(
                     requests = n,
                     events,

@@ -45,6 +45,10 @@ pub enum WriteError {
     /// The writer is stopping or has stopped.
     #[error("the writer is not running")]
     Unavailable,
+    /// Committed locally, but not acknowledged: an `ack_writes` replica did not take
+    /// the commit. It is shipped once the replica is back; retry with the same keys.
+    #[error("not acknowledged: replica {replica} does not hold the commit ({reason}); it is stored locally and shipped when the replica is back: retry the same events with their `id`s")]
+    NotReplicated { replica: String, reason: String },
 }
 
 impl WriteError {
@@ -74,6 +78,7 @@ impl WriteError {
             WriteError::DiskFull(_) => "disk_full",
             WriteError::Storage(_) => "storage",
             WriteError::Unavailable => "unavailable",
+            WriteError::NotReplicated { .. } => "not_replicated",
         }
     }
 }

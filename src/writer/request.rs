@@ -117,6 +117,12 @@ impl Batched {
         }
     }
 
+    /// Whether its answer waits for `ack_writes` replicas: a client's write does; the
+    /// service's own bookkeeping (a job run's record) does not.
+    pub fn waits_for_replicas(&self) -> bool {
+        !matches!(self, Batched::RecordJobRun { .. })
+    }
+
     /// Whether its answer is known (so the batch does not process it again).
     pub fn is_answered(&self) -> bool {
         match self {

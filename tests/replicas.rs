@@ -2119,3 +2119,47 @@ async fn with_ack_writes_every_acknowledged_event_is_on_the_replica_before_its_a
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// A generation as old as the shortest `stream_retention_secs` is followed by a new one
+/// (a fresh snapshot) at the next commit, and the replica still rebuilds every commit.
+#[actix_rt::test]
+async fn a_generation_as_old_as_the_retention_window_is_followed_by_a_fresh_one() {
+    let mut world = World::new().await;
+    world.replicas = world.replicas.replace(
+        "age_recipients = [",
+        "sync_interval_ms = 200\nstream_retention_secs = 10\nage_recipients = [",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = common::settings_with_file(dir.path(), &world.replicas, &[]);
+    let live = settings.database.path.clone();
+    let nas = Replica::open(&settings.replicas[0]).expect("open nas");
+    let app = common::TestApp::start(dir, dbwarden::supervisor::Service::builder(settings)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut round = 0;
+    loop {
+        append_events(&app, &format!("r{round}"), 2).await;
+        round += 1;
+        let generations = dbwarden::replica::stream::list(&nas).await.expect("list");
+        if generations.iter().filter(|g| g.snapshot.is_some()).count() >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no second generation: {generations:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let everything = events_of(&live);
+    let out = world.root.path().join("nas-latest.db");
+    let (caught_up, got) = wait_until_streamed(&nas, &world.identity, &everything, &out).await;
+    assert!(
+        caught_up,
+        "the newest generation rebuilds {got} of {}",
+        everything.len()
+    );
+    let health = app.get_json("/api/health").await;
+    assert!(
+        health["replication"]["generations"].as_u64().unwrap_or(0) >= 2,
+        "{health}"
+    );
+}

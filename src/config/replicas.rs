@@ -241,6 +241,11 @@ pub struct ReplicaSettings {
     /// than this.
     #[serde(default = "default_max_lag")]
     pub max_lag_secs: u64,
+    /// Every point of the last this many seconds stays restorable on this replica;
+    /// older generations are deleted. A new generation (a fresh snapshot) begins when
+    /// the current one is this old (the shortest of the streaming replicas').
+    #[serde(default = "default_stream_retention")]
+    pub stream_retention_secs: u64,
     /// Acknowledge a write only once its commit is in this replica (it must stream).
     /// While the replica cannot take it, writes are answered 503 with `Retry-After`.
     #[serde(default)]
@@ -286,6 +291,9 @@ fn default_sync_interval() -> u64 {
 }
 fn default_max_lag() -> u64 {
     60
+}
+fn default_stream_retention() -> u64 {
+    86_400
 }
 fn default_ack_timeout() -> u64 {
     10_000
@@ -416,6 +424,12 @@ impl ReplicaSettings {
         )?;
         check.range(&key("max_lag_secs"), self.max_lag_secs, 1, 366 * 86_400)?;
         check.range(&key("ack_timeout_ms"), self.ack_timeout_ms, 100, 600_000)?;
+        check.range(
+            &key("stream_retention_secs"),
+            self.stream_retention_secs,
+            10,
+            3_660 * 86_400,
+        )?;
         if self.ack_writes && !self.stream {
             return Err(check.invalid(
                 &key("ack_writes"),

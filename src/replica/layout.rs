@@ -83,6 +83,11 @@ impl Layout {
         self.under(&format!("{GENERATIONS}/{generation}/{SNAPSHOT_MANIFEST}"))
     }
 
+    /// Everything of one generation.
+    pub fn generation(&self, generation: &str) -> Path {
+        self.under(&format!("{GENERATIONS}/{generation}"))
+    }
+
     pub fn segments(&self, generation: &str) -> Path {
         self.under(&format!("{GENERATIONS}/{generation}/segments"))
     }

@@ -217,6 +217,11 @@ impl Replicator {
                 .map_err(ReplicaError::io(PathBuf::from("replica streamer thread")))?;
             streamers.push(thread);
         }
+        let snapshot_every = streaming
+            .iter()
+            .map(|r| Duration::from_secs(r.stream_retention_secs))
+            .min()
+            .unwrap_or(Duration::from_secs(86_400));
         let poll = streaming
             .iter()
             .map(|r| Duration::from_millis(r.sync_interval_ms) / 2)
@@ -233,6 +238,8 @@ impl Replicator {
             poll,
             gate: gate.clone(),
             tailer: None,
+            snapshot_every,
+            began: Instant::now(),
         };
         let tailer = std::thread::Builder::new()
             .name("replication-tailer".into())
@@ -290,6 +297,11 @@ struct Tailing {
     poll: Duration,
     gate: Arc<AckGate>,
     tailer: Option<Tailer>,
+    /// A generation older than this is followed by a new one (a fresh snapshot), so
+    /// older ones can leave the replicas' retention windows.
+    snapshot_every: Duration,
+    /// When the current generation began.
+    began: Instant,
 }
 
 impl Tailing {
@@ -362,6 +374,11 @@ impl Tailing {
                     spool.add(header, path, covered);
                 }
                 self.spooled.send_modify(|n| *n += 1);
+                if self.began.elapsed() >= self.snapshot_every {
+                    tracing::info!("the generation is as old as the shortest stream_retention_secs: a new one begins from a fresh snapshot");
+                    let pin = self.tailer.take().map(Tailer::into_pin);
+                    self.begin(pin);
+                }
             }
             Ok(Pass::Gap { reason }) => {
                 let old = tailer.generation().to_string();
@@ -425,6 +442,7 @@ impl Tailing {
                     .generations
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.tailer = Some(tailer);
+                self.began = Instant::now();
                 self.spooled.send_modify(|n| *n += 1);
             }
             Err(e) => {

@@ -294,6 +294,61 @@ pub async fn list(replica: &Replica) -> Result<Vec<Generation>, ReplicaError> {
     Ok(all)
 }
 
+/// Retention of the stream on a replica: every point of the last `window` stays
+/// restorable. Kept: the newest complete generation whose snapshot was taken at or
+/// before `now - window` (a restore to the window's start replays from it) and every
+/// generation after it; without such a one, every generation. Deleted: the older
+/// generations, each its manifest first (so a deletion cut short leaves a generation
+/// that no longer counts, deleted next time), then the rest. `current` (the one being
+/// streamed) is never deleted. Answers the generations deleted.
+pub async fn prune(
+    replica: &Replica,
+    window: chrono::Duration,
+    now: DateTime<Utc>,
+    current: Option<&str>,
+) -> Result<Vec<String>, ReplicaError> {
+    let generations = list(replica).await?;
+    let cutoff = now - window;
+    let Some(keep_from) = generations
+        .iter()
+        .rev()
+        .find(|g| g.snapshot.as_ref().is_some_and(|s| s.taken_at <= cutoff))
+    else {
+        return Ok(Vec::new());
+    };
+    let doomed: Vec<&Generation> = generations
+        .iter()
+        .filter(|g| g.name < keep_from.name && Some(g.name.as_str()) != current)
+        .collect();
+    let mut deleted = Vec::new();
+    for generation in doomed {
+        if generation.snapshot.is_some() {
+            replica
+                .store
+                .delete(&replica.layout.snapshot_manifest(&generation.name))
+                .await
+                .map_err(|e| replica.error(e))?;
+        }
+        let prefix = replica.layout.generation(&generation.name);
+        let objects: Vec<object_store::ObjectMeta> = replica
+            .store
+            .list(Some(&prefix))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| replica.error(e))?;
+        for object in objects {
+            match replica.store.delete(&object.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(replica.error(e)),
+            }
+        }
+        deleted.push(generation.name.clone());
+    }
+    Ok(deleted)
+}
+
 /// Downloads `location`, decrypts and decompresses it into `out` (0600); answers the
 /// stored object's size and SHA-256.
 async fn download(
@@ -665,6 +720,88 @@ mod tests {
         )
         .expect("settings");
         Replica::open(&settings.replicas[0]).expect("open")
+    }
+
+    /// Retention keeps every point of the window: the newest generation begun before
+    /// it and all after it; older ones go entirely, the one being streamed never.
+    #[tokio::test]
+    async fn retention_deletes_only_generations_no_point_of_the_window_needs() {
+        let dir = tempfile::tempdir().expect("dir");
+        let identity = age::x25519::Identity::generate();
+        let replica = replica_in(dir.path(), &identity.to_public().to_string());
+        let db = dir.path().join("live.db");
+        let conn = Connection::open(&db).expect("open");
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; CREATE TABLE events(id INTEGER PRIMARY KEY AUTOINCREMENT, data BLOB);",
+        )
+        .expect("schema");
+        let ledger = Ledger::of(dir.path(), replica.name());
+        let now = Utc::now();
+        let hours = |h: i64| now - chrono::Duration::hours(h);
+        let mut names = Vec::new();
+        let mut pin = ReadPin::new(
+            &db,
+            [
+                Connection::open(&db).expect("pin"),
+                Connection::open(&db).expect("pin"),
+            ],
+        );
+        // Generations begun 50, 30, 20 and 1 hours ago, each with a segment.
+        for began in [50, 30, 20, 1] {
+            conn.execute("INSERT INTO events(data) VALUES (randomblob(100))", [])
+                .expect("insert");
+            let (mut tailer, info) =
+                Tailer::start(&db, pin, &dir.path().join("spool"), hours(began)).expect("start");
+            upload_snapshot(&replica, tailer.dir(), &info, &ledger)
+                .await
+                .expect("snapshot");
+            conn.execute("INSERT INTO events(data) VALUES (randomblob(100))", [])
+                .expect("insert");
+            ship_pass(&replica, &mut tailer, hours(began), &ledger).await;
+            names.push(info.generation.clone());
+            pin = tailer.into_pin();
+        }
+        // A 24-hour window: the one begun 30 hours ago holds its start.
+        let deleted = prune(&replica, chrono::Duration::hours(24), now, Some(&names[3]))
+            .await
+            .expect("prune");
+        assert_eq!(deleted, vec![names[0].clone()]);
+        let left: Vec<String> = list(&replica)
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|g| g.name)
+            .collect();
+        assert_eq!(
+            left,
+            names[1..].to_vec(),
+            "the deleted generation left nothing behind"
+        );
+        // Again: nothing more goes.
+        assert!(
+            prune(&replica, chrono::Duration::hours(24), now, Some(&names[3]))
+                .await
+                .expect("prune")
+                .is_empty()
+        );
+        // A window shorter than the newest generation's age: all but it go, and never
+        // the one being streamed.
+        let deleted = prune(
+            &replica,
+            chrono::Duration::minutes(10),
+            now,
+            Some(&names[1]),
+        )
+        .await
+        .expect("prune");
+        assert_eq!(deleted, vec![names[2].clone()]);
+        let left: Vec<String> = list(&replica)
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|g| g.name)
+            .collect();
+        assert_eq!(left, vec![names[1].clone(), names[3].clone()]);
     }
 
     /// The replica alone (snapshot and segments as objects, encrypted) rebuilds the

@@ -191,6 +191,19 @@ impl Streamer {
                     s.last_error = None;
                 });
                 tracing::info!(replica = %name, generation = %info.generation, "snapshot streamed");
+                // A new generation is complete: older ones may now fall out of the window.
+                let window =
+                    chrono::Duration::seconds(self.replica.settings.stream_retention_secs as i64);
+                match stream::prune(&self.replica, window, Utc::now(), Some(&info.generation)).await
+                {
+                    Ok(deleted) if !deleted.is_empty() => {
+                        tracing::info!(replica = %name, ?deleted, "generations older than the retention window deleted");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(replica = %name, error = %e, "stream retention failed; trying again after the next snapshot");
+                    }
+                }
             }
             Work::Segments { pieces } => {
                 let pieces = within_merge_limit(pieces);

@@ -2163,3 +2163,54 @@ async fn a_generation_as_old_as_the_retention_window_is_followed_by_a_fresh_one(
         "{health}"
     );
 }
+
+/// A drill of a streaming replica also restores its stream: to the newest generation's
+/// last commit and to a random time, each checked; a segment with one byte flipped on
+/// the replica fails the drill, naming the stream.
+#[actix_rt::test]
+async fn a_drill_restores_the_stream_and_a_flipped_byte_in_a_segment_fails_it() {
+    let mut world = World::new().await.with_identity_file();
+    world.replicas = world.replicas.replace(
+        "age_recipients = [",
+        "sync_interval_ms = 200\nage_recipients = [",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = common::settings_with_file(dir.path(), &world.replicas, &[]);
+    let live = settings.database.path.clone();
+    let s3 = Replica::open(&settings.replicas[1]).expect("open s3");
+    let app = common::TestApp::start(dir, dbwarden::supervisor::Service::builder(settings)).await;
+    for round in 0..3 {
+        append_events(&app, &format!("d{round}"), 4).await;
+    }
+    let everything = events_of(&live);
+    let out = world.root.path().join("s3-latest.db");
+    let (caught_up, got) = wait_until_streamed(&s3, &world.identity, &everything, &out).await;
+    assert!(caught_up, "{got} of {}", everything.len());
+
+    let run = app.run_job("drill-s3").await;
+    assert_eq!(run["outcome"], "ok", "{run}");
+    let message = run["message"].to_string();
+    assert!(
+        message.contains(" latest: ok (restored and checked to commit at"),
+        "{run}"
+    );
+    assert!(message.contains("stream at "), "{run}");
+    assert!(message.contains("12 events up to id 12"), "{run}");
+
+    let segments: Vec<String> = world
+        .server
+        .list("hosts/one/generations/")
+        .await
+        .into_iter()
+        .map(|m| m.location.to_string())
+        .filter(|l| l.contains("/segments/"))
+        .collect();
+    let first = segments.first().expect("a segment on S3");
+    world.server.flip_byte(first, 300).await;
+    let run = app.run_job("drill-s3").await;
+    assert_ne!(run["outcome"], "ok", "{run}");
+    assert!(
+        run["message"].to_string().contains("latest: FAILED"),
+        "{run}"
+    );
+}

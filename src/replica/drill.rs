@@ -19,7 +19,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use serde::Serialize;
 
 use super::catalog::{self, CopyStatus, DrillRecord, RemoteCopy};
-use super::{fetch, Replica, ReplicaError};
+use super::{fetch, stream, Replica, ReplicaError};
 use crate::config::{self, Encryption};
 
 /// One copy's verdict.
@@ -111,7 +111,16 @@ pub async fn run(
 ) -> Result<DrillOutcome, ReplicaError> {
     let copies = catalog::list(replica).await?;
     let chosen = choose(&copies);
-    if chosen.is_empty() {
+    let generations: Vec<stream::Generation> = if replica.settings.stream {
+        stream::list(replica)
+            .await?
+            .into_iter()
+            .filter(|g| g.snapshot.is_some())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if chosen.is_empty() && generations.is_empty() {
         return Err(ReplicaError::Empty {
             replica: replica.name().to_string(),
         });
@@ -147,11 +156,132 @@ pub async fn run(
         record(replica, &verdict).await?;
         verdicts.push(verdict);
     }
+    if !generations.is_empty() {
+        match drill_stream(replica, &generations, identities, staging).await {
+            Ok(stream_verdicts) => verdicts.extend(stream_verdicts),
+            Err(e) => {
+                remove(staging)?;
+                return Err(e);
+            }
+        }
+    }
     remove(staging)?;
     Ok(DrillOutcome {
         replica: replica.name().to_string(),
         at: Utc::now(),
         copies: verdicts,
+    })
+}
+
+/// The stream's part of a drill: the newest generation restored to its last commit,
+/// and the stream restored to a random time between the oldest generation's snapshot
+/// and that commit, each checked as a restore checks it (every frame, every segment's
+/// SHA-256, `integrity_check`) and against what its commit recorded (the time it was
+/// read no later than asked, the newest event id where it was read exactly).
+/// Verdicts are named `stream <generation> latest` and `stream at <time>`. A replica
+/// that does not answer fails the drill as a whole, as for copies.
+async fn drill_stream(
+    replica: &Replica,
+    generations: &[stream::Generation],
+    identities: &[age::x25519::Identity],
+    staging: &Path,
+) -> Result<Vec<CopyVerdict>, ReplicaError> {
+    use stream::Target;
+    let newest = &generations[generations.len() - 1];
+    let work = staging.join("stream-work");
+    let latest_out = staging.join("stream-latest.db");
+    let latest = stream::restore(
+        replica,
+        newest,
+        &Target::Latest,
+        identities,
+        &work,
+        &latest_out,
+    )
+    .await;
+    let _ = std::fs::remove_file(&latest_out);
+    let end = match &latest {
+        Ok(restored) => restored.commit.as_ref().map(|c| c.seen_at),
+        Err(_) => None,
+    };
+    let mut verdicts = vec![stream_verdict(
+        format!("stream {} latest", newest.name),
+        latest,
+        None,
+    )?];
+    let start = generations[0].snapshot.as_ref().map(|s| s.taken_at);
+    let end = end.or(newest.snapshot.as_ref().map(|s| s.taken_at));
+    if let (Some(start), Some(end)) = (start, end) {
+        let span = (end - start).num_milliseconds().max(0) as u128;
+        let offset = if span == 0 {
+            0
+        } else {
+            uuid::Uuid::new_v4().as_u128() % (span + 1)
+        };
+        let at = start + chrono::Duration::milliseconds(offset as i64);
+        let point_out = staging.join("stream-point.db");
+        let point =
+            stream::restore_point(replica, &Target::At(at), identities, &work, &point_out).await;
+        let _ = std::fs::remove_file(&point_out);
+        verdicts.push(stream_verdict(
+            format!("stream at {}", at.to_rfc3339()),
+            point,
+            Some(at),
+        )?);
+    }
+    Ok(verdicts)
+}
+
+/// A stream restore's verdict; a replica that did not answer is not one.
+fn stream_verdict(
+    name: String,
+    restored: Result<stream::Restored, ReplicaError>,
+    asked: Option<DateTime<Utc>>,
+) -> Result<CopyVerdict, ReplicaError> {
+    let restored = match restored {
+        Ok(r) => r,
+        Err(e @ (ReplicaError::Store { .. } | ReplicaError::Cancelled)) => return Err(e),
+        Err(e) => {
+            return Ok(CopyVerdict {
+                name,
+                ok: false,
+                detail: e.to_string(),
+            })
+        }
+    };
+    let mut problems = Vec::new();
+    if let Some(commit) = &restored.commit {
+        if asked.is_some_and(|at| commit.seen_at > at) {
+            problems.push(format!(
+                "it restored a commit read at {}, after the time asked",
+                commit.seen_at.to_rfc3339()
+            ));
+        }
+        if commit
+            .last_event_id
+            .is_some_and(|id| id != restored.last_event_id)
+        {
+            problems.push(format!(
+                "its newest event id is {}, the commit recorded {:?}",
+                restored.last_event_id, commit.last_event_id
+            ));
+        }
+    }
+    let at = match &restored.commit {
+        Some(c) => format!("commit at {} (read {})", c.at, c.seen_at.to_rfc3339()),
+        None => "its snapshot".into(),
+    };
+    Ok(CopyVerdict {
+        name,
+        ok: problems.is_empty(),
+        detail: if problems.is_empty() {
+            format!(
+                "restored and checked to {at} of generation {}: integrity_check ok, {} events up to id {}",
+                restored.generation, restored.event_count, restored.last_event_id
+            )
+        } else {
+            problems.join("; ")
+        },
     })
 }
 

@@ -304,6 +304,8 @@ fn a_subset_cut_keeps_some_unsynced_writes_and_loses_others_at_random() {
 fn a_torn_cut_keeps_one_files_writes_up_to_a_torn_one_and_loses_every_other_change() {
     let mut wal_torn = 0;
     let mut other_torn = 0;
+    // Where the WAL was torn, for the seeds that tore it: anywhere among its writes.
+    let mut wal_tears = Vec::new();
     for seed in 1..=8 {
         let dir = run("wal", "torn", seed);
         let writes = wal_writes(dir.path());
@@ -327,6 +329,7 @@ fn a_torn_cut_keeps_one_files_writes_up_to_a_torn_one_and_loses_every_other_chan
         );
         if wal_reached {
             wal_torn += 1;
+            wal_tears.push((first_short, writes.len()));
         }
         if !other_lost {
             other_torn += 1;
@@ -335,5 +338,15 @@ fn a_torn_cut_keeps_one_files_writes_up_to_a_torn_one_and_loses_every_other_chan
     assert!(
         wal_torn > 0 && other_torn > 0,
         "over 8 seeds the torn file is sometimes the WAL ({wal_torn}) and sometimes the other ({other_torn})"
+    );
+    // A tear inside the WAL's writes, not past its end (which would keep them all),
+    // and not always near its start: the torn write is any of its writes.
+    assert!(
+        wal_tears.iter().all(|(at, len)| at < len),
+        "the WAL kept every write, so nothing was torn: {wal_tears:?}"
+    );
+    assert!(
+        wal_tears.iter().any(|(at, _)| *at >= 3),
+        "the WAL is torn only among its first writes: {wal_tears:?}"
     );
 }

@@ -103,6 +103,31 @@ impl World {
         self
     }
 
+    /// Both replicas streaming every 200 ms, with `extra` settings for each.
+    fn streaming(mut self, extra: &str) -> World {
+        self.replicas = self.replicas.replace(
+            "age_recipients = [",
+            &format!("sync_interval_ms = 200\n{extra}age_recipients = ["),
+        );
+        self
+    }
+
+    /// The running service on these replicas: it, its live database's path, and the
+    /// replicas (`nas`, `s3`) as the test reads them.
+    async fn start(&self) -> (common::TestApp, PathBuf, Vec<Replica>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = common::settings_with_file(dir.path(), &self.replicas, &[]);
+        let live = settings.database.path.clone();
+        let replicas = settings
+            .replicas
+            .iter()
+            .map(|r| Replica::open(r).expect("open"))
+            .collect();
+        let app =
+            common::TestApp::start(dir, dbwarden::supervisor::Service::builder(settings)).await;
+        (app, live, replicas)
+    }
+
     /// The settings of a machine whose database and backups are under `root/machine`.
     fn machine(&self) -> Settings {
         common::settings_with_file(&self.root.path().join("machine"), &self.replicas, &[])
@@ -1710,20 +1735,8 @@ async fn wait_until_streamed(
 async fn the_service_streams_every_commit_and_each_replica_alone_rebuilds_it() {
     use dbwarden::replica::stream::Target;
 
-    let mut world = World::new().await;
-    world.replicas = world.replicas.replace(
-        "age_recipients = [",
-        "sync_interval_ms = 200\nage_recipients = [",
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let settings = common::settings_with_file(dir.path(), &world.replicas, &[]);
-    let live = settings.database.path.clone();
-    let replicas: Vec<Replica> = settings
-        .replicas
-        .iter()
-        .map(|r| Replica::open(r).expect("open"))
-        .collect();
-    let app = common::TestApp::start(dir, dbwarden::supervisor::Service::builder(settings)).await;
+    let world = World::new().await.streaming("");
+    let (app, live, replicas) = world.start().await;
 
     let first = append_events(&app, "first", 5).await;
     let second = append_events(&app, "second", 5).await;
@@ -1900,22 +1913,12 @@ async fn the_service_streams_every_commit_and_each_replica_alone_rebuilds_it() {
 async fn a_replica_down_for_a_while_catches_up_with_every_commit_once() {
     use dbwarden::replica::stream::{self, Target};
 
-    let mut world = World::new().await;
+    let mut world = World::new().await.streaming("");
     world.replicas = world
         .replicas
-        .replace(
-            "age_recipients = [",
-            "sync_interval_ms = 200\nage_recipients = [",
-        )
         .replace("name = \"s3\"\n", "name = \"s3\"\nmax_lag_secs = 1\n");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let settings = common::settings_with_file(dir.path(), &world.replicas, &[]);
-    let live = settings.database.path.clone();
-    let (nas, s3) = (
-        Replica::open(&settings.replicas[0]).expect("open nas"),
-        Replica::open(&settings.replicas[1]).expect("open s3"),
-    );
-    let app = common::TestApp::start(dir, dbwarden::supervisor::Service::builder(settings)).await;
+    let (app, live, replicas) = world.start().await;
+    let (nas, s3) = (&replicas[0], &replicas[1]);
     let scratch = world.root.path().join("restored");
     std::fs::create_dir_all(&scratch).expect("scratch dir");
     append_events(&app, "before", 5).await;
@@ -1938,7 +1941,7 @@ async fn a_replica_down_for_a_while_catches_up_with_every_commit_once() {
         "appends are acknowledged while S3 is down"
     );
     let out = scratch.join("nas-during.db");
-    let (caught_up, got) = wait_until_streamed(&nas, &world.identity, &everything, &out).await;
+    let (caught_up, got) = wait_until_streamed(nas, &world.identity, &everything, &out).await;
     assert!(caught_up, "the file replica keeps up: {got} of 35");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let health = loop {
@@ -1958,10 +1961,10 @@ async fn a_replica_down_for_a_while_catches_up_with_every_commit_once() {
 
     world.server.restart().await;
     let out = scratch.join("s3-after.db");
-    let (caught_up, got) = wait_until_streamed(&s3, &world.identity, &everything, &out).await;
+    let (caught_up, got) = wait_until_streamed(s3, &world.identity, &everything, &out).await;
     assert!(caught_up, "S3 catches up: {got} of 35");
     // In order, each position once: the segments there chain without overlap.
-    let generations = stream::list(&s3).await.expect("list");
+    let generations = stream::list(s3).await.expect("list");
     let segments = &generations.last().expect("a generation").segments;
     for pair in segments.windows(2) {
         assert!(
@@ -1974,7 +1977,7 @@ async fn a_replica_down_for_a_while_catches_up_with_every_commit_once() {
     let identities = dbwarden::config::read_identities(&world.identity).expect("identity");
     let at_each = scratch.join("s3-point.db");
     let restored = stream::restore_point(
-        &s3,
+        s3,
         &Target::EventId(20),
         &identities,
         &scratch.join("staging"),
@@ -2124,22 +2127,15 @@ async fn with_ack_writes_every_acknowledged_event_is_on_the_replica_before_its_a
 /// (a fresh snapshot) at the next commit, and the replica still rebuilds every commit.
 #[actix_rt::test]
 async fn a_generation_as_old_as_the_retention_window_is_followed_by_a_fresh_one() {
-    let mut world = World::new().await;
-    world.replicas = world.replicas.replace(
-        "age_recipients = [",
-        "sync_interval_ms = 200\nstream_retention_secs = 10\nage_recipients = [",
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let settings = common::settings_with_file(dir.path(), &world.replicas, &[]);
-    let live = settings.database.path.clone();
-    let nas = Replica::open(&settings.replicas[0]).expect("open nas");
-    let app = common::TestApp::start(dir, dbwarden::supervisor::Service::builder(settings)).await;
+    let world = World::new().await.streaming("stream_retention_secs = 10\n");
+    let (app, live, replicas) = world.start().await;
+    let nas = &replicas[0];
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let mut round = 0;
     loop {
         append_events(&app, &format!("r{round}"), 2).await;
         round += 1;
-        let generations = dbwarden::replica::stream::list(&nas).await.expect("list");
+        let generations = dbwarden::replica::stream::list(nas).await.expect("list");
         if generations.iter().filter(|g| g.snapshot.is_some()).count() >= 2 {
             break;
         }
@@ -2151,7 +2147,7 @@ async fn a_generation_as_old_as_the_retention_window_is_followed_by_a_fresh_one(
     }
     let everything = events_of(&live);
     let out = world.root.path().join("nas-latest.db");
-    let (caught_up, got) = wait_until_streamed(&nas, &world.identity, &everything, &out).await;
+    let (caught_up, got) = wait_until_streamed(nas, &world.identity, &everything, &out).await;
     assert!(
         caught_up,
         "the newest generation rebuilds {got} of {}",
@@ -2169,22 +2165,15 @@ async fn a_generation_as_old_as_the_retention_window_is_followed_by_a_fresh_one(
 /// the replica fails the drill, naming the stream.
 #[actix_rt::test]
 async fn a_drill_restores_the_stream_and_a_flipped_byte_in_a_segment_fails_it() {
-    let mut world = World::new().await.with_identity_file();
-    world.replicas = world.replicas.replace(
-        "age_recipients = [",
-        "sync_interval_ms = 200\nage_recipients = [",
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let settings = common::settings_with_file(dir.path(), &world.replicas, &[]);
-    let live = settings.database.path.clone();
-    let s3 = Replica::open(&settings.replicas[1]).expect("open s3");
-    let app = common::TestApp::start(dir, dbwarden::supervisor::Service::builder(settings)).await;
+    let world = World::new().await.with_identity_file().streaming("");
+    let (app, live, replicas) = world.start().await;
+    let s3 = &replicas[1];
     for round in 0..3 {
         append_events(&app, &format!("d{round}"), 4).await;
     }
     let everything = events_of(&live);
     let out = world.root.path().join("s3-latest.db");
-    let (caught_up, got) = wait_until_streamed(&s3, &world.identity, &everything, &out).await;
+    let (caught_up, got) = wait_until_streamed(s3, &world.identity, &everything, &out).await;
     assert!(caught_up, "{got} of {}", everything.len());
 
     let run = app.run_job("drill-s3").await;

@@ -306,6 +306,7 @@ fn a_torn_cut_keeps_one_files_writes_up_to_a_torn_one_and_loses_every_other_chan
     let mut other_torn = 0;
     // Where the WAL was torn, for the seeds that tore it: anywhere among its writes.
     let mut wal_tears = Vec::new();
+    let mut torn_pages = Vec::new();
     for seed in 1..=8 {
         let dir = run("wal", "torn", seed);
         let writes = wal_writes(dir.path());
@@ -330,6 +331,11 @@ fn a_torn_cut_keeps_one_files_writes_up_to_a_torn_one_and_loses_every_other_chan
         if wal_reached {
             wal_torn += 1;
             wal_tears.push((first_short, writes.len()));
+            // Units alternate frame header (one sector) and page (eight): a torn page
+            // keeps some of its sectors and loses others.
+            if first_short % 2 == 1 {
+                torn_pages.push((seed, writes[first_short]));
+            }
         }
         if !other_lost {
             other_torn += 1;
@@ -348,5 +354,9 @@ fn a_torn_cut_keeps_one_files_writes_up_to_a_torn_one_and_loses_every_other_chan
     assert!(
         wal_tears.iter().any(|(at, _)| *at >= 3),
         "the WAL is torn only among its first writes: {wal_tears:?}"
+    );
+    assert!(
+        !torn_pages.is_empty() && torn_pages.iter().all(|(_, r)| *r == Reached::Part),
+        "a torn page keeps some sectors, not all: {torn_pages:?}"
     );
 }

@@ -143,6 +143,41 @@ mod tests {
         h
     }
 
+    /// A tear of several sectors is never whole and never nothing, whatever the coin
+    /// says: a coin that keeps every sector still loses the first, one that keeps none
+    /// still keeps the last.
+    #[test]
+    fn a_tear_of_several_sectors_keeps_some_and_loses_some_whatever_the_coin() {
+        let old = vec![7u8; 2048];
+        let mut h = FileHistory::new(old.clone());
+        h.changes.push(Change::Write {
+            offset: 0,
+            data: vec![1; 2048],
+        });
+        let sector = SECTOR as usize;
+        // `random() >> 63 == 0` keeps a sector: 0 keeps every one, u64::MAX none.
+        let all_kept = h.after_cut(Fate::TornAt(0), &mut || 0);
+        assert_eq!(
+            &all_kept[..sector],
+            &old[..sector],
+            "the first sector is lost"
+        );
+        assert!(
+            all_kept[sector..].iter().all(|&b| b == 1),
+            "the others kept"
+        );
+        let none_kept = h.after_cut(Fate::TornAt(0), &mut || u64::MAX);
+        assert_eq!(
+            &none_kept[..2048 - sector],
+            &old[..2048 - sector],
+            "lost, old bytes stay"
+        );
+        assert!(
+            none_kept[2048 - sector..].iter().all(|&b| b == 1),
+            "the last sector kept"
+        );
+    }
+
     #[test]
     fn losing_everything_gives_back_the_synced_content() {
         let h = appends(&[1, 2, 3]);

@@ -458,9 +458,11 @@ async fn copies_on(replica: &Replica) -> Vec<(String, bool)> {
     }
 }
 
-/// Waits (up to 60 s) until `replica` holds every one of `names` as a complete copy.
+/// Waits (up to 180 s) until `replica` holds every one of `names` as a complete copy.
+/// The bound is generous: shipping a 36 MB copy takes half a minute on a loaded 2-core
+/// machine, and only a copy that never comes should fail a test.
 async fn wait_for_copies(replica: &Replica, names: &[&str]) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
     loop {
         let there = copies_on(replica).await;
         if names

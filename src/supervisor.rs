@@ -198,7 +198,9 @@ impl Service {
             settings.writer.max_batch_requests,
             notifier.clone(),
             metrics.clone(),
-            replicator.as_ref().map(|r| r.link.clone()),
+            replicator.as_ref().map(|r| {
+                Box::new(r.link.clone()) as Box<dyn crate::writer::replication::Replication>
+            }),
         );
         let checkpointer = Arc::new(Checkpointer::new(
             writer.clone(),

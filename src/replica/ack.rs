@@ -37,12 +37,7 @@ struct Acking {
     failing: AtomicBool,
 }
 
-/// Why a commit was not acknowledged.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NotAcknowledged {
-    pub replica: String,
-    pub reason: String,
-}
+pub use crate::writer::replication::NotAcknowledged;
 
 #[derive(Debug)]
 pub struct AckGate {

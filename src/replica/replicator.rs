@@ -81,12 +81,30 @@ pub struct ReplicationLink {
     gate: Arc<AckGate>,
 }
 
-impl ReplicationLink {
-    /// The gate a group commit waits at, when some replica acknowledges writes.
-    pub fn ack_gate(&self) -> Option<&Arc<AckGate>> {
-        Some(&self.gate).filter(|g| g.is_active())
+impl crate::writer::replication::Replication for ReplicationLink {
+    fn committed(&self) {
+        ReplicationLink::committed(self);
     }
 
+    fn before_checkpoint(&self, mode: CheckpointMode) {
+        ReplicationLink::before_checkpoint(self, mode);
+    }
+
+    fn after_checkpoint(&self) {
+        ReplicationLink::after_checkpoint(self);
+    }
+
+    fn acknowledgement(&self) -> Option<crate::writer::replication::Acknowledgement> {
+        if !self.gate.is_active() {
+            return None;
+        }
+        let gate = self.gate.clone();
+        let n = gate.committed();
+        Some(Box::pin(async move { gate.wait(n).await.map(|_| ()) }))
+    }
+}
+
+impl ReplicationLink {
     /// Something was committed: a pass soon.
     pub fn committed(&self) {
         // A full queue already holds a message that leads to a pass.

@@ -10,12 +10,12 @@ use rusqlite::Connection;
 
 use super::batch;
 use super::handle::{WriterHandle, WriterStats};
+use super::replication::Replication;
 use super::request::{Batched, Request};
 use super::WriteError;
 use crate::db::{self, queries, CheckpointMode, CheckpointResult};
 use crate::metrics::Metrics;
 use crate::notifier::{Notifier, Severity};
-use crate::replica::replicator::ReplicationLink;
 
 /// A request for the writer, from the [`WriterHandle`].
 #[derive(Message)]
@@ -54,7 +54,7 @@ pub struct DbWriter {
     metrics: Arc<Metrics>,
     /// Continuous replication, told of commits and checkpoints; `None` when no
     /// replica streams.
-    replication: Option<ReplicationLink>,
+    replication: Option<Box<dyn Replication>>,
 }
 
 impl Actor for DbWriter {
@@ -73,7 +73,7 @@ impl DbWriter {
         max_batch: usize,
         notifier: Notifier,
         metrics: Arc<Metrics>,
-        replication: Option<ReplicationLink>,
+        replication: Option<Box<dyn Replication>>,
     ) -> (WriterHandle, Arbiter) {
         let stats = Arc::new(WriterStats::default());
         let arbiter = Arbiter::new();
@@ -122,7 +122,7 @@ impl DbWriter {
     /// Answers a committed group: at once, or, when a replica acknowledges writes,
     /// once it holds the commit (off the actor, which goes on committing).
     fn answer(&self, run: Vec<Batched>) {
-        let Some(gate) = self.replication.as_ref().and_then(|l| l.ack_gate()) else {
+        let Some(wait) = self.replication.as_ref().and_then(|r| r.acknowledgement()) else {
             for request in run {
                 request.finish();
             }
@@ -133,11 +133,9 @@ impl DbWriter {
         for request in now {
             request.finish();
         }
-        let gate = gate.clone();
-        let n = gate.committed();
         actix::spawn(async move {
-            match gate.wait(n).await {
-                Ok(_) => {
+            match wait.await {
+                Ok(()) => {
                     for request in run {
                         request.finish();
                     }

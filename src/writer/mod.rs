@@ -19,6 +19,7 @@
 mod actor;
 mod batch;
 mod handle;
+pub mod replication;
 mod request;
 
 use std::sync::Arc;

@@ -1,0 +1,30 @@
+//! What the DbWriter tells continuous replication, as a trait the writer owns so that
+//! the writer does not depend on the replicas' layer above it
+//! (`crate::replica::replicator::ReplicationLink` implements it).
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::db::CheckpointMode;
+
+/// Why a group commit was not acknowledged: the replica and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotAcknowledged {
+    pub replica: String,
+    pub reason: String,
+}
+
+/// A wait for a commit's acknowledgement by the replicas that give one.
+pub type Acknowledgement = Pin<Box<dyn Future<Output = Result<(), NotAcknowledged>>>>;
+
+pub trait Replication: Send {
+    /// Something was committed: never blocks.
+    fn committed(&self);
+    /// Blocks (bounded) until every frame committed so far is read, and, when `mode`
+    /// resets the WAL, replication no longer holds it.
+    fn before_checkpoint(&self, mode: CheckpointMode);
+    fn after_checkpoint(&self);
+    /// For a group commit just made: `None` when it is acknowledged on its local
+    /// commit, else the wait for the replicas that acknowledge writes.
+    fn acknowledgement(&self) -> Option<Acknowledgement>;
+}

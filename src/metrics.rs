@@ -175,6 +175,12 @@ pub struct StreamFigures {
     /// Requests taking or renewing the lease.
     pub lease_requests: u64,
     pub failures: u64,
+    /// Merged segments compaction wrote, the segments they replaced, its listings and
+    /// deletions, and its failures.
+    pub compactions: u64,
+    pub segments_compacted: u64,
+    pub compaction_requests: u64,
+    pub compaction_failures: u64,
 }
 
 /// The tailer's figures, when replication runs.
@@ -390,10 +396,22 @@ fn register_streams(r: &Registry, replicas: &[ReplicaFigures]) -> Result<(), pro
         "dbwarden_replica_stream_failures_total",
         "Stream uploads to the replica that failed (each is retried).",
     )?;
+    let compactions = counter(
+        "dbwarden_replica_stream_compactions_total",
+        "Merged segments compaction wrote to the replica.",
+    )?;
+    let compacted = counter(
+        "dbwarden_replica_stream_segments_compacted_total",
+        "Segments compaction deleted from the replica because a merged segment holds them.",
+    )?;
+    let compaction_failures = counter(
+        "dbwarden_replica_stream_compaction_failures_total",
+        "Compactions of the replica that failed (each is tried again at the next interval).",
+    )?;
     let requests = IntCounterVec::new(
         Opts::new(
             "dbwarden_replica_stream_requests_total",
-            "Requests continuous replication made to the replica, by kind: put (an object), lease (taking or renewing the lease).",
+            "Requests continuous replication made to the replica, by kind: put (an object), lease (taking or renewing the lease), compaction (its listings and deletions).",
         ),
         &["replica", "kind"],
     )?;
@@ -421,12 +439,33 @@ fn register_streams(r: &Registry, replicas: &[ReplicaFigures]) -> Result<(), pro
         requests
             .with_label_values(&[name, "lease"])
             .inc_by(stream.lease_requests);
+        requests
+            .with_label_values(&[name, "compaction"])
+            .inc_by(stream.compaction_requests);
+        compactions
+            .with_label_values(&[name])
+            .inc_by(stream.compactions);
+        compacted
+            .with_label_values(&[name])
+            .inc_by(stream.segments_compacted);
+        compaction_failures
+            .with_label_values(&[name])
+            .inc_by(stream.compaction_failures);
     }
     r.register(Box::new(lag))?;
     for family in [lag_bytes, lagging] {
         r.register(Box::new(family))?;
     }
-    for family in [snapshots, segments, bytes, failures, requests] {
+    for family in [
+        snapshots,
+        segments,
+        bytes,
+        failures,
+        requests,
+        compactions,
+        compacted,
+        compaction_failures,
+    ] {
         r.register(Box::new(family))?;
     }
     Ok(())

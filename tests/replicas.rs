@@ -2125,6 +2125,182 @@ async fn with_ack_writes_every_acknowledged_event_is_on_the_replica_before_its_a
     }
 }
 
+/// The spool's segment files (`*.seg`) under the backup directory of the service whose
+/// live database is `live`.
+fn spooled_pieces(live: &Path) -> Vec<PathBuf> {
+    let spool = live
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test's directory")
+        .join("backups")
+        .join("stream-spool");
+    let mut pieces = Vec::new();
+    for generation in std::fs::read_dir(&spool).into_iter().flatten().flatten() {
+        for file in std::fs::read_dir(generation.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if file.path().extension().is_some_and(|e| e == "seg") {
+                pieces.push(file.path());
+            }
+        }
+    }
+    pieces
+}
+
+/// Compaction (every 3 s here) merges the segments shipped since the last one into one
+/// object and deletes them, from the spool's local pieces: on each replica the chain
+/// ends up with far fewer segments than were uploaded, with no overlap, and every
+/// commit stays restorable exactly (by event id, and the latest). A restore that listed
+/// the segments before a compaction deleted some of them lists again and still
+/// restores exactly. Once compacted by every replica, pieces leave the spool.
+#[actix_rt::test]
+async fn compaction_merges_what_was_shipped_and_every_commit_stays_restorable_even_mid_restore() {
+    use dbwarden::replica::stream::{self, Target};
+
+    let world = World::new().await.streaming("compact_interval_secs = 3\n");
+    let (app, live, replicas) = world.start().await;
+    let scratch = world.root.path().join("restored");
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let identities = dbwarden::config::read_identities(&world.identity).expect("identity");
+    let mut commits: Vec<i64> = Vec::new();
+    let write = |round: usize| {
+        let app = &app;
+        async move {
+            let mut ends = Vec::new();
+            for i in 0..8 {
+                let ids = append_events(app, &format!("r{round}-{i}"), 2).await;
+                ends.push(*ids.last().expect("an id"));
+                // Longer than the sync interval: each commit its own segment.
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+            ends
+        }
+    };
+    commits.extend(write(0).await);
+    let everything = events_of(&live);
+    for replica in &replicas {
+        let out = scratch.join(format!("{}-first.db", replica.name()));
+        let (caught_up, got) =
+            wait_until_streamed(replica, &world.identity, &everything, &out).await;
+        assert!(caught_up, "{}: rebuilds {got} of 16", replica.name());
+    }
+
+    // A listing taken now, then kept while compaction replaces what it names.
+    commits.extend(write(1).await);
+    let everything = events_of(&live);
+    let s3 = &replicas[1];
+    let out = scratch.join("s3-second.db");
+    let (caught_up, got) = wait_until_streamed(s3, &world.identity, &everything, &out).await;
+    assert!(caught_up, "s3: rebuilds {got} of 32");
+    let stale = stream::list(s3)
+        .await
+        .expect("list")
+        .pop()
+        .expect("a generation");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let now = stream::list_segments(s3, &stale.name).await.expect("list");
+        if stale.segments.iter().any(|s| !now.contains(s)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "compaction never replaced a listed segment: {} listed, {} there",
+            stale.segments.len(),
+            now.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    for (target, expected) in [
+        (Target::Latest, everything.clone()),
+        (
+            Target::EventId(commits[10]),
+            everything[..commits[10] as usize].to_vec(),
+        ),
+    ] {
+        let out = scratch.join("stale-listing.db");
+        let _ = std::fs::remove_file(&out);
+        let restored = stream::restore(
+            s3,
+            &stale,
+            &target,
+            &identities,
+            &scratch.join("staging"),
+            &out,
+        )
+        .await
+        .expect("a restore from a listing compaction made stale");
+        assert_eq!(events_of(&out), expected, "{target:?}: {restored:?}");
+    }
+
+    // Everything compacted: few segments, chained, each commit restorable.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !spooled_pieces(&live).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pieces stay in the spool: {:?}",
+            spooled_pieces(&live)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let metrics = app.get_text("/metrics").await;
+    for replica in &replicas {
+        let name = replica.name();
+        let figure = |family: &str| -> u64 {
+            common::metric(&metrics, &format!("{family}{{replica=\"{name}\"}}"))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        let uploaded = figure("dbwarden_replica_stream_segments_total");
+        let merged = figure("dbwarden_replica_stream_compactions_total");
+        let replaced = figure("dbwarden_replica_stream_segments_compacted_total");
+        assert!(uploaded >= 12, "{name}: {uploaded} segments uploaded");
+        assert!(
+            merged >= 1 && replaced >= 2,
+            "{name}: {merged} merged, {replaced} replaced"
+        );
+        let generation = stream::list(replica)
+            .await
+            .expect("list")
+            .pop()
+            .expect("a generation");
+        let segments = &generation.segments;
+        assert!(
+            (segments.len() as u64) < uploaded / 2,
+            "{name}: {} segments left of {uploaded} uploaded",
+            segments.len()
+        );
+        for pair in segments.windows(2) {
+            assert!(
+                pair[1].first > pair[0].last,
+                "{name}: segments overlap: {:?} then {:?}",
+                pair[0],
+                pair[1]
+            );
+        }
+        for &id in &commits {
+            let out = scratch.join(format!("{name}-{id}.db"));
+            let restored = stream::restore_point(
+                replica,
+                &Target::EventId(id),
+                &identities,
+                &scratch.join("staging"),
+                &out,
+            )
+            .await
+            .expect("every commit is restorable after compaction");
+            assert_eq!(restored.last_event_id, id, "{name}");
+            assert_eq!(
+                events_of(&out),
+                everything[..id as usize].to_vec(),
+                "{name}: event {id}"
+            );
+        }
+    }
+}
+
 /// A generation as old as the shortest `stream_retention_secs` is followed by a new one
 /// (a fresh snapshot) at the next commit, and the replica still rebuilds every commit.
 #[actix_rt::test]

@@ -187,6 +187,10 @@ fn replica_figures(state: &AppState, uptime: std::time::Duration) -> Vec<Replica
                 puts: s.uploads,
                 lease_requests: s.lease_requests,
                 failures: s.failures,
+                compactions: s.compactions,
+                segments_compacted: s.segments_compacted,
+                compaction_requests: s.compaction_requests,
+                compaction_failures: s.compaction_failures,
             }),
             name: r.name,
         })

@@ -246,6 +246,10 @@ pub struct ReplicaSettings {
     /// the current one is this old (the shortest of the streaming replicas').
     #[serde(default = "default_stream_retention")]
     pub stream_retention_secs: u64,
+    /// How often the segments shipped since the last time are merged into larger ones
+    /// ([`crate::replica::compaction`]); the spool keeps what was shipped until then.
+    #[serde(default = "default_compact_interval")]
+    pub compact_interval_secs: u64,
     /// Acknowledge a write only once its commit is in this replica (it must stream).
     /// While the replica cannot take it, writes are answered 503 with `Retry-After`.
     #[serde(default)]
@@ -294,6 +298,9 @@ fn default_max_lag() -> u64 {
 }
 fn default_stream_retention() -> u64 {
     86_400
+}
+fn default_compact_interval() -> u64 {
+    3_600
 }
 fn default_ack_timeout() -> u64 {
     10_000
@@ -429,6 +436,12 @@ impl ReplicaSettings {
             self.stream_retention_secs,
             10,
             3_660 * 86_400,
+        )?;
+        check.range(
+            &key("compact_interval_secs"),
+            self.compact_interval_secs,
+            1,
+            7 * 86_400,
         )?;
         if self.ack_writes && !self.stream {
             return Err(check.invalid(

@@ -34,6 +34,7 @@
 pub mod ack;
 pub mod catalog;
 pub mod codec;
+pub mod compaction;
 pub mod drill;
 pub mod fetch;
 pub mod layout;

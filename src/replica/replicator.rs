@@ -213,6 +213,7 @@ impl Replicator {
                 spool: spool.clone(),
                 board: board.clone(),
                 interval: Duration::from_millis(replica_settings.sync_interval_ms),
+                compact_every: Duration::from_secs(replica_settings.compact_interval_secs),
                 gate: gate.clone(),
                 drain: drain.clone(),
                 cancel: cancel.clone(),

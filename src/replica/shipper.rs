@@ -82,6 +82,12 @@ pub struct StreamStatus {
     /// Requests taking or renewing the lease (two each: read, then write).
     pub lease_requests: u64,
     pub failures: u64,
+    /// Merged segments compaction wrote, and the segments they replaced (deleted).
+    pub compactions: u64,
+    pub segments_compacted: u64,
+    /// Listings and deletions compaction made.
+    pub compaction_requests: u64,
+    pub compaction_failures: u64,
     pub last_shipped_at: Option<DateTime<Utc>>,
     /// The last upload's error; `None` once one succeeded.
     pub last_error: Option<String>,

@@ -12,9 +12,12 @@
 //! position it holds; it is written (durably) after each upload completed, so a
 //! service killed between an upload and its record uploads that piece again after
 //! the restart, under the same name: an object is replaced, never doubled, and a
-//! restore reads each position once. A piece every streaming replica holds is
-//! deleted, and so is a generation's directory once every replica holds all of it and
-//! the tailer has moved on to a newer generation.
+//! restore reads each position once. A piece stays after it was uploaded until every
+//! streaming replica also [compacted](super::compaction) it (merged it with its
+//! neighbours into one larger segment there, from these local pieces: the service holds
+//! no key to read its own uploads back); then it is deleted, and so is a generation's
+//! directory once every replica holds and compacted all of it and the tailer has moved
+//! on to a newer generation.
 //!
 //! The spool lives under the backup directory (`<backup.dir>/stream-spool`), on the
 //! machine's own disk: it holds at most what the slowest replica lags behind.
@@ -43,6 +46,10 @@ pub struct Shipped {
     pub snapshot: bool,
     /// The last position it holds; `None` before its first segment.
     pub through: Option<Position>,
+    /// The last position compaction has dealt with there (merged, or left as it was);
+    /// `None` before its first compaction.
+    #[serde(default)]
+    pub compacted: Option<Position>,
 }
 
 /// One segment file in the spool.
@@ -92,6 +99,16 @@ impl SpooledGeneration {
         self.pieces
             .iter()
             .filter(move |p| through.is_none_or(|t| p.last() > t))
+    }
+
+    /// Pieces `replica` holds that compaction has not dealt with yet.
+    fn uncompacted<'a>(&'a self, replica: &str) -> impl Iterator<Item = &'a Piece> {
+        let Shipped {
+            through, compacted, ..
+        } = self.shipped(replica);
+        self.pieces.iter().filter(move |p| {
+            through.is_some_and(|t| p.last() <= t) && compacted.is_none_or(|c| p.last() > c)
+        })
     }
 }
 
@@ -248,13 +265,13 @@ impl Spool {
         None
     }
 
-    /// Records (durably) that `replica` holds generation `name` up to `shipped`, and
-    /// removes what every replica now holds.
+    /// Records (durably) what `replica` now holds of generation `name` (`update` changes
+    /// its record), and removes what every replica now holds and compacted.
     pub fn record(
         &mut self,
         replica: &str,
         name: &str,
-        shipped: Shipped,
+        update: impl FnOnce(&mut Shipped),
     ) -> Result<(), ReplicaError> {
         let Some(generation) = self
             .generations
@@ -263,6 +280,8 @@ impl Spool {
         else {
             return Ok(());
         };
+        let mut shipped = generation.shipped(replica);
+        update(&mut shipped);
         let path = shipped_path(&generation.dir, replica);
         let json = serde_json::to_vec(&shipped).map_err(|e| ReplicaError::Open {
             replica: replica.to_string(),
@@ -286,6 +305,20 @@ impl Spool {
         generation.shipped.insert(replica.to_string(), shipped);
         self.collect();
         Ok(())
+    }
+
+    /// Per generation (oldest first), the pieces `replica` holds and has not compacted.
+    pub fn uncompacted(&self, replica: &str) -> Vec<(String, Vec<Piece>)> {
+        self.generations
+            .iter()
+            .map(|g| {
+                (
+                    g.info.generation.clone(),
+                    g.uncompacted(replica).cloned().collect::<Vec<_>>(),
+                )
+            })
+            .filter(|(_, pieces)| !pieces.is_empty())
+            .collect()
     }
 
     /// What `replica` holds of generation `name`.
@@ -328,14 +361,16 @@ impl Spool {
             .map(|g| g.info.generation.as_str())
     }
 
-    /// Deletes pieces and snapshots every replica holds, and finished generations
-    /// every replica holds entirely. A deletion that fails is retried next time.
+    /// Deletes pieces every replica holds and compacted, snapshots every replica holds,
+    /// and finished generations every replica holds entirely. A deletion that fails is retried next time.
     fn collect(&mut self) {
         let replicas = self.replicas.clone();
         let holds_all = |g: &SpooledGeneration, p: &Piece| {
-            replicas
-                .iter()
-                .all(|r| g.shipped(r).through.is_some_and(|t| t >= p.last()))
+            replicas.iter().all(|r| {
+                let shipped = g.shipped(r);
+                shipped.through.is_some_and(|t| t >= p.last())
+                    && shipped.compacted.is_some_and(|c| c >= p.last())
+            })
         };
         for generation in &mut self.generations {
             let (done, kept): (Vec<Piece>, Vec<Piece>) = std::mem::take(&mut generation.pieces)
@@ -430,6 +465,7 @@ fn load_generation(
             Err(_) if !has_snapshot => Shipped {
                 snapshot: true,
                 through: pieces.last().map(Piece::last),
+                compacted: pieces.last().map(Piece::last),
             },
             Err(_) => Shipped::default(),
         };

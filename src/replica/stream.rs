@@ -241,8 +241,29 @@ pub struct Generation {
 
 /// Every generation under `generations/`, oldest first.
 pub async fn list(replica: &Replica) -> Result<Vec<Generation>, ReplicaError> {
-    let prefix = replica.layout.generations();
-    let mut listing = replica.store.list(Some(&prefix));
+    list_under(replica, &replica.layout.generations(), true).await
+}
+
+/// The segments of generation `name` as they are now (one listing; its snapshot's
+/// manifest is not read: `snapshot` is `None`).
+pub async fn list_segments(
+    replica: &Replica,
+    name: &str,
+) -> Result<Vec<SegmentObject>, ReplicaError> {
+    Ok(list_under(replica, &replica.layout.segments(name), false)
+        .await?
+        .into_iter()
+        .find(|g| g.name == name)
+        .map(|g| g.segments)
+        .unwrap_or_default())
+}
+
+async fn list_under(
+    replica: &Replica,
+    prefix: &object_store::path::Path,
+    with_manifests: bool,
+) -> Result<Vec<Generation>, ReplicaError> {
+    let mut listing = replica.store.list(Some(prefix));
     let mut generations: std::collections::BTreeMap<String, Generation> = Default::default();
     let mut manifests = Vec::new();
     while let Some(meta) = listing.next().await {
@@ -257,7 +278,7 @@ pub async fn list(replica: &Replica) -> Result<Vec<Generation>, ReplicaError> {
                 snapshot: None,
                 segments: Vec::new(),
             });
-        if rest == "snapshot.json" {
+        if rest == "snapshot.json" && with_manifests {
             manifests.push(meta.location.clone());
         } else if let Some((_, first, last, encryption)) =
             replica.layout.parse_segment(&meta.location)
@@ -533,10 +554,24 @@ pub async fn restore(
     let info = snapshot.open_info(identities)?;
     db::create_private_dir(staging).map_err(ReplicaError::io(staging))?;
     let temp = staging.join("restore.db");
-    let result = rebuild(
-        replica, generation, snapshot, &info, target, identities, staging, &temp,
-    )
-    .await;
+    let mut listed = generation.clone();
+    let mut attempts = 1;
+    let result = loop {
+        let result = rebuild(
+            replica, &listed, snapshot, &info, target, identities, staging, &temp,
+        )
+        .await;
+        match result {
+            // Compaction replaced segments of the listing meanwhile (it deletes the
+            // pieces once their merge is there): list again and start over.
+            Err(e) if is_gone(&e) && attempts < RESTORE_ATTEMPTS => {
+                tracing::info!(replica = %replica.name(), generation = %generation.name, error = %e, "a segment was replaced while it was read; listing the generation again");
+                attempts += 1;
+                listed.segments = list_segments(replica, &generation.name).await?;
+            }
+            result => break result,
+        }
+    };
     let result = result.and_then(|restored| {
         durable::rename(&temp, output).map_err(ReplicaError::io(output))?;
         if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -549,6 +584,20 @@ pub async fn restore(
     });
     let _ = fs::remove_dir_all(staging);
     result
+}
+
+/// How many times a restore starts over when a segment it listed is gone.
+const RESTORE_ATTEMPTS: u32 = 3;
+
+/// A segment listed a moment ago and missing now.
+fn is_gone(e: &ReplicaError) -> bool {
+    matches!(
+        e,
+        ReplicaError::Store {
+            source: object_store::Error::NotFound { .. },
+            ..
+        }
+    )
 }
 
 /// Of the segments that start right after `end`, the one reaching furthest: one that

@@ -38,7 +38,7 @@ const FIRST_RETRY: Duration = Duration::from_secs(1);
 const LONGEST_RETRY: Duration = Duration::from_secs(60);
 /// Pieces merged into one upload add up to at most this (merging holds their frames in
 /// memory); a replica further behind catches up in several uploads.
-const MERGE_LIMIT_BYTES: u64 = 64 << 20;
+pub(super) const MERGE_LIMIT_BYTES: u64 = 64 << 20;
 
 pub struct Streamer {
     pub replica: Replica,
@@ -46,6 +46,8 @@ pub struct Streamer {
     pub spool: Arc<Mutex<Spool>>,
     pub board: Arc<ReplicaBoard>,
     pub interval: Duration,
+    /// How often what was shipped is [compacted](super::compaction).
+    pub compact_every: Duration,
     /// Writes waiting for this replica, when it has `ack_writes`.
     pub gate: Arc<AckGate>,
     /// Cancelled when the stop begins: drain, then end.
@@ -65,16 +67,29 @@ impl Streamer {
         let mut last_upload: Option<Instant> = None;
         let mut lease_held: Option<Instant> = None;
         let mut retry = FIRST_RETRY;
+        let mut next_compaction = Instant::now() + self.compact_every;
         loop {
             let draining = self.drain.is_cancelled();
+            if !draining && Instant::now() >= next_compaction {
+                let compacted = tokio::select! {
+                    () = self.cancel.cancelled() => break,
+                    compacted = self.compact(&ledger, &mut lease_held) => compacted,
+                };
+                if let Err(e) = compacted {
+                    tracing::warn!(replica = %name, error = %e, "compaction failed; trying again at the next interval");
+                }
+                next_compaction = Instant::now() + self.compact_every;
+            }
             if self.next_work().is_none() {
                 if draining {
                     break;
                 }
+                let compaction_waits = self.has_uncompacted();
                 tokio::select! {
                     () = self.cancel.cancelled() => break,
                     () = self.drain.cancelled() => {}
                     changed = spooled.changed() => if changed.is_err() { break },
+                    () = tokio::time::sleep_until(next_compaction), if compaction_waits => {}
                 }
                 continue;
             }
@@ -142,6 +157,45 @@ impl Streamer {
             .and_then(|s| s.next_work(self.replica.name()))
     }
 
+    fn has_uncompacted(&self) -> bool {
+        self.spool
+            .lock()
+            .is_ok_and(|s| !s.uncompacted(self.replica.name()).is_empty())
+    }
+
+    /// Compacts what was shipped since the last time; nothing (no request) when
+    /// nothing was.
+    async fn compact(
+        &self,
+        ledger: &Ledger,
+        lease_held: &mut Option<Instant>,
+    ) -> Result<(), ReplicaError> {
+        if !self.has_uncompacted() {
+            return Ok(());
+        }
+        self.hold_lease(lease_held).await?;
+        let done = super::compaction::compact(&self.replica, &self.spool, ledger).await;
+        let done = match done {
+            Ok(done) => done,
+            Err(e) => {
+                self.board
+                    .update_stream(self.replica.name(), |s| s.compaction_failures += 1);
+                return Err(e);
+            }
+        };
+        self.board.update_stream(self.replica.name(), |s| {
+            s.compactions += done.merged;
+            s.segments_compacted += done.replaced;
+            s.compaction_requests += done.requests;
+            s.uploads += done.merged;
+            s.bytes_shipped += done.bytes;
+        });
+        if done.merged > 0 || done.replaced > 0 {
+            tracing::info!(replica = %self.replica.name(), merged = done.merged, replaced = done.replaced, "stream compacted");
+        }
+        Ok(())
+    }
+
     /// Takes or renews the lease when it was not renewed lately.
     async fn hold_lease(&self, held: &mut Option<Instant>) -> Result<(), ReplicaError> {
         let renew_every =
@@ -174,13 +228,10 @@ impl Streamer {
         match work {
             Work::Snapshot { dir, info } => {
                 let manifest = stream::upload_snapshot(&self.replica, &dir, &info, ledger).await?;
-                self.record(
-                    &info.generation,
-                    Shipped {
-                        snapshot: true,
-                        through: None,
-                    },
-                )?;
+                self.record(&info.generation, |s| {
+                    s.snapshot = true;
+                    s.through = None;
+                })?;
                 self.board.update_stream(&name, |s| {
                     s.generation = Some(info.generation.clone());
                     s.through = Some(info.position.to_string());
@@ -223,13 +274,10 @@ impl Streamer {
                 }
                 let written = sent?;
                 let through = header.last();
-                self.record(
-                    &generation,
-                    Shipped {
-                        snapshot: true,
-                        through,
-                    },
-                )?;
+                self.record(&generation, |s| {
+                    s.snapshot = true;
+                    s.through = through;
+                })?;
                 self.board.update_stream(&name, |s| {
                     s.generation = Some(generation.clone());
                     s.through = through.map(|t| t.to_string());
@@ -245,9 +293,13 @@ impl Streamer {
         Ok(())
     }
 
-    fn record(&self, generation: &str, shipped: Shipped) -> Result<(), ReplicaError> {
+    fn record(
+        &self,
+        generation: &str,
+        update: impl FnOnce(&mut Shipped),
+    ) -> Result<(), ReplicaError> {
         match self.spool.lock() {
-            Ok(mut spool) => spool.record(self.replica.name(), generation, shipped),
+            Ok(mut spool) => spool.record(self.replica.name(), generation, update),
             Err(_) => Err(ReplicaError::Open {
                 replica: self.replica.name().to_string(),
                 reason: "the spool's state was poisoned by a panic".into(),
@@ -272,7 +324,7 @@ fn within_merge_limit(pieces: Vec<Piece>) -> Vec<Piece> {
 
 /// Merges consecutive pieces into one segment file at `target` (every frame checked
 /// again on the way), off the runtime's thread.
-async fn merge_pieces(
+pub(super) async fn merge_pieces(
     pieces: Vec<Piece>,
     target: PathBuf,
 ) -> Result<(segment::SegmentHeader, PathBuf), ReplicaError> {

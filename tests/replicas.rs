@@ -1960,6 +1960,37 @@ async fn a_replica_down_for_a_while_catches_up_with_every_commit_once() {
     let reasons = health["reasons"].to_string();
     assert!(reasons.contains("replica s3: replication lags"), "{health}");
     assert!(!reasons.contains("replica nas"), "{health}");
+    // The status page's lag chart has it too: S3's line rises, the NAS's does not.
+    let worst = |history: &serde_json::Value, replica: &str| -> Option<f64> {
+        history["replication_lag"]
+            .as_array()?
+            .iter()
+            .find(|s| s["replica"] == replica)?["points"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["seconds"].as_f64())
+            .reduce(f64::max)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let history = loop {
+        let history = app.get_json("/api/status/history").await;
+        if worst(&history, "s3").is_some_and(|s| s > 1.0) {
+            break history;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "S3's lag never charted: {}",
+            history["replication_lag"]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    let nas_worst = worst(&history, "nas").expect("the NAS has a lag line");
+    let s3_worst = worst(&history, "s3").unwrap_or(0.0);
+    assert!(
+        nas_worst < s3_worst,
+        "the NAS kept up: {}",
+        history["replication_lag"]
+    );
 
     world.server.restart().await;
     let out = scratch.join("s3-after.db");

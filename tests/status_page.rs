@@ -45,6 +45,11 @@ async fn the_page_is_public_self_contained_and_the_history_needs_the_token() {
     assert!(history["alerts"]
         .as_array()
         .is_some_and(|a| a.iter().any(|x| x["key"] == "service_started")));
+    assert_eq!(
+        history["replication_lag"],
+        json!([]),
+        "no replica streams, so no lag series"
+    );
     app.stop().await;
 }
 
@@ -143,6 +148,10 @@ async fn chromium_renders_the_page_with_charts_and_no_console_errors() {
     assert!(
         section("wal-chart").contains("<circle"),
         "a checkpoint point on the WAL chart"
+    );
+    assert!(
+        section("lag-chart").contains("data-replica=\"nas\""),
+        "the streaming replica's lag line"
     );
     assert!(html.contains("healthy"));
     let replicas = html

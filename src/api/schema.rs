@@ -112,4 +112,8 @@ pub struct StatusHistory {
     /// Alerts and resolutions: key, severity, message, details, resolved, at.
     #[schema(value_type = Vec<Object>)]
     pub alerts: Vec<serde_json::Value>,
+    /// Per streaming replica, the worst replication lag of each minute of the last
+    /// 24 h: replica, points (at, seconds, bytes). Empty when nothing streams.
+    #[schema(value_type = Vec<Object>)]
+    pub replication_lag: Vec<serde_json::Value>,
 }

@@ -1,6 +1,7 @@
 //! The status page (`GET /`, one self-contained HTML file embedded in the binary, no
 //! external assets) and the history it charts that no other endpoint has
-//! (`GET /api/status/history`: the last 24 h of checkpoints, the recent alerts).
+//! (`GET /api/status/history`: the last 24 h of checkpoints and of replication lag,
+//! the recent alerts).
 //!
 //! The page itself is served without the token (it holds no data); it asks for the
 //! token once when the API answers 401 and keeps it in the browser's session storage.
@@ -30,7 +31,7 @@ pub async fn page() -> HttpResponse {
     get,
     path = "/api/status/history",
     tag = "status",
-    responses((status = 200, description = "Checkpoints of the last 24 h and the recent alerts, oldest first", body = StatusHistory))
+    responses((status = 200, description = "Checkpoints and replication lag of the last 24 h and the recent alerts, oldest first", body = StatusHistory))
 )]
 pub async fn history(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(StatusHistory {
@@ -45,6 +46,14 @@ pub async fn history(state: web::Data<AppState>) -> HttpResponse {
             .recent()
             .into_iter()
             .filter_map(|a| serde_json::to_value(a).ok())
+            .collect(),
+        replication_lag: state
+            .replicas
+            .tailer()
+            .and_then(|t| t.lag.lock().ok().map(|h| h.view()))
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|series| serde_json::to_value(series).ok())
             .collect(),
     })
 }

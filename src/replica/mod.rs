@@ -37,6 +37,7 @@ pub mod codec;
 pub mod compaction;
 pub mod drill;
 pub mod fetch;
+pub mod lag_history;
 pub mod layout;
 pub mod lease;
 pub mod manifest;

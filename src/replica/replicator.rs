@@ -44,6 +44,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::ack::AckGate;
+use super::lag_history::{self, LagHistory};
 use super::lease::SharedLease;
 use super::shipper::ReplicaBoard;
 use super::spool::{self, Spool};
@@ -148,6 +149,8 @@ pub struct TailerBoard {
     pub last_gap: Mutex<Option<GapRecord>>,
     pub gaps: std::sync::atomic::AtomicU64,
     pub generations: std::sync::atomic::AtomicU64,
+    /// Each streaming replica's lag over the last day (the status page's chart).
+    pub lag: Mutex<LagHistory>,
 }
 
 /// The running replicator.
@@ -328,6 +331,7 @@ impl Tailing {
         let mut released_until: Option<Instant> = None;
         let mut last_pass = Instant::now();
         let mut due = Instant::now();
+        let mut last_sample: Option<Instant> = None;
         loop {
             let wait = match released_until {
                 Some(until) => until.saturating_duration_since(Instant::now()),
@@ -368,8 +372,22 @@ impl Tailing {
             }
             last_pass = Instant::now();
             due = last_pass + self.poll;
+            if last_sample.is_none_or(|at| at.elapsed() >= lag_history::SAMPLE_EVERY) {
+                self.sample_lag();
+                last_sample = Some(Instant::now());
+            }
         }
         tracing::debug!("replication tailer stopped");
+    }
+
+    fn sample_lag(&self) {
+        let now = Utc::now();
+        let (Ok(spool), Ok(mut history)) = (self.spool.lock(), self.board.lag.lock()) else {
+            return;
+        };
+        for replica in spool.replicas() {
+            history.record(replica, now, spool.lag(replica, now));
+        }
     }
 
     /// One pass; begins the generation first when there is none (the start, or a

@@ -180,6 +180,11 @@ impl Spool {
         &self.root
     }
 
+    /// The streaming replicas.
+    pub fn replicas(&self) -> &[String] {
+        &self.replicas
+    }
+
     /// The tailer began generation `info` in `dir`, its snapshot holding the
     /// DbWriter's commits up to `covers`: the one before is finished.
     pub fn begin(&mut self, dir: &Path, info: SnapshotInfo, covers: u64) {

@@ -107,10 +107,6 @@ impl ReadPin {
         self.held = None;
     }
 
-    pub fn is_held(&self) -> bool {
-        self.held.is_some()
-    }
-
     /// The connection holding the pin, its transaction open at the pin's snapshot (a
     /// snapshot copied through it is exactly that snapshot).
     pub fn connection(&self) -> Option<&Connection> {

@@ -20,11 +20,24 @@
 //! Nothing here writes either file, and nothing here trusts what it reads: a frame
 //! counts only when its salts and its checksum chain say the current WAL holds it, and
 //! a header only when both copies agree and its checksum holds.
+//!
+//! **The `-shm` file is opened once and never closed** ([`shm_file`]). SQLite's WAL
+//! locks (a reader's read mark, the writer's and the checkpointer's locks) are POSIX
+//! `fcntl` locks on that file, and closing *any* descriptor of a file drops every such
+//! lock the process holds on it. Opening and closing it for each read silently
+//! released the [read pin](super::pin)'s lock for every other process: a direct
+//! writer's own checkpoint could then copy frames into the database under the pin's
+//! snapshot and restart the WAL over frames not yet read (seen as replication gaps
+//! every few hundred commits, and snapshots failing `integrity_check`, under a
+//! direct writer in another process; connections of this process were never
+//! affected, as SQLite tracks their locks itself).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// The WAL header's magic number when checksums are computed on little-endian words;
 /// with the low bit set (`0x377f0683`) they are big-endian.
@@ -408,9 +421,9 @@ pub struct WalIndex {
 /// or it is not initialized (no connection has the database open in WAL mode).
 pub fn read_wal_index(database: &Path) -> Result<Option<WalIndex>, WalFileError> {
     let path = shm_path(database);
-    let file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+    let file = match shm_file(&path) {
+        Ok(Some(f)) => f,
+        Ok(None) => return Ok(None),
         Err(source) => return Err(WalFileError::Io { path, source }),
     };
     let mut bytes = [0u8; WAL_INDEX_BYTES];
@@ -432,6 +445,39 @@ pub fn read_wal_index(database: &Path) -> Result<Option<WalIndex>, WalFileError>
         path,
         reason: "the wal-index header never read the same twice".into(),
     })
+}
+
+/// Every `-shm` file this process opened, by path, each descriptor kept open for the
+/// life of the process (see the module's docs: closing one would drop SQLite's locks
+/// on that file). A file replaced under the same path (every connection closed, the
+/// file deleted and made again) gets a new descriptor; the old one is kept too, as a
+/// connection may still hold locks on the old file.
+fn shm_file(path: &Path) -> io::Result<Option<Arc<File>>> {
+    static OPEN: OnceLock<Mutex<HashMap<PathBuf, Vec<Arc<File>>>>> = OnceLock::new();
+    let on_disk = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let same_file = |file: &File| {
+        file.metadata()
+            .is_ok_and(|m| m.dev() == on_disk.dev() && m.ino() == on_disk.ino())
+    };
+    let mut open = OPEN
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let kept = open.entry(path.to_path_buf()).or_default();
+    if let Some(file) = kept.iter().find(|f| same_file(f)) {
+        return Ok(Some(file.clone()));
+    }
+    let file = match File::open(path) {
+        Ok(f) => Arc::new(f),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    kept.push(file.clone());
+    Ok(Some(file))
 }
 
 /// The wal-index header's words are in the machine's byte order (the `-shm` file is

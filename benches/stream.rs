@@ -537,9 +537,18 @@ struct Stopped {
 fn contents(tool: Tool, stopped: &Stopped, moto: &Moto, keys: &Keys, key: &str) -> (i64, u64) {
     match tool {
         Tool::Dbwarden => {
+            // Signed, as the service reads it: the objects are not public.
+            let settings = dbwarden::config::Settings::load(
+                &dbwarden::config::ConfigSource::Explicit(stopped.config.clone()),
+            )
+            .expect("the run's settings");
+            let replica = dbwarden::replica::Replica::open(&settings.replicas[0]).expect("replica");
             let runtime = tokio::runtime::Runtime::new().expect("runtime");
             let bytes = runtime.block_on(async {
-                reqwest::get(format!("{}/{BUCKET}/{key}", moto.endpoint()))
+                use object_store::ObjectStoreExt;
+                replica
+                    .store
+                    .get(&object_store::path::Path::from(key))
                     .await
                     .expect("get")
                     .bytes()

@@ -241,4 +241,73 @@ mod tests {
             assert!(time_of_name(other).is_none(), "{other}");
         }
     }
+
+    #[test]
+    fn a_backup_name_is_ours_prefix_extension_and_no_directory() {
+        assert!(is_backup_name("dbwarden-20261201T223000Z.db"));
+        for other in [
+            "mine.db",
+            "dbwarden-20261201T223000Z.json",
+            "notes.txt",
+            "dbwarden-x/../y.db",
+        ] {
+            assert!(!is_backup_name(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn a_new_name_is_free_of_backups_and_of_manifests_left_alone() {
+        let dir = tempfile::tempdir().expect("dir");
+        let now: DateTime<Utc> = "2026-12-01T22:30:00Z".parse().expect("time");
+        let first = new_name(dir.path(), now);
+        assert_eq!(first, "dbwarden-20261201T223000Z.db");
+        // Only the manifest is left (its backup was removed by hand): still taken.
+        fs::write(manifest_path(dir.path(), &first), "{}").expect("manifest");
+        assert_eq!(new_name(dir.path(), now), "dbwarden-20261201T223000Z-2.db");
+        for taken in [
+            "dbwarden-20261201T223000Z-2.db",
+            "dbwarden-20261201T223000Z-3.db",
+        ] {
+            fs::write(dir.path().join(taken), "").expect("backup");
+        }
+        assert_eq!(new_name(dir.path(), now), "dbwarden-20261201T223000Z-4.db");
+    }
+
+    #[test]
+    fn a_manifest_that_names_another_file_is_not_listed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let now = Utc::now();
+        let manifest = |name: &str| Manifest {
+            name: name.into(),
+            size_bytes: 1,
+            sha256: String::new(),
+            created_at: now,
+            schema_version: String::new(),
+            last_event_id: 0,
+            verified_at: now,
+            status: BackupStatus::Good,
+            problem: None,
+            duration_ms: None,
+        };
+        write_manifest(dir.path(), &manifest("dbwarden-20261201T223000Z.db")).expect("write");
+        write_manifest(dir.path(), &manifest("dbwarden-20261201T223100Z.db")).expect("write");
+        // The second's manifest copied over a third's name: it names another file.
+        fs::copy(
+            manifest_path(dir.path(), "dbwarden-20261201T223100Z.db"),
+            manifest_path(dir.path(), "dbwarden-20261201T223200Z.db"),
+        )
+        .expect("copy");
+        let names: Vec<String> = list(dir.path())
+            .expect("list")
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "dbwarden-20261201T223000Z.db",
+                "dbwarden-20261201T223100Z.db"
+            ]
+        );
+    }
 }

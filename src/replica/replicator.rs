@@ -5,9 +5,11 @@
 //!
 //! - The **tailer thread** owns the [`Tailer`] and its [read pin](crate::db::pin). It
 //!   makes a pass when the DbWriter says it committed (at most every
-//!   [`MIN_PASS_GAP`]), when the DbWriter is about to checkpoint, and every half of the
-//!   shortest sync interval in any case, which is how commits of a direct writer (Healarr
-//!   on its own connection) are found. Each pass spools the new commits' frames as one
+//!   [`MIN_PASS_GAP`]), when the DbWriter is about to checkpoint, and every tenth of the
+//!   shortest sync interval in any case (at least [`MIN_PASS_GAP`] apart), which is how
+//!   commits of a direct writer (Healarr on its own connection) are found: so they wait
+//!   at most that long more than the DbWriter's for their upload. A pass that finds
+//!   nothing reads the wal-index header and nothing else. Each pass spools the new commits' frames as one
 //!   segment, durably ([`super::spool`]).
 //! - One **[Streamer](super::streamer)** per streaming replica uploads from the spool.
 //! - A start begins a new generation: a snapshot of the database as it is then, so
@@ -246,7 +248,7 @@ impl Replicator {
             .unwrap_or(Duration::from_secs(86_400));
         let poll = streaming
             .iter()
-            .map(|r| Duration::from_millis(r.sync_interval_ms) / 2)
+            .map(|r| Duration::from_millis(r.sync_interval_ms) / 10)
             .min()
             .unwrap_or(Duration::from_millis(500))
             .max(MIN_PASS_GAP);

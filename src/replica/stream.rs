@@ -623,6 +623,24 @@ fn next_segment(segments: &[SegmentObject], end: Position) -> Option<&SegmentObj
     })
 }
 
+/// Commits whose newest event id was not recorded but is surely below `id`: a later
+/// commit of the same segment recorded one below it (ids only grow). A restore to
+/// event `id` reads the database being rebuilt only for the others.
+fn commits_before(commits: &[CommitRecord], id: i64) -> std::collections::HashSet<Position> {
+    let mut later_below = false;
+    let mut before = std::collections::HashSet::new();
+    for commit in commits.iter().rev() {
+        match commit.last_event_id {
+            Some(known) => later_below |= known < id,
+            None if later_below => {
+                before.insert(commit.at);
+            }
+            None => {}
+        }
+    }
+    before
+}
+
 /// The newest event id of the database being rebuilt, as of the commit just applied.
 fn max_event_id_of(path: &Path) -> Result<i64, segment::SegmentError> {
     let fail = |e: db::DbError| segment::SegmentError::Io {
@@ -694,6 +712,10 @@ async fn rebuild(
             }
             _ => None,
         };
+        let surely_before = match target {
+            Target::EventId(id) => commits_before(&reader.header.commits, *id),
+            _ => Default::default(),
+        };
         let target = *target;
         let (back, applied) = tokio::task::spawn_blocking(move || {
             let applied = applier.apply(&mut reader, |commit, path| match target {
@@ -701,6 +723,7 @@ async fn rebuild(
                 Target::At(_) => Ok(Some(commit.at) == last_in_time),
                 Target::EventId(id) => match commit.last_event_id {
                     Some(known) => Ok(known >= id),
+                    None if surely_before.contains(&commit.at) => Ok(false),
                     None => Ok(max_event_id_of(path)? >= id),
                 },
             });
@@ -773,6 +796,31 @@ mod tests {
 
     /// Retention keeps every point of the window: the newest generation begun before
     /// it and all after it; older ones go entirely, the one being streamed never.
+    #[test]
+    fn a_commit_is_surely_before_an_event_only_when_a_later_one_recorded_less() {
+        let commit = |frame: u32, id: Option<i64>| CommitRecord {
+            at: Position { wal: 0, frame },
+            pages: 1,
+            seen_at: Utc::now(),
+            last_event_id: id,
+        };
+        let commits = [
+            commit(1, None),
+            commit(2, Some(5)),
+            commit(3, None),
+            commit(4, Some(9)),
+            commit(5, None),
+        ];
+        let before = commits_before(&commits, 7);
+        assert_eq!(
+            before,
+            [Position { wal: 0, frame: 1 }].into_iter().collect(),
+            "only the commit before the one that recorded 5"
+        );
+        assert!(commits_before(&commits, 5).is_empty());
+        assert_eq!(commits_before(&commits, 10).len(), 2);
+    }
+
     #[tokio::test]
     async fn retention_deletes_only_generations_no_point_of_the_window_needs() {
         let dir = tempfile::tempdir().expect("dir");

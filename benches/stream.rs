@@ -534,7 +534,7 @@ struct Stopped {
 }
 
 /// The newest event id each object holds, and (dbwarden) its WAL frames.
-fn contents(tool: Tool, stopped: &Stopped, moto: &Moto, keys: &Keys, key: &str) -> (i64, u64) {
+fn contents(tool: Tool, stopped: &Stopped, keys: &Keys, key: &str) -> (i64, u64) {
     match tool {
         Tool::Dbwarden => {
             // Signed, as the service reads it: the objects are not public.
@@ -658,7 +658,7 @@ fn load(
         if before_keys.contains(key) {
             continue;
         }
-        let (newest, frames) = contents(tool, &stopped, moto, keys, key);
+        let (newest, frames) = contents(tool, &stopped, keys, key);
         wal_frames += frames;
         reach.push((*at, newest));
     }

@@ -165,6 +165,15 @@ mod tests {
         assert_eq!(judged.problems.len(), 1, "{judged:?}");
         assert!(judged.problems[0].contains("13 h old"), "{judged:?}");
         assert_eq!(judged.age_seconds, Some(13 * 3600));
+        // Exactly as old as allowed is still fine; a second more is not.
+        let at_limit = [manifest("a", now - h(12), BackupStatus::Good)];
+        assert!(assess(&at_limit, None, max, up, now).problems.is_empty());
+        let past = [manifest(
+            "a",
+            now - h(12) - chrono::Duration::seconds(1),
+            BackupStatus::Good,
+        )];
+        assert_eq!(assess(&past, None, max, up, now).problems.len(), 1);
 
         let failed = Attempt {
             at: now,
@@ -193,6 +202,10 @@ mod tests {
         assert!(
             assess(&[], None, max, up, now).problems.is_empty(),
             "just started"
+        );
+        assert!(
+            assess(&[], None, max, max, now).problems.is_empty(),
+            "up exactly as long as allowed without one"
         );
         let long_up = Duration::from_secs(13 * 3600);
         assert_eq!(assess(&[], None, max, long_up, now).problems.len(), 1);

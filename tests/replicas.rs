@@ -2412,3 +2412,213 @@ async fn a_drill_restores_the_stream_and_a_flipped_byte_in_a_segment_fails_it() 
         "{run}"
     );
 }
+
+/// Every row of `table` as text, in its primary key's order (`key`).
+fn rows_of(path: &Path, table: &str, key: &str) -> Vec<String> {
+    let conn = db::open_file_read_only(path).expect("open");
+    let mut stmt = conn
+        .prepare(&format!("SELECT * FROM {table} ORDER BY {key}"))
+        .expect("prepare");
+    let columns = stmt.column_count();
+    let rows = stmt
+        .query_map([], |r| {
+            (0..columns)
+                .map(|i| {
+                    r.get::<_, rusqlite::types::Value>(i)
+                        .map(|v| format!("{v:?}"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(|v| v.join("|"))
+        })
+        .expect("query");
+    rows.map(|r| r.expect("row")).collect()
+}
+
+/// One step of the random workload.
+#[derive(Debug, Clone)]
+enum Step {
+    /// One POST of `n` events for corruption `c`, of type `t`.
+    Append { c: u8, t: u8, n: u8 },
+    /// A direct writer's inserts on its own connection, one commit each.
+    Direct { c: u8, n: u8 },
+    /// `DELETE /api/corruptions/{c}`.
+    Delete { c: u8 },
+    /// The checkpoint job (the Checkpointer's schedule).
+    Checkpoint,
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => (0..4u8, 0..4u8, 1..5u8).prop_map(|(c, t, n)| Step::Append { c, t, n }),
+        2 => (0..4u8, 1..4u8).prop_map(|(c, n)| Step::Direct { c, n }),
+        1 => (0..4u8).prop_map(|c| Step::Delete { c }),
+        1 => Just(Step::Checkpoint),
+    ]
+}
+
+const TYPES: [&str; 4] = [
+    "CorruptionDetected",
+    "RemediationQueued",
+    "VerificationSuccess",
+    "DownloadFailed",
+];
+
+/// The state a restore must reproduce: the events and the corruption summary.
+type State = (Vec<String>, Vec<String>);
+
+fn state_of(path: &Path) -> State {
+    (
+        events_of(path),
+        rows_of(path, "corruption_summary", "corruption_id"),
+    )
+}
+
+async fn run_workload(steps: Vec<Step>) {
+    use dbwarden::replica::stream::{self, Target};
+    // A long interval, so that a segment holds several steps and the points restored
+    // fall inside segments, not only at their ends; the tailer reads every 150 ms.
+    let mut world = World::new().await;
+    world.replicas = world.replicas.replace(
+        "age_recipients = [",
+        "sync_interval_ms = 1500\nage_recipients = [",
+    );
+    let (app, live, replicas) = world.start().await;
+    let direct = rusqlite::Connection::open(&live).expect("direct writer");
+    direct
+        .busy_timeout(std::time::Duration::from_secs(5))
+        .expect("timeout");
+    let pause = || tokio::time::sleep(std::time::Duration::from_millis(400));
+    pause().await;
+    // After each step, once the tailer has read it: when, the state, and (for steps
+    // that end with a commit of events) the newest event id.
+    let mut points: Vec<(chrono::DateTime<chrono::Utc>, State, Option<i64>)> = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        let newest = match step {
+            Step::Append { c, t, n } => {
+                let events: Vec<serde_json::Value> = (0..*n)
+                    .map(|k| serde_json::json!({"aggregate_type": "corruption", "aggregate_id": format!("c{c}"), "event_type": TYPES[*t as usize], "event_data": {"file_path": format!("/media/{c}.mkv"), "step": i, "k": k}}))
+                    .collect();
+                let res = app
+                    .post_json("/api/events", &serde_json::json!(events))
+                    .await;
+                assert_eq!(res.status(), 201, "{step:?}");
+                let body: serde_json::Value = res.json().await.expect("ids");
+                body["ids"]
+                    .as_array()
+                    .and_then(|a| a.last())
+                    .and_then(|v| v.as_i64())
+            }
+            Step::Direct { c, n } => {
+                let mut last = None;
+                for k in 0..*n {
+                    direct
+                        .execute(
+                            "INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data) VALUES ('corruption', ?1, 'CorruptionDetected', json_object('file_path', ?2, 'step', ?3, 'k', ?4))",
+                            rusqlite::params![format!("c{c}"), format!("/media/{c}.mkv"), i as i64, k],
+                        )
+                        .expect("direct insert");
+                    last = Some(direct.last_insert_rowid());
+                }
+                last
+            }
+            Step::Delete { c } => {
+                let res = app
+                    .client
+                    .delete(app.url(&format!("/api/corruptions/c{c}")))
+                    .send()
+                    .await
+                    .expect("delete");
+                assert!(
+                    res.status().is_success() || res.status() == 404,
+                    "{step:?}: {}",
+                    res.status()
+                );
+                None
+            }
+            Step::Checkpoint => {
+                assert_eq!(app.run_job("checkpoint").await["outcome"], "ok");
+                None
+            }
+        };
+        pause().await;
+        points.push((chrono::Utc::now(), state_of(&live), newest));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (nas, s3) = (&replicas[0], &replicas[1]);
+    let scratch = world.root.path().join("points");
+    std::fs::create_dir_all(&scratch).expect("scratch");
+    let final_events = events_of(&live);
+    for replica in [nas, s3] {
+        let out = scratch.join(format!("{}-latest.db", replica.name()));
+        let (caught_up, got) =
+            wait_until_streamed(replica, &world.identity, &final_events, &out).await;
+        assert!(
+            caught_up,
+            "{}: {got} of {} events",
+            replica.name(),
+            final_events.len()
+        );
+        assert_eq!(
+            state_of(&out),
+            state_of(&live),
+            "{}: the latest",
+            replica.name()
+        );
+    }
+    let identities = dbwarden::config::read_identities(&world.identity).expect("identity");
+    for (i, (at, expected, newest)) in points.iter().enumerate() {
+        let out = scratch.join(format!("at-{i}.db"));
+        let restored = stream::restore_point(
+            nas,
+            &Target::At(*at),
+            &identities,
+            &scratch.join("staging"),
+            &out,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("step {i} ({:?}) at {at}: {e}", steps[i]));
+        assert_eq!(
+            &state_of(&out),
+            expected,
+            "step {i} ({:?}) at {at}: {restored:?}",
+            steps[i]
+        );
+        if let Some(id) = newest {
+            let out = scratch.join(format!("event-{i}.db"));
+            stream::restore_point(
+                nas,
+                &Target::EventId(*id),
+                &identities,
+                &scratch.join("staging"),
+                &out,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("step {i} ({:?}) event {id}: {e}", steps[i]));
+            assert_eq!(
+                &state_of(&out),
+                expected,
+                "step {i} ({:?}) to event {id}",
+                steps[i]
+            );
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 3,
+        max_shrink_iters: 8,
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+    /// A random workload (appends through the API, a direct writer's inserts,
+    /// deletions, checkpoints) against the running service: the stream restores to the
+    /// state after every step, by time and, for a step that ended with a commit of
+    /// events, by that commit's event id; each replica's latest is the live database.
+    #[test]
+    fn a_random_workload_restores_to_the_state_after_every_step(
+        steps in proptest::collection::vec(step(), 4..10)
+    ) {
+        actix_rt::System::new().block_on(run_workload(steps));
+    }
+}

@@ -312,6 +312,13 @@ impl Spool {
         Ok(())
     }
 
+    /// Whether `replica` holds pieces it has not compacted (without copying them).
+    pub fn has_uncompacted(&self, replica: &str) -> bool {
+        self.generations
+            .iter()
+            .any(|g| g.uncompacted(replica).next().is_some())
+    }
+
     /// Per generation (oldest first), the pieces `replica` holds and has not compacted.
     pub fn uncompacted(&self, replica: &str) -> Vec<(String, Vec<Piece>)> {
         self.generations

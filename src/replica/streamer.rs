@@ -160,7 +160,7 @@ impl Streamer {
     fn has_uncompacted(&self) -> bool {
         self.spool
             .lock()
-            .is_ok_and(|s| !s.uncompacted(self.replica.name()).is_empty())
+            .is_ok_and(|s| s.has_uncompacted(self.replica.name()))
     }
 
     /// Compacts what was shipped since the last time; nothing (no request) when

@@ -533,28 +533,52 @@ struct Stopped {
     config: PathBuf,
 }
 
-/// The newest event id each object holds, and (dbwarden) its WAL frames.
-fn contents(tool: Tool, stopped: &Stopped, keys: &Keys, key: &str) -> (i64, u64) {
-    match tool {
-        Tool::Dbwarden => {
-            // Signed, as the service reads it: the objects are not public.
-            let settings = dbwarden::config::Settings::load(
-                &dbwarden::config::ConfigSource::Explicit(stopped.config.clone()),
-            )
-            .expect("the run's settings");
-            let replica = dbwarden::replica::Replica::open(&settings.replicas[0]).expect("replica");
-            let runtime = tokio::runtime::Runtime::new().expect("runtime");
-            let bytes = runtime.block_on(async {
-                use object_store::ObjectStoreExt;
-                replica
-                    .store
-                    .get(&object_store::path::Path::from(key))
-                    .await
-                    .expect("get")
-                    .bytes()
-                    .await
-                    .expect("bytes")
-            });
+/// dbwarden's replica as the run configured it, to read its objects signed (they are
+/// not public), with a runtime to do it on.
+struct SignedReader {
+    replica: dbwarden::replica::Replica,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl SignedReader {
+    fn of(stopped: &Stopped) -> SignedReader {
+        let settings = dbwarden::config::Settings::load(&dbwarden::config::ConfigSource::Explicit(
+            stopped.config.clone(),
+        ))
+        .expect("the run's settings");
+        SignedReader {
+            replica: dbwarden::replica::Replica::open(&settings.replicas[0]).expect("replica"),
+            runtime: tokio::runtime::Runtime::new().expect("runtime"),
+        }
+    }
+
+    fn get(&self, key: &str) -> bytes::Bytes {
+        use object_store::ObjectStoreExt;
+        self.runtime.block_on(async {
+            self.replica
+                .store
+                .get(&object_store::path::Path::from(key))
+                .await
+                .expect("get")
+                .bytes()
+                .await
+                .expect("bytes")
+        })
+    }
+}
+
+/// The newest event id each object holds, and (dbwarden) its WAL frames; `reader` is
+/// dbwarden's (`None` for Litestream).
+fn contents(
+    tool: Tool,
+    stopped: &Stopped,
+    reader: Option<&SignedReader>,
+    keys: &Keys,
+    key: &str,
+) -> (i64, u64) {
+    match (tool, reader) {
+        (Tool::Dbwarden, Some(reader)) => {
+            let bytes = reader.get(key);
             let mut plain = Vec::new();
             codec::decode(
                 &bytes[..],
@@ -575,7 +599,8 @@ fn contents(tool: Tool, stopped: &Stopped, keys: &Keys, key: &str) -> (i64, u64)
             let frames = reader.header.runs.iter().map(|r| u64::from(r.frames)).sum();
             (newest, frames)
         }
-        Tool::Litestream => {
+        (Tool::Dbwarden, None) => panic!("dbwarden's objects are read signed"),
+        (Tool::Litestream, _) => {
             let file = key.rsplit('/').next().unwrap_or_default();
             let txid = file.split('-').next().unwrap_or_default();
             let out = stopped.dir.join(format!("txid-{txid}.db"));
@@ -654,11 +679,12 @@ fn load(
     let stopped = running.stop();
     let mut reach: Vec<(Instant, i64)> = Vec::new();
     let mut wal_frames = 0;
+    let reader = (tool == Tool::Dbwarden).then(|| SignedReader::of(&stopped));
     for (key, at, _) in &increments {
         if before_keys.contains(key) {
             continue;
         }
-        let (newest, frames) = contents(tool, &stopped, keys, key);
+        let (newest, frames) = contents(tool, &stopped, reader.as_ref(), keys, key);
         wal_frames += frames;
         reach.push((*at, newest));
     }
@@ -855,30 +881,6 @@ fn api_throughput(bench: &Bench, dir: &Path, secs: u64, extra: &str) -> f64 {
     acknowledged as f64 / secs as f64
 }
 
-/// The work directory, left in place with `DBWARDEN_BENCH_KEEP` set (to read the
-/// tools' logs).
-fn scopeguard(dir: tempfile::TempDir) -> PathBufGuard {
-    if std::env::var_os("DBWARDEN_BENCH_KEEP").is_some() {
-        PathBufGuard::Kept(dir.keep())
-    } else {
-        PathBufGuard::Temp(dir)
-    }
-}
-
-enum PathBufGuard {
-    Temp(tempfile::TempDir),
-    Kept(PathBuf),
-}
-
-impl PathBufGuard {
-    fn path(&self) -> &Path {
-        match self {
-            PathBufGuard::Temp(t) => t.path(),
-            PathBufGuard::Kept(p) => p,
-        }
-    }
-}
-
 fn show(counts: &BTreeMap<String, u64>, per_hour: f64) -> String {
     if counts.is_empty() {
         return "0".into();
@@ -899,11 +901,12 @@ fn main() {
         .split(',')
         .filter_map(|r| r.trim().parse().ok())
         .collect();
-    let root = tempfile::tempdir().expect("tempdir");
+    let mut root = tempfile::tempdir().expect("tempdir");
+    // Left in place with `DBWARDEN_BENCH_KEEP` set, to read the tools' logs.
     if std::env::var_os("DBWARDEN_BENCH_KEEP").is_some() {
+        root.disable_cleanup(true);
         println!("keeping {}", root.path().display());
     }
-    let root = scopeguard(root);
     let moto = Moto::start(root.path());
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {

@@ -2568,37 +2568,18 @@ async fn run_workload(steps: Vec<Step>) {
     }
     let identities = dbwarden::config::read_identities(&world.identity).expect("identity");
     for (i, (at, expected, newest)) in points.iter().enumerate() {
-        let out = scratch.join(format!("at-{i}.db"));
-        let restored = stream::restore_point(
-            nas,
-            &Target::At(*at),
-            &identities,
-            &scratch.join("staging"),
-            &out,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("step {i} ({:?}) at {at}: {e}", steps[i]));
-        assert_eq!(
-            &state_of(&out),
-            expected,
-            "step {i} ({:?}) at {at}: {restored:?}",
-            steps[i]
-        );
-        if let Some(id) = newest {
-            let out = scratch.join(format!("event-{i}.db"));
-            stream::restore_point(
-                nas,
-                &Target::EventId(*id),
-                &identities,
-                &scratch.join("staging"),
-                &out,
-            )
-            .await
-            .unwrap_or_else(|e| panic!("step {i} ({:?}) event {id}: {e}", steps[i]));
+        let mut targets = vec![(Target::At(*at), format!("at-{i}"))];
+        targets.extend(newest.map(|id| (Target::EventId(id), format!("event-{i}"))));
+        for (target, name) in targets {
+            let out = scratch.join(format!("{name}.db"));
+            let restored =
+                stream::restore_point(nas, &target, &identities, &scratch.join("staging"), &out)
+                    .await
+                    .unwrap_or_else(|e| panic!("step {i} ({:?}) {target:?}: {e}", steps[i]));
             assert_eq!(
                 &state_of(&out),
                 expected,
-                "step {i} ({:?}) to event {id}",
+                "step {i} ({:?}) {target:?}: {restored:?}",
                 steps[i]
             );
         }

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use object_store::ObjectStoreExt;
 
 use super::segment::Position;
-use super::spool::{Piece, Spool};
+use super::spool::{poisoned, Piece, Spool};
 use super::stream::{self, SegmentObject};
 use super::streamer::{merge_pieces, MERGE_LIMIT_BYTES};
 use super::uploads::Ledger;
@@ -46,17 +46,9 @@ pub struct Compacted {
     pub bytes: u64,
 }
 
-/// True when `next` starts right after `end`: the next frame of the same WAL, or the
-/// first of the next one.
+/// True when `next` starts right after `end` ([`Position::successors`]).
 fn follows(end: Position, next: Position) -> bool {
-    next == Position {
-        wal: end.wal,
-        frame: end.frame + 1,
-    } || next
-        == Position {
-            wal: end.wal + 1,
-            frame: 1,
-        }
+    end.successors().contains(&next)
 }
 
 fn within(segment: &SegmentObject, outer: &SegmentObject) -> bool {
@@ -70,7 +62,7 @@ fn within(segment: &SegmentObject, outer: &SegmentObject) -> bool {
 fn pieces_of(pieces: &[Piece], first: Position, last: Position) -> Option<Vec<Piece>> {
     let chosen: Vec<Piece> = pieces
         .iter()
-        .filter(|p| p.header.first().is_some_and(|f| f >= first) && p.last() <= last)
+        .filter(|p| p.lies_within(first, last))
         .cloned()
         .collect();
     let starts = chosen.first()?.header.first() == Some(first);
@@ -87,7 +79,7 @@ fn runs(segments: &[SegmentObject], pieces: &[Piece]) -> Vec<Vec<SegmentObject>>
     let bytes_of = |s: &SegmentObject| -> u64 {
         pieces
             .iter()
-            .filter(|p| p.header.first().is_some_and(|f| f >= s.first) && p.last() <= s.last)
+            .filter(|p| p.lies_within(s.first, s.last))
             .map(|p| p.bytes)
             .sum()
     };
@@ -199,13 +191,6 @@ fn record(
         .record(replica, generation, |s| {
             s.compacted = Some(s.compacted.map_or(through, |c| c.max(through)));
         })
-}
-
-fn poisoned(replica: &str) -> ReplicaError {
-    ReplicaError::Open {
-        replica: replica.to_string(),
-        reason: "the spool's state was poisoned by a panic".into(),
-    }
 }
 
 #[cfg(test)]

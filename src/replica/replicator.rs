@@ -9,8 +9,8 @@
 //!   shortest sync interval in any case (at least [`MIN_PASS_GAP`] apart), which is how
 //!   commits of a direct writer (Healarr on its own connection) are found: so they wait
 //!   at most that long more than the DbWriter's for their upload. A pass that finds
-//!   nothing reads the wal-index header and nothing else. Each pass spools the new commits' frames as one
-//!   segment, durably ([`super::spool`]).
+//!   nothing reads the wal-index header and nothing else. Each pass spools the new
+//!   commits' frames as one segment, durably ([`super::spool`]).
 //! - One **[Streamer](super::streamer)** per streaming replica uploads from the spool.
 //! - A start begins a new generation: a snapshot of the database as it is then, so
 //!   whatever happened while dbwarden was down (a direct writer's commits, a restore)

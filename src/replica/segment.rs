@@ -68,6 +68,23 @@ pub struct Position {
     pub frame: u32,
 }
 
+impl Position {
+    /// Where a segment following one that ends here may start: the next frame of the
+    /// same WAL, or (after a restart of the WAL) the first frame of the next one.
+    pub fn successors(self) -> [Position; 2] {
+        [
+            Position {
+                wal: self.wal,
+                frame: self.frame + 1,
+            },
+            Position {
+                wal: self.wal + 1,
+                frame: 1,
+            },
+        ]
+    }
+}
+
 impl std::fmt::Display for Position {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:08x}-{:08x}", self.wal, self.frame)

@@ -69,6 +69,11 @@ impl Piece {
         self.header.last().unwrap_or(self.header.after)
     }
 
+    /// Whether all its frames lie in `first..=last`.
+    pub fn lies_within(&self, first: Position, last: Position) -> bool {
+        self.header.first().is_some_and(|f| f >= first) && self.last() <= last
+    }
+
     /// When the tailer read its first commit: how long it has waited for a replica.
     fn first_seen(&self) -> Option<DateTime<Utc>> {
         self.header.commits.first().map(|c| c.seen_at)
@@ -374,7 +379,8 @@ impl Spool {
     }
 
     /// Deletes pieces every replica holds and compacted, snapshots every replica holds,
-    /// and finished generations every replica holds entirely. A deletion that fails is retried next time.
+    /// and finished generations every replica holds entirely. A deletion that fails is
+    /// retried next time.
     fn collect(&mut self) {
         let replicas = self.replicas.clone();
         let holds_all = |g: &SpooledGeneration, p: &Piece| {
@@ -415,6 +421,14 @@ impl Spool {
             }
             !finished
         });
+    }
+}
+
+/// The error of a spool whose lock a panic poisoned, as `replica`'s streamer sees it.
+pub fn poisoned(replica: &str) -> ReplicaError {
+    ReplicaError::Open {
+        replica: replica.to_string(),
+        reason: "the spool's state was poisoned by a panic".into(),
     }
 }
 

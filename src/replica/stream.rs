@@ -605,21 +605,11 @@ fn is_gone(e: &ReplicaError) -> bool {
 /// follows only if `end` was that WAL's last frame: [`SegmentHeader::follows`] checks
 /// it against the segment's own record).
 fn next_segment(segments: &[SegmentObject], end: Position) -> Option<&SegmentObject> {
-    let starting_at = |first: Position| {
+    end.successors().into_iter().find_map(|first| {
         segments
             .iter()
-            .filter(move |s| s.first == first)
+            .filter(|s| s.first == first)
             .max_by_key(|s| s.last)
-    };
-    starting_at(Position {
-        wal: end.wal,
-        frame: end.frame + 1,
-    })
-    .or_else(|| {
-        starting_at(Position {
-            wal: end.wal + 1,
-            frame: 1,
-        })
     })
 }
 

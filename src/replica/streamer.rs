@@ -300,10 +300,7 @@ impl Streamer {
     ) -> Result<(), ReplicaError> {
         match self.spool.lock() {
             Ok(mut spool) => spool.record(self.replica.name(), generation, update),
-            Err(_) => Err(ReplicaError::Open {
-                replica: self.replica.name().to_string(),
-                reason: "the spool's state was poisoned by a panic".into(),
-            }),
+            Err(_) => Err(super::spool::poisoned(self.replica.name())),
         }
     }
 }

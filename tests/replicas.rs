@@ -1422,6 +1422,9 @@ fn bad_replica_settings_name_the_key_and_the_reason() {
         (format!("{ok}sync_interval_ms = 10\n"), "replicas[0].sync_interval_ms", "out of range"),
         (format!("{ok}max_lag_secs = 0\n"), "replicas[0].max_lag_secs", "out of range"),
         (format!("{ok}ack_timeout_ms = 5\n"), "replicas[0].ack_timeout_ms", "out of range"),
+        (format!("{ok}stream_retention_secs = 5\n"), "replicas[0].stream_retention_secs", "out of range"),
+        (format!("{ok}compact_interval_secs = 0\n"), "replicas[0].compact_interval_secs", "out of range"),
+        (format!("{ok}compact_interval_secs = 700000\n"), "replicas[0].compact_interval_secs", "out of range"),
         (format!("{ok}stream = false\nack_writes = true\n"), "replicas[0].ack_writes", "needs stream = true"),
         (format!("{ok}ack_fallback_local = true\n"), "replicas[0].ack_fallback_local", "only applies with ack_writes = true"),
     ];

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::db::{wal, CheckpointMode};
 use crate::metrics::Metrics;
 use crate::notifier::{Notifier, Severity};
-use crate::writer::{WriteError, WriterHandle};
+use crate::writer::{Checkpointed, WriteError, WriterHandle};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckpointRecord {
@@ -30,6 +30,8 @@ pub struct CheckpointRecord {
     pub over_threshold: bool,
     /// A reader kept the WAL from being reset even after a RESTART attempt.
     pub starved: bool,
+    /// Anything but job history was committed since the previous checkpoint.
+    pub changed: bool,
 }
 
 /// A board: the last-known state one actor publishes for health, `/metrics` and the
@@ -102,14 +104,10 @@ impl Checkpointer {
     }
 
     /// One checkpoint through the writer, counted by mode and result.
-    async fn run(
-        &self,
-        mode: CheckpointMode,
-        label: &str,
-    ) -> Result<crate::db::CheckpointResult, WriteError> {
+    async fn run(&self, mode: CheckpointMode, label: &str) -> Result<Checkpointed, WriteError> {
         let result = self.writer.checkpoint(mode).await;
         let outcome = match &result {
-            Ok(r) if r.busy => "busy",
+            Ok(r) if r.result.busy => "busy",
             Ok(_) => "ok",
             Err(_) => "error",
         };
@@ -122,7 +120,10 @@ impl Checkpointer {
 
     /// One scheduled pass.
     pub async fn tick(&self) -> Result<CheckpointRecord, WriteError> {
-        let passive = self.run(CheckpointMode::Passive, "passive").await?;
+        let Checkpointed {
+            result: passive,
+            changed,
+        } = self.run(CheckpointMode::Passive, "passive").await?;
         let pending = wal::pending_bytes(&passive, self.page_size);
         let mut record = CheckpointRecord {
             at: Utc::now(),
@@ -133,6 +134,7 @@ impl Checkpointer {
             pending_bytes: pending,
             over_threshold: pending > self.alert_bytes,
             starved: false,
+            changed,
         };
         if record.over_threshold {
             self.notifier.alert(
@@ -141,7 +143,7 @@ impl Checkpointer {
                 format!("{pending} bytes of WAL are not checkpointed (threshold {}); trying a RESTART checkpoint", self.alert_bytes),
                 serde_json::json!({ "pending_bytes": pending, "threshold": self.alert_bytes }),
             );
-            let restart = self.run(CheckpointMode::Restart, "restart").await?;
+            let restart = self.run(CheckpointMode::Restart, "restart").await?.result;
             let still = wal::pending_bytes(&restart, self.page_size);
             record = CheckpointRecord {
                 at: Utc::now(),
@@ -152,6 +154,7 @@ impl Checkpointer {
                 pending_bytes: still,
                 over_threshold: still > self.alert_bytes,
                 starved: restart.busy,
+                changed,
             };
             if record.starved {
                 self.notifier.alert(
@@ -189,6 +192,7 @@ mod tests {
             pending_bytes: 0,
             over_threshold: false,
             starved: false,
+            changed: true,
         }
     }
 

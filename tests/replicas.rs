@@ -115,8 +115,13 @@ impl World {
     /// The running service on these replicas: it, its live database's path, and the
     /// replicas (`nas`, `s3`) as the test reads them.
     async fn start(&self) -> (common::TestApp, PathBuf, Vec<Replica>) {
+        self.start_with(&[]).await
+    }
+
+    /// [`World::start`] with `env` settings too (`DBWARDEN__SECTION__KEY`).
+    async fn start_with(&self, env: &[(&str, &str)]) -> (common::TestApp, PathBuf, Vec<Replica>) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let settings = common::settings_with_file(dir.path(), &self.replicas, &[]);
+        let settings = common::settings_with_file(dir.path(), &self.replicas, env);
         let live = settings.database.path.clone();
         let replicas = settings
             .replicas
@@ -126,6 +131,14 @@ impl World {
         let app =
             common::TestApp::start(dir, dbwarden::supervisor::Service::builder(settings)).await;
         (app, live, replicas)
+    }
+
+    /// Bytes the service has sent to the S3 server so far.
+    fn sent_to_s3(&self) -> u64 {
+        self.server
+            .proxy
+            .sent_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The settings of a machine whose database and backups are under `root/machine`.
@@ -1821,13 +1834,7 @@ async fn the_service_streams_every_commit_and_each_replica_alone_rebuilds_it() {
     }
 
     // Idle: nothing committed, so nothing is sent to a replica, in 15 sync intervals.
-    let sent = || {
-        world
-            .server
-            .proxy
-            .sent_bytes
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let sent = || world.sent_to_s3();
     let puts = |text: &str| {
         common::metric(
             text,
@@ -2370,6 +2377,99 @@ async fn a_generation_as_old_as_the_retention_window_is_followed_by_a_fresh_one(
         health["replication"]["generations"].as_u64().unwrap_or(0) >= 2,
         "{health}"
     );
+}
+
+/// The checkpoint job's last run, as `GET /api/jobs` shows it.
+async fn last_checkpoint_run(app: &common::TestApp) -> serde_json::Value {
+    let jobs = app.get_json("/api/jobs").await;
+    jobs["jobs"]
+        .as_array()
+        .and_then(|j| j.iter().find(|j| j["name"] == "checkpoint"))
+        .map(|j| j["last_run"].clone())
+        .unwrap_or_default()
+}
+
+/// Waits for `n` more scheduled checkpoint runs (their start times, in order).
+async fn checkpoint_runs(app: &common::TestApp, n: usize) -> Vec<serde_json::Value> {
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    let mut last = last_checkpoint_run(app).await["started_at"].clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while seen.len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the checkpoint job stopped running: {seen:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let run = last_checkpoint_run(app).await;
+        if run["started_at"] != last {
+            last = run["started_at"].clone();
+            seen.push(run);
+        }
+    }
+    seen
+}
+
+/// Rows in the job history, as a direct reader of the live database counts them.
+fn history_rows(live: &Path) -> i64 {
+    let conn = rusqlite::Connection::open(live).expect("open");
+    conn.query_row("SELECT count(*) FROM dbwarden_job_runs", [], |r| r.get(0))
+        .expect("count")
+}
+
+/// A checkpoint every second on an idle database: once what changed is checkpointed,
+/// its runs are not written to the history (a row would be a change, and a streaming
+/// replica would upload it every run), so nothing is sent to S3; a direct writer's
+/// commit makes the next run count as a change again.
+#[actix_rt::test]
+async fn an_idle_database_stays_unchanged_and_nothing_is_sent_while_checkpoints_run() {
+    let world = World::new().await.streaming("");
+    let (app, live, replicas) = world
+        .start_with(&[("DBWARDEN__CHECKPOINT__SCHEDULE", "* * * * * *")])
+        .await;
+    append_events(&app, "idle", 3).await;
+    // The run that checkpoints the appends is recorded; its record is only history, so
+    // the run after it has nothing new.
+    let runs = checkpoint_runs(&app, 3).await;
+    let quiet = |run: &serde_json::Value| {
+        run["outcome"] == "ok"
+            && run["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("nothing changed"))
+    };
+    assert!(quiet(&runs[2]), "{runs:?}");
+    let everything = events_of(&live);
+    let out = world.root.path().join("s3-latest.db");
+    let (caught_up, got) =
+        wait_until_streamed(&replicas[1], &world.identity, &everything, &out).await;
+    assert!(caught_up, "{got} of {}", everything.len());
+
+    let sent = || world.sent_to_s3();
+    let (sent_before, rows_before) = (sent(), history_rows(&live));
+    let runs = checkpoint_runs(&app, 4).await;
+    assert!(runs.iter().all(quiet), "{runs:?}");
+    assert_eq!(history_rows(&live), rows_before, "a quiet run was recorded");
+    assert_eq!(sent(), sent_before, "an idle service sent something to S3");
+    let metrics = app.get_text("/metrics").await;
+    let counted = common::metric(
+        &metrics,
+        "dbwarden_job_runs_total{job=\"checkpoint\",outcome=\"ok\"}",
+    )
+    .and_then(|n| n.parse::<u64>().ok())
+    .unwrap_or(0);
+    assert!(counted >= 7, "every run is counted: {metrics}");
+
+    // A direct writer's commit is a change: the next run is recorded, then quiet again.
+    rusqlite::Connection::open(&live)
+        .expect("open")
+        .execute(
+            "INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data) VALUES ('corruption', 'direct', 'CorruptionDetected', '{}')",
+            [],
+        )
+        .expect("a direct insert");
+    let runs = checkpoint_runs(&app, 3).await;
+    assert!(!quiet(&runs[0]), "{runs:?}");
+    assert!(quiet(&runs[2]), "{runs:?}");
+    assert_eq!(history_rows(&live), rows_before + 1, "{runs:?}");
 }
 
 /// A drill of a streaming replica also restores its stream: to the newest generation's

@@ -1,6 +1,11 @@
 //! `/api/jobs`: the registry's jobs with their last and next run, their history, and
 //! running one now.
 //!
+//! A scheduled run that found nothing to do (a checkpoint when nothing but job history
+//! was committed since the previous one) is not kept in the history, or an idle
+//! database would change every few minutes and a streaming replica would upload each
+//! change; it is counted in `dbwarden_job_runs_total` and shown as the job's last run.
+//!
 //! `POST /api/jobs/{name}/run` answers 202 at once with the run's start, or with
 //! `?wait=true` 200 with the finished run (its `outcome` says whether it worked: the
 //! request succeeded even when the job failed). A job already running answers 409.
@@ -47,9 +52,17 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         .jobs
         .list()
         .into_iter()
-        .map(|info| JobEntry {
-            last_run: last.remove(&info.name),
-            info,
+        .map(|info| {
+            // A scheduled run that changed nothing is not in the history: shown when it
+            // is the newest.
+            let stored = last.remove(&info.name);
+            let unrecorded = state.jobs.last_unrecorded(&info.name);
+            let last_run = match (stored, unrecorded) {
+                (Some(s), Some(u)) if u.started_at > s.started_at => Some(u),
+                (Some(s), _) => Some(s),
+                (None, u) => u,
+            };
+            JobEntry { last_run, info }
         })
         .collect();
     Ok(HttpResponse::Ok().json(JobList { jobs }))

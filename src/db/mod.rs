@@ -352,6 +352,12 @@ pub fn wal_checkpoint(
     })?)
 }
 
+/// `PRAGMA data_version`: it differs between two reads on one connection exactly when
+/// another connection committed in between (a direct writer such as Healarr).
+pub fn data_version(conn: &Connection) -> Result<i64, DbError> {
+    Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckpointMode {
     Noop,

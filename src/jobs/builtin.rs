@@ -163,6 +163,10 @@ impl Job for CheckpointJob {
                     "starved: {} bytes of WAL held by a reader",
                     r.pending_bytes
                 ))),
+                Ok(r) if !r.changed => Ok(JobReport::unchanged(format!(
+                    "{} frames, {} checkpointed; nothing changed since the previous checkpoint",
+                    r.log_frames, r.checkpointed_frames
+                ))),
                 Ok(r) => Ok(JobReport::from(format!(
                     "{} frames, {} checkpointed",
                     r.log_frames, r.checkpointed_frames

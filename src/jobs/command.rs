@@ -149,7 +149,11 @@ pub async fn run(
     if let Some(how) = stopped {
         message = format!("{message} ({how})");
     }
-    let report = JobReport { message, output };
+    let report = JobReport {
+        message,
+        output,
+        unchanged: false,
+    };
     if status.success() && stopped.is_none() {
         Ok(report)
     } else {

@@ -135,6 +135,7 @@ async fn run_http(
         message: format!("HTTP {status} in {elapsed} ms (expected {expect_status})"),
         output: (!text.is_empty())
             .then(|| super::registry::keep_tail(text, super::registry::OUTPUT_LIMIT)),
+        unchanged: false,
     };
     if status == expect_status {
         Ok(report)

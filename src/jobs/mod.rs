@@ -70,6 +70,21 @@ pub use definition::{
 pub struct JobReport {
     pub message: String,
     pub output: Option<String>,
+    /// The run found nothing to do and changed nothing. A scheduled run like that is
+    /// not written to the history: the row would be the only change to an idle
+    /// database, and a streaming replica would upload it (see `Registry::run_once`).
+    #[serde(skip)]
+    pub unchanged: bool,
+}
+
+impl JobReport {
+    /// A successful run that found nothing to do.
+    pub fn unchanged(message: String) -> JobReport {
+        JobReport {
+            unchanged: true,
+            ..JobReport::from(message)
+        }
+    }
 }
 
 impl From<String> for JobReport {
@@ -77,6 +92,7 @@ impl From<String> for JobReport {
         JobReport {
             message,
             output: None,
+            unchanged: false,
         }
     }
 }

@@ -72,6 +72,9 @@ pub struct JobDeps {
 struct RunState {
     running: Option<(DateTime<Utc>, Trigger)>,
     queued: bool,
+    /// The newest scheduled run that changed nothing, kept here instead of in the
+    /// history table.
+    last_unrecorded: Option<JobRun>,
 }
 
 struct Entry {
@@ -322,6 +325,7 @@ impl Registry {
                             JobReport {
                                 message: format!("{why}; {}", report.message),
                                 output: report.output,
+                                unchanged: false,
                             },
                         )
                     }
@@ -363,9 +367,26 @@ impl Registry {
             .job_run_seconds
             .with_label_values(&[&run.job])
             .observe(run.duration_ms as f64 / 1000.0);
-        self.record(&run).await;
+        if trigger == Trigger::Schedule && outcome == Outcome::Ok && report.unchanged {
+            if let Ok(mut state) = self.entries[index].state.lock() {
+                state.last_unrecorded = Some(run.clone());
+            }
+        } else {
+            self.record(&run).await;
+        }
         self.notify(spec.notify_on, &run);
         run
+    }
+
+    /// The newest scheduled run of `name` that changed nothing and so was not written
+    /// to the history (`GET /api/jobs` shows it when it is the newest run).
+    pub fn last_unrecorded(&self, name: &str) -> Option<JobRun> {
+        let index = self.find(name)?;
+        self.entries[index]
+            .state
+            .lock()
+            .ok()
+            .and_then(|s| s.last_unrecorded.clone())
     }
 
     /// Writes the run to the history table; a busy writer is retried briefly.

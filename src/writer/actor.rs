@@ -24,8 +24,19 @@ pub(super) struct Write(pub Request);
 
 /// Runs a checkpoint on the writer's connection (the Checkpointer's path).
 #[derive(Message)]
-#[rtype(result = "Result<CheckpointResult, WriteError>")]
+#[rtype(result = "Result<Checkpointed, WriteError>")]
 pub(super) struct Checkpoint(pub CheckpointMode);
+
+/// A checkpoint's result, and whether the database changed since the previous one.
+#[derive(Debug, Clone, Copy)]
+pub struct Checkpointed {
+    pub result: CheckpointResult,
+    /// Something other than a job run's record was committed since the writer's
+    /// previous checkpoint, through the writer or by another connection (always true
+    /// for the first). The Checkpointer's job does not record a run that found nothing,
+    /// so that an idle database stays unchanged.
+    pub changed: bool,
+}
 
 /// Commits everything queued, records the clean stop, runs a final TRUNCATE
 /// checkpoint, closes the connection and stops the actor. Messages sent after it are
@@ -55,6 +66,11 @@ pub struct DbWriter {
     /// Continuous replication, told of commits and checkpoints; `None` when no
     /// replica streams.
     replication: Option<Box<dyn Replication>>,
+    /// A commit other than a job run's record since the last checkpoint.
+    changed_since_checkpoint: bool,
+    /// `PRAGMA data_version` at the last checkpoint: another connection's commits
+    /// change it.
+    data_version_at_checkpoint: Option<i64>,
 }
 
 impl Actor for DbWriter {
@@ -89,6 +105,8 @@ impl DbWriter {
             notifier,
             metrics: actor_metrics,
             replication,
+            changed_since_checkpoint: false,
+            data_version_at_checkpoint: None,
         });
         (WriterHandle::new(addr, stats, metrics), arbiter)
     }
@@ -106,6 +124,7 @@ impl DbWriter {
                 Request::Batched(b) => run.push(b),
                 Request::Exclusive(e) => {
                     self.commit(std::mem::take(&mut run));
+                    self.changed_since_checkpoint = true;
                     match self.conn.as_mut() {
                         Some(conn) => batch::run_alone(conn, e),
                         None => Request::Exclusive(e).fail(WriteError::Unavailable),
@@ -181,6 +200,9 @@ impl DbWriter {
         };
         let started = Instant::now();
         let n = run.len();
+        if !run.iter().all(Batched::is_bookkeeping) {
+            self.changed_since_checkpoint = true;
+        }
         match batch::commit(conn, &mut run) {
             Ok(()) => {
                 let events: usize = run.iter().map(Batched::appended).sum();
@@ -254,12 +276,20 @@ impl Handler<Flush> for DbWriter {
 }
 
 impl Handler<Checkpoint> for DbWriter {
-    type Result = Result<CheckpointResult, WriteError>;
+    type Result = Result<Checkpointed, WriteError>;
 
     fn handle(&mut self, msg: Checkpoint, _: &mut Self::Context) -> Self::Result {
         self.flush();
         let conn = self.conn.as_ref().ok_or(WriteError::Unavailable)?;
-        self.checkpoint(conn, msg.0)
+        // Read before the checkpoint: another connection's commit after it counts
+        // for the next one.
+        let version = db::data_version(conn).map_err(WriteError::storage)?;
+        let result = self.checkpoint(conn, msg.0)?;
+        let changed =
+            self.changed_since_checkpoint || self.data_version_at_checkpoint != Some(version);
+        self.changed_since_checkpoint = false;
+        self.data_version_at_checkpoint = Some(version);
+        Ok(Checkpointed { result, changed })
     }
 }
 

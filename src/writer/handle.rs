@@ -8,7 +8,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::actor::{Checkpoint, DbWriter, Shutdown, Write};
+use super::actor::{Checkpoint, Checkpointed, DbWriter, Shutdown, Write};
 use super::request::{Batched, Exclusive, Reply, Request};
 use super::WriteError;
 use crate::db::guard::RepairReport;
@@ -172,7 +172,7 @@ impl WriterHandle {
             .await
     }
 
-    pub async fn checkpoint(&self, mode: CheckpointMode) -> Result<CheckpointResult, WriteError> {
+    pub async fn checkpoint(&self, mode: CheckpointMode) -> Result<Checkpointed, WriteError> {
         self.addr
             .send(Checkpoint(mode))
             .await

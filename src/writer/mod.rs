@@ -24,7 +24,7 @@ mod request;
 
 use std::sync::Arc;
 
-pub use actor::DbWriter;
+pub use actor::{Checkpointed, DbWriter};
 pub use handle::{WriterHandle, WriterStats};
 
 use crate::db::DbError;

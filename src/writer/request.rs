@@ -120,7 +120,12 @@ impl Batched {
     /// Whether its answer waits for `ack_writes` replicas: a client's write does; the
     /// service's own bookkeeping (a job run's record) does not.
     pub fn waits_for_replicas(&self) -> bool {
-        !matches!(self, Batched::RecordJobRun { .. })
+        !self.is_bookkeeping()
+    }
+
+    /// The service's own bookkeeping (a job run's record), not a change of the data.
+    pub fn is_bookkeeping(&self) -> bool {
+        matches!(self, Batched::RecordJobRun { .. })
     }
 
     /// Whether its answer is known (so the batch does not process it again).

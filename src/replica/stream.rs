@@ -600,6 +600,22 @@ fn is_gone(e: &ReplicaError) -> bool {
     )
 }
 
+/// Segments downloaded ahead of the one being applied.
+const PREFETCH_SEGMENTS: usize = 4;
+
+/// The chain of segments after `start`, in order, as [`next_segment`] walks it.
+fn chain_after(segments: &[SegmentObject], start: Position) -> Vec<&SegmentObject> {
+    let mut chain = Vec::new();
+    let mut end = start;
+    // Successors are later than `end`, so a segment ending before it (a bad name)
+    // would loop; it ends the chain instead.
+    while let Some(next) = next_segment(segments, end).filter(|s| s.last > end) {
+        chain.push(next);
+        end = next.last;
+    }
+    chain
+}
+
 /// Of the segments that start right after `end`, the one reaching furthest: one that
 /// goes on in the same WAL if there is one, else one that starts the next WAL (which
 /// follows only if `end` was that WAL's last frame: [`SegmentHeader::follows`] checks
@@ -680,14 +696,29 @@ async fn rebuild(
     }
     let mut applier = Applier::open(temp, info.page_size)?;
     applier.chain_end = Some(info.chain_end());
-    let mut end = info.position;
-    let mut stopped = stop_before_any;
-    let piece = staging.join("segment");
+    let chain = if stop_before_any {
+        Vec::new()
+    } else {
+        chain_after(&generation.segments, info.position)
+    };
+    // The next few segments download while one is applied: a restore of many small
+    // segments is bound by round trips, not by bytes.
+    let mut fetched = futures::stream::iter(chain.iter().enumerate().map(|(i, next)| {
+        let piece = staging.join(format!("segment-{i}"));
+        async move {
+            download(replica, &next.location, next.encryption, identities, &piece).await?;
+            Ok::<_, ReplicaError>((*next, piece))
+        }
+    }))
+    .buffered(PREFETCH_SEGMENTS);
+    let mut stopped = false;
     while !stopped {
-        let next = next_segment(&generation.segments, end);
-        let Some(next) = next else { break };
-        download(replica, &next.location, next.encryption, identities, &piece).await?;
+        let Some(fetched) = fetched.next().await else {
+            break;
+        };
+        let (next, piece) = fetched?;
         let file = File::open(&piece).map_err(ReplicaError::io(&piece))?;
+        let _ = fs::remove_file(&piece);
         let mut reader = SegmentReader::new(BufReader::new(file), next.location.as_ref())?;
         // For a time, the last commit read by then; none of this segment's if its
         // first commit was read later.
@@ -727,9 +758,10 @@ async fn rebuild(
         applier = back;
         let applied = applied?;
         stopped = applied == segment::Applied::Stopped;
-        end = next.last;
     }
-    let _ = fs::remove_file(&piece);
+    // Downloads started past the target are dropped with the stream; whatever they
+    // wrote is in `staging`, which the caller empties.
+    drop(fetched);
     applier.sync()?;
     let temp_owned = temp.to_path_buf();
     let (last_event_id, event_count) = tokio::task::spawn_blocking(move || {

@@ -35,7 +35,8 @@
 //! DBWARDEN_BENCH_SECS=60 DBWARDEN_BENCH_IDLE_SECS=300 cargo bench --bench stream
 //! ```
 //! Knobs: `DBWARDEN_BENCH_SECS` (each load, 30), `DBWARDEN_BENCH_IDLE_SECS` (60),
-//! `DBWARDEN_BENCH_DB_MB` (45), `DBWARDEN_BENCH_RATES` (`200,2000`). Litestream does not
+//! `DBWARDEN_BENCH_DB_MB` (45), `DBWARDEN_BENCH_RATES` (`200,2000`), `DBWARDEN_BENCH_CPU_PRIORITY`
+//! (dbwarden's `cpu_priority`, `low`); the idle spell follows the first rate's load only. Litestream does not
 //! start while `AWS_CA_BUNDLE` is set, so it is removed from its environment.
 
 use std::collections::BTreeMap;
@@ -399,7 +400,7 @@ access_key_id = "bench"
 secret_access_key_file = "{secret}"
 age_recipients = ["{recipient}"]
 sync_interval_ms = 1000
-cpu_priority = "low"
+cpu_priority = "{priority}"
 {extra}"#,
         db = db.display(),
         backups = dir.join("backups").display(),
@@ -407,6 +408,7 @@ cpu_priority = "low"
         endpoint = moto.endpoint(),
         secret = secret.display(),
         recipient = keys.recipient,
+        priority = std::env::var("DBWARDEN_BENCH_CPU_PRIORITY").unwrap_or_else(|_| "low".into()),
     )
 }
 
@@ -947,6 +949,8 @@ fn main() {
             let dir = root
                 .path()
                 .join(format!("{}-{rate}", tool.name().to_lowercase()));
+            // One idle spell is enough to count idle requests; it follows the first load.
+            let idle_secs = if i == 0 { idle_secs } else { 0 };
             let (figures, stopped) = load(tool, &bench, &dir, rate, secs, idle_secs);
             if tool == Tool::Dbwarden {
                 frames_per_event = figures.wal_frames as f64 / figures.events.max(1) as f64;
@@ -954,7 +958,7 @@ fn main() {
             let wal_mb = frames_per_event * figures.events as f64 * page / 1048576.0;
             let per_hour = 3600.0 / secs as f64;
             println!(
-                "{rate}/s {}: {} events, lag p50 {:.2} s p99 {:.2} s max {:.2} s; requests under load {} per hour ({}); idle {} per hour ({}); {:.2} MB uploaded for {:.2} MB of WAL: {:.3} MB per MB",
+                "{rate}/s {}: {} events, lag p50 {:.2} s p99 {:.2} s max {:.2} s; requests under load {} per hour ({}); idle {} per hour ({}; {} in {idle_secs} s); {:.2} MB uploaded for {:.2} MB of WAL: {:.3} MB per MB",
                 tool.name(),
                 figures.events,
                 figures.lag_p50,
@@ -964,6 +968,7 @@ fn main() {
                 show(&figures.requests, per_hour),
                 (total(&figures.idle) as f64 * 3600.0 / idle_secs.max(1) as f64).round(),
                 show(&figures.idle, 3600.0 / idle_secs.max(1) as f64),
+                total(&figures.idle),
                 figures.uploaded_bytes as f64 / 1048576.0,
                 wal_mb,
                 figures.uploaded_bytes as f64 / 1048576.0 / wal_mb.max(1e-9),

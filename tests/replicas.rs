@@ -1415,7 +1415,7 @@ fn bad_replica_settings_name_the_key_and_the_reason() {
         (format!("{ok}keep_weekly = 20000\n"), "replicas[0].keep_weekly", "out of range"),
         (format!("{ok}part_size_mib = 1\n"), "replicas[0].part_size_mib", "out of range"),
         (format!("{ok}lease_expire_secs = 60\n"), "replicas[0].lease_expire_secs", "out of range"),
-        (format!("{ok}cpu_priority = \"high\"\n"), "replicas[0].cpu_priority", "`high` is not a CPU priority: use \"idle\" or \"low\""),
+        (format!("{ok}cpu_priority = \"high\"\n"), "replicas[0].cpu_priority", "`high` is not a CPU priority: use \"idle\", \"low\" or \"normal\""),
         (format!("{ok}max_bytes_per_second = 100\n"), "replicas[0].max_bytes_per_second", "out of range"),
         (format!("{ok}drill_schedule = \"every sunday\"\n"), "replicas[0].drill_schedule", ""),
         (format!("{ok}colour = \"blue\"\n"), "colour", "unknown field"),

@@ -132,6 +132,8 @@ pub enum CpuPriority {
     Idle,
     /// nice 10: a smaller share of a busy CPU, never none.
     Low,
+    /// The service's own priority: shipping competes with the writer as an equal.
+    Normal,
 }
 
 impl TryFrom<String> for CpuPriority {
@@ -141,8 +143,9 @@ impl TryFrom<String> for CpuPriority {
         match text.as_str() {
             "idle" => Ok(CpuPriority::Idle),
             "low" => Ok(CpuPriority::Low),
+            "normal" => Ok(CpuPriority::Normal),
             other => Err(format!(
-                "`{other}` is not a CPU priority: use \"idle\" or \"low\""
+                "`{other}` is not a CPU priority: use \"idle\", \"low\" or \"normal\""
             )),
         }
     }

@@ -146,6 +146,9 @@ pub const SHIPPING_NICENESS: i32 = 10;
 /// setting for such machines.
 /// Best effort: a failure is logged and shipping goes on at the priority it has.
 pub fn lower_this_threads_priority(priority: CpuPriority) {
+    if priority == CpuPriority::Normal {
+        return;
+    }
     // SAFETY: gettid has no preconditions; setpriority with PRIO_PROCESS and a thread
     // id changes only that thread's niceness on Linux.
     let rc = unsafe {
@@ -207,6 +210,9 @@ mod tests {
         assert_eq!(started, own, "a thread started afterwards inherits both");
         let (own, started) = lowered(CpuPriority::Low);
         assert_eq!(own, (libc::SCHED_OTHER, SHIPPING_NICENESS));
+        assert_eq!(started, own);
+        let (own, started) = lowered(CpuPriority::Normal);
+        assert_eq!(own, policy_and_niceness(), "normal changes nothing");
         assert_eq!(started, own);
         assert_eq!(
             policy_and_niceness().0,

@@ -36,7 +36,9 @@
 //! ```
 //! Knobs: `DBWARDEN_BENCH_SECS` (each load, 30), `DBWARDEN_BENCH_IDLE_SECS` (60),
 //! `DBWARDEN_BENCH_DB_MB` (45), `DBWARDEN_BENCH_RATES` (`200,2000`), `DBWARDEN_BENCH_CPU_PRIORITY`
-//! (dbwarden's `cpu_priority`, `low`); the idle spell follows the first rate's load only. Litestream does not
+//! (dbwarden's `cpu_priority`, `low`); the idle spell follows the first rate's load only.
+//! Keep it under five minutes: Litestream then compacts its level-0 files away, and the
+//! lag of its objects, read after the idle spell, can no longer be read (the run stops). Litestream does not
 //! start while `AWS_CA_BUNDLE` is set, so it is removed from its environment.
 
 use std::collections::BTreeMap;

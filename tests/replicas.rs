@@ -2497,6 +2497,12 @@ async fn a_drill_restores_the_stream_and_a_flipped_byte_in_a_segment_fails_it() 
     );
     assert!(message.contains("stream at "), "{run}");
     assert!(message.contains("12 events up to id 12"), "{run}");
+    // The point is compared with the latest state, event by event.
+    assert!(
+        message.contains("events the latest state keeps up to id")
+            && message.contains("are all in it, unchanged"),
+        "{run}"
+    );
 
     let segments: Vec<String> = world
         .server

@@ -3,6 +3,7 @@
 
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -440,6 +441,34 @@ pub fn event_count(conn: &Connection) -> Result<i64, DbError> {
     Ok(conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?)
 }
 
+/// Of the events the database at `later` holds up to id `through`: how many there
+/// are, and how many of them the database at `earlier` lacks or holds with other
+/// content. A state restored to a point must hold every event a later state of the
+/// same history kept up to that point's newest id (ids only grow; deletes only take
+/// away), so a drill expects 0 missing, and at least that many events.
+pub fn events_missing_before(
+    earlier: &Path,
+    later: &Path,
+    through: i64,
+) -> Result<(i64, i64), DbError> {
+    let conn = super::open_file_read_only(earlier)?;
+    conn.execute(
+        "ATTACH DATABASE ?1 AS later",
+        [later.to_string_lossy().as_ref()],
+    )?;
+    Ok(conn.query_row(
+        "SELECT count(*), coalesce(sum(NOT EXISTS (
+             SELECT 1 FROM main.events e
+              WHERE e.id = l.id AND e.aggregate_type = l.aggregate_type
+                AND e.aggregate_id = l.aggregate_id AND e.event_type = l.event_type
+                AND e.event_data = l.event_data AND e.event_version = l.event_version
+                AND e.created_at IS l.created_at AND e.user_id IS l.user_id)), 0)
+           FROM later.events l WHERE l.id <= ?1",
+        [through],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?)
+}
+
 // ---------------------------------------------------------------- consistency
 
 /// Differences between the materialized summary (and counts) and a recomputation
@@ -542,4 +571,49 @@ pub fn take_clean_stop(conn: &Connection) -> Result<Option<String>, DbError> {
         )
         .optional()?;
     Ok(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events_db(path: &Path, rows: &[(i64, &str)]) {
+        let conn = Connection::open(path).expect("open");
+        conn.execute_batch(include_str!("../../migrations/0001_event_store.sql"))
+            .expect("schema");
+        for (id, data) in rows {
+            conn.execute(
+                "INSERT INTO events (id, aggregate_type, aggregate_id, event_type, event_data, created_at)
+                 VALUES (?1, 'corruption', 'a', 'CorruptionDetected', ?2, '2026-12-04 00:00:00')",
+                params![id, data],
+            )
+            .expect("insert");
+        }
+    }
+
+    #[test]
+    fn a_point_lacking_or_changing_a_kept_event_is_counted_as_missing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let later = dir.path().join("later.db");
+        // The later state: event 2 was deleted since, 4 and 5 came after the point.
+        events_db(&later, &[(1, "{}"), (3, "{}"), (4, "{}"), (5, "{}")]);
+        let exact = dir.path().join("exact.db");
+        events_db(&exact, &[(1, "{}"), (2, "{}"), (3, "{}")]);
+        assert_eq!(
+            events_missing_before(&exact, &later, 3).expect("compare"),
+            (2, 0)
+        );
+        let lacking = dir.path().join("lacking.db");
+        events_db(&lacking, &[(1, "{}"), (2, "{}")]);
+        assert_eq!(
+            events_missing_before(&lacking, &later, 3).expect("compare"),
+            (2, 1)
+        );
+        let changed = dir.path().join("changed.db");
+        events_db(&changed, &[(1, "{\"n\":1}"), (2, "{}"), (3, "{}")]);
+        assert_eq!(
+            events_missing_before(&changed, &later, 3).expect("compare"),
+            (2, 1)
+        );
+    }
 }

@@ -177,7 +177,10 @@ pub async fn run(
 /// and the stream restored to a random time between the oldest generation's snapshot
 /// and that commit, each checked as a restore checks it (every frame, every segment's
 /// SHA-256, `integrity_check`) and against what its commit recorded (the time it was
-/// read no later than asked, the newest event id where it was read exactly).
+/// read no later than asked, the newest event id where it was read exactly). A point
+/// in the newest generation is also compared with the latest state: every event that
+/// state keeps up to the point's newest id must be in the point, unchanged (the count
+/// at the point is at least theirs, equal when nothing was deleted since).
 /// Verdicts are named `stream <generation> latest` and `stream at <time>`. A replica
 /// that does not answer fails the drill as a whole, as for copies.
 async fn drill_stream(
@@ -199,14 +202,15 @@ async fn drill_stream(
         &latest_out,
     )
     .await;
-    let _ = std::fs::remove_file(&latest_out);
     let end = match &latest {
         Ok(restored) => restored.commit.as_ref().map(|c| c.seen_at),
         Err(_) => None,
     };
+    let latest_generation = latest.as_ref().ok().map(|r| r.generation.clone());
     let mut verdicts = vec![stream_verdict(
         format!("stream {} latest", newest.name),
         latest,
+        None,
         None,
     )?];
     let start = generations[0].snapshot.as_ref().map(|s| s.taken_at);
@@ -222,21 +226,42 @@ async fn drill_stream(
         let point_out = staging.join("stream-point.db");
         let point =
             stream::restore_point(replica, &Target::At(at), identities, &work, &point_out).await;
+        // Within one generation the latest state is a later state of the same
+        // history: every event it kept up to the point's newest id must be there.
+        let kept = match &point {
+            Ok(p) if Some(&p.generation) == latest_generation.as_ref() => {
+                let (earlier, later, through) =
+                    (point_out.clone(), latest_out.clone(), p.last_event_id);
+                tokio::task::spawn_blocking(move || {
+                    crate::db::queries::events_missing_before(&earlier, &later, through)
+                })
+                .await
+                .ok()
+                .map(|r| r.map_err(|e| e.to_string()))
+            }
+            _ => None,
+        };
         let _ = std::fs::remove_file(&point_out);
         verdicts.push(stream_verdict(
             format!("stream at {}", at.to_rfc3339()),
             point,
             Some(at),
+            kept,
         )?);
     }
+    let _ = std::fs::remove_file(&latest_out);
     Ok(verdicts)
 }
 
-/// A stream restore's verdict; a replica that did not answer is not one.
+/// A stream restore's verdict; a replica that did not answer is not one. `kept`: for
+/// a point, the events the latest state of its generation holds up to the point's
+/// newest id, and how many of them the point lacks (see
+/// [`crate::db::queries::events_missing_before`]).
 fn stream_verdict(
     name: String,
     restored: Result<stream::Restored, ReplicaError>,
     asked: Option<DateTime<Utc>>,
+    kept: Option<Result<(i64, i64), String>>,
 ) -> Result<CopyVerdict, ReplicaError> {
     let restored = match restored {
         Ok(r) => r,
@@ -267,6 +292,21 @@ fn stream_verdict(
             ));
         }
     }
+    let mut against_latest = String::new();
+    match kept {
+        Some(Ok((kept, 0))) => {
+            against_latest = format!(
+                "; the {kept} events the latest state keeps up to id {} are all in it, unchanged",
+                restored.last_event_id
+            )
+        }
+        Some(Ok((kept, missing))) => problems.push(format!(
+            "{missing} of the {kept} events the latest state keeps up to id {} are missing from it or differ",
+            restored.last_event_id
+        )),
+        Some(Err(e)) => problems.push(format!("comparing it with the latest state failed: {e}")),
+        None => {}
+    }
     let at = match &restored.commit {
         Some(c) => format!("commit at {} (read {})", c.at, c.seen_at.to_rfc3339()),
         None => "its snapshot".into(),
@@ -276,7 +316,7 @@ fn stream_verdict(
         ok: problems.is_empty(),
         detail: if problems.is_empty() {
             format!(
-                "restored and checked to {at} of generation {}: integrity_check ok, {} events up to id {}",
+                "restored and checked to {at} of generation {}: integrity_check ok, {} events up to id {}{against_latest}",
                 restored.generation, restored.event_count, restored.last_event_id
             )
         } else {

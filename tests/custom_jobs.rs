@@ -51,22 +51,11 @@ async fn with_stubborn_job(
 }
 
 /// The job's entry in `GET /api/jobs`.
-async fn job_entry(app: &TestApp, name: &str) -> Value {
-    let all = app.get_json("/api/jobs").await;
-    all["jobs"]
-        .as_array()
-        .expect("jobs")
-        .iter()
-        .find(|j| j["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("job {name} listed: {all}"))
-}
-
 /// Waits until the scheduler ran `name` at least once; returns its last run.
 async fn wait_for_scheduled_run(app: &TestApp, name: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let entry = job_entry(app, name).await;
+        let entry = app.job(name).await;
         if entry["last_run"].is_object() {
             assert_eq!(entry["last_run"]["trigger"], "schedule", "{entry}");
             return entry["last_run"].clone();
@@ -525,16 +514,16 @@ async fn the_api_lists_every_job_with_its_last_and_next_run() {
     ] {
         assert!(names.contains(&builtin), "{builtin} in {names:?}");
     }
-    let noop = job_entry(&app, "noop").await;
+    let noop = app.job("noop").await;
     assert_eq!(noop["kind"], "query");
     assert!(noop["last_run"].is_null());
     let next = noop["next_run"].as_str().expect("next run");
     assert!(next.ends_with("T03:00:00Z"), "{next}");
-    assert!(job_entry(&app, "off").await["next_run"].is_null());
+    assert!(app.job("off").await["next_run"].is_null());
 
     app.run_job("noop").await;
     app.run_job("off").await;
-    let noop = job_entry(&app, "noop").await;
+    let noop = app.job("noop").await;
     assert_eq!(noop["last_run"]["outcome"], "ok", "{noop}");
     assert_eq!(noop["last_run"]["trigger"], "api");
     let runs = app.get_json("/api/jobs/off/runs").await;
@@ -648,6 +637,6 @@ async fn jobs_run_goes_through_the_running_service() {
     let run: Value = serde_json::from_slice(&out.stdout).expect("run as JSON");
     assert_eq!(run["outcome"], "ok", "{run}");
     assert_eq!(run["trigger"], "api", "run by the service: {run}");
-    assert_eq!(job_entry(&app, "count").await["last_run"]["trigger"], "api");
+    assert_eq!(app.job("count").await["last_run"]["trigger"], "api");
     app.stop().await;
 }

@@ -66,9 +66,10 @@ fn event(writer: usize, i: usize) -> NewEvent {
     .with_key(uuid::Uuid::new_v4())
 }
 
-/// How the child reports an event it had acknowledged, for the harness to look up.
-fn describe(events: &[NewEvent]) -> Vec<String> {
-    events
+/// Appends `events` and reports the answer: an `ACK` line per event (as the harness
+/// looks it up) or one `REFUSED` line.
+async fn append_and_report(writer: &dbwarden::writer::WriterHandle, events: Vec<NewEvent>) {
+    let described: Vec<String> = events
         .iter()
         .map(|e| {
             format!(
@@ -79,7 +80,11 @@ fn describe(events: &[NewEvent]) -> Vec<String> {
                 e.event_data()
             )
         })
-        .collect()
+        .collect();
+    match writer.append(events).await {
+        Ok(_) => described.iter().for_each(|d| println!("ACK {d}")),
+        Err(e) => println!("REFUSED {e}"),
+    }
 }
 
 /// The workload, run in a child process: appends from several tasks through the real
@@ -104,11 +109,7 @@ fn crash_child() {
                 for i in 0..APPENDS_PER_WRITER {
                     let events: Vec<NewEvent> =
                         (0..1 + i % 2).map(|k| event(w, i * 2 + k)).collect();
-                    let described = describe(&events);
-                    match writer.append(events).await {
-                        Ok(_) => described.iter().for_each(|d| println!("ACK {d}")),
-                        Err(e) => println!("REFUSED {e}"),
-                    }
+                    append_and_report(&writer, events).await;
                 }
             }));
         }
@@ -131,11 +132,7 @@ fn crash_child() {
         // some acknowledged commit then lives only in the WAL, so a setting that does not
         // sync commits (the self-test's NORMAL) must lose it at the cut.
         let tail: Vec<NewEvent> = (0..TAIL_EVENTS).map(|k| event(WRITERS, k)).collect();
-        let described = describe(&tail);
-        match service.writer.append(tail).await {
-            Ok(_) => described.iter().for_each(|d| println!("ACK {d}")),
-            Err(e) => println!("REFUSED {e}"),
-        }
+        append_and_report(&service.writer, tail).await;
         println!("SYNCS {}", crashvfs::sync_count());
         crashvfs::power_cut_now();
     });

@@ -2379,20 +2379,10 @@ async fn a_generation_as_old_as_the_retention_window_is_followed_by_a_fresh_one(
     );
 }
 
-/// The checkpoint job's last run, as `GET /api/jobs` shows it.
-async fn last_checkpoint_run(app: &common::TestApp) -> serde_json::Value {
-    let jobs = app.get_json("/api/jobs").await;
-    jobs["jobs"]
-        .as_array()
-        .and_then(|j| j.iter().find(|j| j["name"] == "checkpoint"))
-        .map(|j| j["last_run"].clone())
-        .unwrap_or_default()
-}
-
 /// Waits for `n` more scheduled checkpoint runs (their start times, in order).
 async fn checkpoint_runs(app: &common::TestApp, n: usize) -> Vec<serde_json::Value> {
     let mut seen: Vec<serde_json::Value> = Vec::new();
-    let mut last = last_checkpoint_run(app).await["started_at"].clone();
+    let mut last = app.job("checkpoint").await["last_run"]["started_at"].clone();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while seen.len() < n {
         assert!(
@@ -2400,7 +2390,7 @@ async fn checkpoint_runs(app: &common::TestApp, n: usize) -> Vec<serde_json::Val
             "the checkpoint job stopped running: {seen:?}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let run = last_checkpoint_run(app).await;
+        let run = app.job("checkpoint").await["last_run"].clone();
         if run["started_at"] != last {
             last = run["started_at"].clone();
             seen.push(run);
@@ -2410,9 +2400,9 @@ async fn checkpoint_runs(app: &common::TestApp, n: usize) -> Vec<serde_json::Val
 }
 
 /// Rows in the job history, as a direct reader of the live database counts them.
-fn history_rows(live: &Path) -> i64 {
-    let conn = rusqlite::Connection::open(live).expect("open");
-    conn.query_row("SELECT count(*) FROM dbwarden_job_runs", [], |r| r.get(0))
+fn history_rows(app: &common::TestApp) -> i64 {
+    app.open()
+        .query_row("SELECT count(*) FROM dbwarden_job_runs", [], |r| r.get(0))
         .expect("count")
 }
 
@@ -2444,10 +2434,10 @@ async fn an_idle_database_stays_unchanged_and_nothing_is_sent_while_checkpoints_
     assert!(caught_up, "{got} of {}", everything.len());
 
     let sent = || world.sent_to_s3();
-    let (sent_before, rows_before) = (sent(), history_rows(&live));
+    let (sent_before, rows_before) = (sent(), history_rows(&app));
     let runs = checkpoint_runs(&app, 4).await;
     assert!(runs.iter().all(quiet), "{runs:?}");
-    assert_eq!(history_rows(&live), rows_before, "a quiet run was recorded");
+    assert_eq!(history_rows(&app), rows_before, "a quiet run was recorded");
     assert_eq!(sent(), sent_before, "an idle service sent something to S3");
     let metrics = app.get_text("/metrics").await;
     let counted = common::metric(
@@ -2469,7 +2459,7 @@ async fn an_idle_database_stays_unchanged_and_nothing_is_sent_while_checkpoints_
     let runs = checkpoint_runs(&app, 3).await;
     assert!(!quiet(&runs[0]), "{runs:?}");
     assert!(quiet(&runs[2]), "{runs:?}");
-    assert_eq!(history_rows(&live), rows_before + 1, "{runs:?}");
+    assert_eq!(history_rows(&app), rows_before + 1, "{runs:?}");
 }
 
 /// A drill of a streaming replica also restores its stream: to the newest generation's

@@ -162,6 +162,18 @@ impl TestApp {
         self.client.post(self.url(path)).send().await.expect("post")
     }
 
+    /// The job `name` as `GET /api/jobs` lists it (with its `last_run`).
+    pub async fn job(&self, name: &str) -> Value {
+        let all = self.get_json("/api/jobs").await;
+        all["jobs"]
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .find(|j| j["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("job {name} listed: {all}"))
+    }
+
     /// Runs a job now through the API and waits for it (`?wait=true`); the finished run.
     pub async fn run_job(&self, name: &str) -> Value {
         let res = self.post(&format!("/api/jobs/{name}/run?wait=true")).await;

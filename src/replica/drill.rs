@@ -232,12 +232,14 @@ async fn drill_stream(
             Ok(p) if Some(&p.generation) == latest_generation.as_ref() => {
                 let (earlier, later, through) =
                     (point_out.clone(), latest_out.clone(), p.last_event_id);
-                tokio::task::spawn_blocking(move || {
+                let compared = tokio::task::spawn_blocking(move || {
                     crate::db::queries::events_missing_before(&earlier, &later, through)
                 })
-                .await
-                .ok()
-                .map(|r| r.map_err(|e| e.to_string()))
+                .await;
+                Some(match compared {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                })
             }
             _ => None,
         };

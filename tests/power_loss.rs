@@ -13,11 +13,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::crash::{self, append_and_report, event, Acked};
 use dbwarden::db::{crashvfs, integrity, queries};
 use dbwarden::events::NewEvent;
 use dbwarden::supervisor::Service;
@@ -47,46 +46,6 @@ fn child_settings(dir: &Path) -> dbwarden::config::Settings {
     )
 }
 
-fn event(writer: usize, i: usize) -> NewEvent {
-    let aggregate = format!("w{writer}-c{}", i % 5);
-    let event_type = if i % 5 == 4 {
-        "VerificationSuccess"
-    } else if i.is_multiple_of(3) {
-        "DownloadFailed"
-    } else {
-        "CorruptionDetected"
-    };
-    NewEvent::new(
-        "corruption",
-        &aggregate,
-        event_type,
-        serde_json::json!({ "n": i }),
-    )
-    .expect("a valid event")
-    .with_key(uuid::Uuid::new_v4())
-}
-
-/// Appends `events` and reports the answer: an `ACK` line per event (as the harness
-/// looks it up) or one `REFUSED` line.
-async fn append_and_report(writer: &dbwarden::writer::WriterHandle, events: Vec<NewEvent>) {
-    let described: Vec<String> = events
-        .iter()
-        .map(|e| {
-            format!(
-                "{} {} {} {}",
-                e.key().map(|k| k.to_string()).unwrap_or_default(),
-                e.aggregate_id(),
-                e.event_type(),
-                e.event_data()
-            )
-        })
-        .collect();
-    match writer.append(events).await {
-        Ok(_) => described.iter().for_each(|d| println!("ACK {d}")),
-        Err(e) => println!("REFUSED {e}"),
-    }
-}
-
 /// The workload, run in a child process: appends from several tasks through the real
 /// writer, with checkpoints and backups in between and one append after the last job, then
 /// an explicit power cut.
@@ -102,32 +61,9 @@ fn crash_child() {
     println!();
     actix_rt::System::new().block_on(async move {
         let service = Service::start(settings).await.expect("service starts");
-        let mut tasks = Vec::new();
-        for w in 0..WRITERS {
-            let writer = service.writer.clone();
-            tasks.push(actix_rt::spawn(async move {
-                for i in 0..APPENDS_PER_WRITER {
-                    let events: Vec<NewEvent> =
-                        (0..1 + i % 2).map(|k| event(w, i * 2 + k)).collect();
-                    append_and_report(&writer, events).await;
-                }
-            }));
-        }
-        for job in JOBS {
-            // Each job's result is reported: the uncut run must show every one done.
-            let outcome = match service.jobs.trigger(job, dbwarden::jobs::Trigger::Api) {
-                Ok(done) => match done.await {
-                    Ok(run) if run.outcome == dbwarden::jobs::Outcome::Ok => "ok".to_string(),
-                    Ok(run) => format!("{:?}", run.outcome),
-                    Err(e) => format!("lost: {e}"),
-                },
-                Err(e) => format!("refused: {e}"),
-            };
-            println!("JOB {job} {outcome}");
-        }
-        for t in tasks {
-            t.await.expect("an appender panicked");
-        }
+        // Each job's result is reported: the uncut run must show every one done.
+        crash::append_while_jobs_run(&service, WRITERS, APPENDS_PER_WRITER, &JOBS, Duration::ZERO)
+            .await;
         // One last append after the last checkpoint: whatever the appenders' timing,
         // some acknowledged commit then lives only in the WAL, so a setting that does not
         // sync commits (the self-test's NORMAL) must lose it at the cut.
@@ -140,13 +76,7 @@ fn crash_child() {
 
 // ------------------------------------------------------------------ the harness
 
-#[derive(Debug, Clone, Copy)]
-struct Point {
-    crash_at: Option<u64>,
-    mode: &'static str,
-    seed: u64,
-    synchronous: &'static str,
-}
+use crash::Point;
 
 #[derive(Debug, Default)]
 struct Verdict {
@@ -170,11 +100,7 @@ impl Verdict {
     /// Whether the power went out where `point` planned it: at its sync, or for a point
     /// without one, at the explicit cut after the workload.
     fn cut_as_planned(&self, point: &Point) -> bool {
-        match (point.crash_at, &self.cut) {
-            (Some(n), Some((kind, at))) => kind == "planned" && *at == n,
-            (None, Some((kind, _))) => kind == "explicit",
-            (_, None) => false,
-        }
+        point.cut_as_planned(self.cut.as_ref())
     }
 
     fn clean(&self) -> bool {
@@ -190,68 +116,26 @@ fn run_point(point: Point) -> Verdict {
     let settings = common::settings_in(dir.path(), &[]);
     // The database exists (and its directory is durable) before the power is at stake.
     drop(dbwarden::db::open_and_migrate(&settings.database).expect("prepare the database"));
-    let exe = std::env::current_exe().expect("test binary");
-    let mut cmd = Command::new(exe);
-    cmd.args([
-        "--exact",
+    let run = crash::run_child(
         "crash_child",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env("DBWARDEN_CRASH_CHILD_DIR", dir.path())
-    .env("DBWARDEN_CRASH_REPORT", dir.path().join("cut-report"))
-    .env("DBWARDEN_CRASH_MODE", point.mode)
-    .env("DBWARDEN_CRASH_SEED", point.seed.to_string())
-    .env("DBWARDEN_CRASH_SYNCHRONOUS", point.synchronous)
-    .env_remove("RUST_LOG")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null());
-    match point.crash_at {
-        Some(n) => cmd.env("DBWARDEN_CRASH_AT", n.to_string()),
-        None => cmd.env_remove("DBWARDEN_CRASH_AT"),
+        "DBWARDEN_CRASH_CHILD_DIR",
+        dir.path(),
+        &point,
+    );
+    let printed = run.printed;
+    let mut verdict = Verdict {
+        power_cut: run.power_cut,
+        cut: run.cut.map(|c| (c.kind, c.at)),
+        refused: printed.refused.clone(),
+        syncs: printed.syncs(),
+        jobs: printed
+            .lines_of("JOB")
+            .filter_map(|rest| rest.split_once(' '))
+            .map(|(job, outcome)| (job.to_string(), outcome.to_string()))
+            .collect(),
+        ..Verdict::default()
     };
-    let mut child = cmd.spawn().expect("spawn the child");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut acked: Vec<Acked> = Vec::new();
-    let mut verdict = Verdict::default();
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-        if let Some(rest) = line.strip_prefix("ACK ") {
-            let mut parts = rest.splitn(4, ' ');
-            if let (Some(k), Some(a), Some(t), Some(d)) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
-            {
-                let data = serde_json::from_str(d).expect("the child printed the event's data");
-                acked.push((k.into(), a.into(), t.into(), data));
-            }
-        } else if let Some(reason) = line.strip_prefix("REFUSED ") {
-            verdict.refused.push(reason.to_string());
-        } else if let Some(rest) = line.strip_prefix("JOB ") {
-            if let Some((job, outcome)) = rest.split_once(' ') {
-                verdict.jobs.push((job.into(), outcome.into()));
-            }
-        } else if let Some(n) = line.strip_prefix("SYNCS ") {
-            verdict.syncs = n.trim().parse().ok();
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the child hung at {point:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    verdict.power_cut = status.code() == Some(crashvfs::EXIT_CODE);
-    verdict.cut = std::fs::read_to_string(dir.path().join("cut-report"))
-        .ok()
-        .and_then(|text| {
-            let (kind, at) = text.trim().split_once(' ')?;
-            Some((kind.to_string(), at.parse().ok()?))
-        });
+    let acked = printed.acked;
     verdict.acknowledged = acked.len();
     check_recovery(
         &settings.database.path,
@@ -261,9 +145,6 @@ fn run_point(point: Point) -> Verdict {
     );
     verdict
 }
-
-/// (key, aggregate id, event type, event data) of an acknowledged event.
-type Acked = (String, String, String, serde_json::Value);
 
 /// Recovery in this process, with the normal VFS.
 fn check_recovery(db: &Path, backups: &Path, acked: &[Acked], v: &mut Verdict) {
@@ -278,25 +159,7 @@ fn check_recovery(db: &Path, backups: &Path, acked: &[Acked], v: &mut Verdict) {
         Ok(p) => v.integrity.extend(p),
         Err(e) => v.integrity.push(e.to_string()),
     }
-    let mut stmt = conn
-        .prepare(
-            "SELECT e.aggregate_id, e.event_type, e.event_data FROM dbwarden_event_keys k
-               JOIN events e ON e.id = k.event_id WHERE k.event_key = ?1",
-        )
-        .expect("prepare");
-    for (key, aggregate, event_type, data) in acked {
-        let found: Option<(String, String, String)> = stmt
-            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .ok();
-        let same = found.as_ref().is_some_and(|(a, t, d)| {
-            a == aggregate
-                && t == event_type
-                && serde_json::from_str::<serde_json::Value>(d).ok().as_ref() == Some(data)
-        });
-        if !same {
-            v.lost.push(key.clone());
-        }
-    }
+    v.lost.extend(crash::missing(&conn, acked));
     match queries::summary_differences(&conn) {
         Ok(d) => v.summary.extend(d),
         Err(e) => v.summary.push(e.to_string()),
@@ -390,6 +253,7 @@ fn syncs_of_a_full_run() -> u64 {
             full.backups, 1,
             "the second backup's retention removed the first: {full:?}"
         );
+        assert!(full.refused.is_empty(), "no append was refused: {full:?}");
         assert_eq!(
             full.acknowledged,
             WRITERS * APPENDS_PER_WRITER * 3 / 2 + TAIL_EVENTS,

@@ -9,6 +9,7 @@ mod s3;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::events_of;
 use dbwarden::backup::{self, catalog};
 use dbwarden::config::Settings;
 use dbwarden::db;
@@ -120,7 +121,19 @@ impl World {
 
     /// [`World::start`] with `env` settings too (`DBWARDEN__SECTION__KEY`).
     async fn start_with(&self, env: &[(&str, &str)]) -> (common::TestApp, PathBuf, Vec<Replica>) {
+        self.start_with_jobs(env, &[]).await
+    }
+
+    /// [`World::start_with`] with job files (file name, text) in its jobs directory.
+    async fn start_with_jobs(
+        &self,
+        env: &[(&str, &str)],
+        jobs: &[(&str, &str)],
+    ) -> (common::TestApp, PathBuf, Vec<Replica>) {
         let dir = tempfile::tempdir().expect("tempdir");
+        for (file, text) in jobs {
+            common::write_job(dir.path(), file, text);
+        }
         let settings = common::settings_with_file(dir.path(), &self.replicas, env);
         let live = settings.database.path.clone();
         let replicas = settings
@@ -169,28 +182,6 @@ fn fill(settings: &Settings, n: usize) {
     }
     tx.commit().expect("commit");
     db::wal_checkpoint(&conn, db::CheckpointMode::Truncate).expect("checkpoint");
-}
-
-/// Every event, as text, in id order.
-fn events_of(path: &Path) -> Vec<String> {
-    let conn = db::open_file_read_only(path).expect("open");
-    let mut stmt = conn
-        .prepare("SELECT id, aggregate_type, aggregate_id, event_type, CAST(event_data AS TEXT), created_at FROM events ORDER BY id")
-        .expect("prepare");
-    let rows = stmt
-        .query_map([], |r| {
-            Ok(format!(
-                "{}|{}|{}|{}|{}|{}",
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, String>(5)?
-            ))
-        })
-        .expect("query");
-    rows.map(|r| r.expect("row")).collect()
 }
 
 fn take(settings: &Settings) -> catalog::Manifest {
@@ -2544,7 +2535,39 @@ enum Step {
     Delete { c: u8 },
     /// The checkpoint job (the Checkpointer's schedule).
     Checkpoint,
+    /// The `sql` job [`SQL_JOB`]: an UPDATE of the newest event and an INSERT.
+    Sql,
+    /// A prune of the `n` oldest events: by the `sql` job [`PRUNE_JOB`] through the
+    /// DbWriter (`n` = 3), or as Healarr prunes, on the direct writer's connection with
+    /// a `created_at` cutoff.
+    Prune { direct: bool },
 }
+
+/// A `sql` job that changes an event and appends one, in one transaction.
+const SQL_JOB: &str = r#"
+name = "touch-newest"
+kind = "sql"
+schedule = "0 0 4 * * *"
+enabled = false
+statements = [
+  "UPDATE events SET event_data = json_set(event_data, '$.touched', 1) WHERE id = (SELECT max(id) FROM events)",
+  "INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data) SELECT 'corruption', aggregate_id, 'RemediationQueued', json_object('by', 'sql') FROM events WHERE id = (SELECT max(id) FROM events)",
+]
+"#;
+
+/// A retention prune as the shipped example is (a DELETE, then an incremental vacuum
+/// and ANALYZE), of the three oldest events.
+const PRUNE_JOB: &str = r#"
+name = "prune-oldest"
+kind = "sql"
+schedule = "0 0 4 * * *"
+enabled = false
+statements = [
+  "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT 3)",
+  "PRAGMA incremental_vacuum",
+  "ANALYZE",
+]
+"#;
 
 fn step() -> impl proptest::strategy::Strategy<Value = Step> {
     use proptest::prelude::*;
@@ -2553,6 +2576,8 @@ fn step() -> impl proptest::strategy::Strategy<Value = Step> {
         2 => (0..4u8, 1..4u8).prop_map(|(c, n)| Step::Direct { c, n }),
         1 => (0..4u8).prop_map(|c| Step::Delete { c }),
         1 => Just(Step::Checkpoint),
+        1 => Just(Step::Sql),
+        1 => any::<bool>().prop_map(|direct| Step::Prune { direct }),
     ]
 }
 
@@ -2582,7 +2607,15 @@ async fn run_workload(steps: Vec<Step>) {
         "age_recipients = [",
         "sync_interval_ms = 1500\nage_recipients = [",
     );
-    let (app, live, replicas) = world.start().await;
+    let (app, live, replicas) = world
+        .start_with_jobs(
+            &[],
+            &[
+                ("touch-newest.toml", SQL_JOB),
+                ("prune-oldest.toml", PRUNE_JOB),
+            ],
+        )
+        .await;
     let direct = rusqlite::Connection::open(&live).expect("direct writer");
     direct
         .busy_timeout(std::time::Duration::from_secs(5))
@@ -2639,6 +2672,33 @@ async fn run_workload(steps: Vec<Step>) {
                 assert_eq!(app.run_job("checkpoint").await["outcome"], "ok");
                 None
             }
+            Step::Sql => {
+                let run = app.run_job("touch-newest").await;
+                assert_eq!(run["outcome"], "ok", "{run}");
+                // Its INSERT made the newest event (none when there was no event).
+                Some(
+                    direct
+                        .query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))
+                        .expect("newest id"),
+                )
+                .filter(|id: &i64| *id > 0)
+            }
+            Step::Prune { direct: false } => {
+                let run = app.run_job("prune-oldest").await;
+                assert_eq!(run["outcome"], "ok", "{run}");
+                None
+            }
+            Step::Prune { direct: true } => {
+                // Healarr's prune: everything created before a cutoff, here the
+                // creation time of the third oldest event.
+                direct
+                    .execute(
+                        "DELETE FROM events WHERE created_at < (SELECT created_at FROM events ORDER BY id LIMIT 1 OFFSET 2)",
+                        [],
+                    )
+                    .expect("direct prune");
+                None
+            }
         };
         pause().await;
         points.push((chrono::Utc::now(), state_of(&live), newest));
@@ -2692,7 +2752,8 @@ proptest::proptest! {
         ..proptest::prelude::ProptestConfig::default()
     })]
     /// A random workload (appends through the API, a direct writer's inserts,
-    /// deletions, checkpoints) against the running service: the stream restores to the
+    /// deletions, checkpoints, a `sql` job, prunes by a `sql` job and by the direct
+    /// writer) against the running service: the stream restores to the
     /// state after every step, by time and, for a step that ended with a commit of
     /// events, by that commit's event id; each replica's latest is the live database.
     #[test]
@@ -2701,6 +2762,23 @@ proptest::proptest! {
     ) {
         actix_rt::System::new().block_on(run_workload(steps));
     }
+}
+
+/// Every kind of step at least once, whatever the random cases drew.
+#[actix_rt::test]
+async fn each_kind_of_step_restores_to_the_state_after_it() {
+    run_workload(vec![
+        Step::Append { c: 0, t: 0, n: 3 },
+        Step::Sql,
+        Step::Direct { c: 1, n: 2 },
+        Step::Prune { direct: false },
+        Step::Checkpoint,
+        Step::Append { c: 1, t: 2, n: 2 },
+        Step::Prune { direct: true },
+        Step::Delete { c: 0 },
+        Step::Sql,
+    ])
+    .await;
 }
 
 /// SIGKILL of the real binary while it streams under 8 concurrent appenders, with

@@ -31,6 +31,26 @@ pub fn write_file(path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
     write()
 }
 
+/// Creates (or truncates) `path` with permissions `mode` for the caller to write, for
+/// content too large to hold in memory; durable only once [`sync_file`] and then
+/// [`sync_dir`] ran. Under the crash VFS a cut before that sync loses everything
+/// written to it (its writes are not recorded one by one, so no mode keeps a part).
+pub fn create_file(path: &Path, mode: u32) -> io::Result<File> {
+    let create = || {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(path)
+    };
+    #[cfg(feature = "crash-vfs")]
+    return super::crashvfs::create_file(path, create);
+    #[cfg(not(feature = "crash-vfs"))]
+    create()
+}
+
 /// unlink(2); durable only once the directory is synced.
 pub fn remove_file(path: &Path) -> io::Result<()> {
     #[cfg(feature = "crash-vfs")]

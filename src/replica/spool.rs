@@ -171,7 +171,7 @@ impl Spool {
             match load_generation(&dir, replicas) {
                 Ok(Some(generation)) => spool.generations.push(generation),
                 Ok(None) => {
-                    tracing::info!(dir = %dir.display(), "removing a generation that never finished starting from the spool");
+                    tracing::info!(dir = %dir.display(), "removing a generation that never finished starting (or whose snapshot.json does not read) from the spool");
                     fs::remove_dir_all(&dir).map_err(ReplicaError::io(&dir))?;
                 }
                 Err(e) => return Err(e),
@@ -396,7 +396,7 @@ impl Spool {
                 .partition(|p| holds_all(generation, p));
             generation.pieces = kept;
             for piece in done {
-                if let Err(e) = fs::remove_file(&piece.path) {
+                if let Err(e) = durable::remove_file(&piece.path) {
                     if e.kind() != std::io::ErrorKind::NotFound {
                         tracing::warn!(path = %piece.path.display(), error = %e, "cannot remove a shipped piece from the spool");
                     }
@@ -404,7 +404,7 @@ impl Spool {
             }
             let snapshot = generation.dir.join(SNAPSHOT);
             if replicas.iter().all(|r| generation.shipped(r).snapshot) && snapshot.exists() {
-                if let Err(e) = fs::remove_file(&snapshot) {
+                if let Err(e) = durable::remove_file(&snapshot) {
                     tracing::warn!(path = %snapshot.display(), error = %e, "cannot remove a shipped snapshot from the spool");
                 }
             }
@@ -444,10 +444,15 @@ fn load_generation(
 ) -> Result<Option<SpooledGeneration>, ReplicaError> {
     let info_path = dir.join(SNAPSHOT_INFO);
     let info: SnapshotInfo = match fs::read(&info_path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ReplicaError::Open {
-            replica: "replication".into(),
-            reason: format!("{}: {e}", info_path.display()),
-        })?,
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(info) => info,
+            // Written durably before the generation counts, so only a damaged disk
+            // gets here; what it spooled cannot be placed without it.
+            Err(e) => {
+                tracing::error!(path = %info_path.display(), error = %e, "a spooled generation's snapshot.json does not read: its commits not yet on the replicas are lost to them (this run's new generation starts from the database as it is)");
+                return Ok(None);
+            }
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
             return Err(ReplicaError::Io {
@@ -458,6 +463,7 @@ fn load_generation(
     };
     let has_snapshot = dir.join(SNAPSHOT).exists();
     let mut pieces = Vec::new();
+    let mut unreadable = Vec::new();
     for entry in fs::read_dir(dir).map_err(ReplicaError::io(dir))? {
         let path = entry.map_err(ReplicaError::io(dir))?.path();
         let name = path
@@ -473,15 +479,40 @@ fn load_generation(
         }
         let file = fs::File::open(&path).map_err(ReplicaError::io(&path))?;
         let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let header = SegmentReader::new(BufReader::new(file), name)?.header;
-        pieces.push(Piece {
-            header,
-            path,
-            bytes,
-            covers: 0,
-        });
+        match SegmentReader::new(BufReader::new(file), name) {
+            Ok(reader) => pieces.push(Piece {
+                header: reader.header,
+                path,
+                bytes,
+                covers: 0,
+            }),
+            Err(e) => {
+                // Where it starts, from its name; a name that does not say so
+                // drops every piece.
+                let first = name
+                    .split_once('_')
+                    .and_then(|(first, _)| first.parse::<Position>().ok())
+                    .unwrap_or(Position { wal: 0, frame: 0 });
+                unreadable.push((path, first, e.to_string()));
+            }
+        }
     }
     pieces.sort_by_key(Piece::last);
+    // A piece is synced before it takes its name, so one that does not read was
+    // damaged on disk. The chain cannot pass it: the generation ends before it on the
+    // replicas (pieces after it would be segments no restore reaches).
+    if let Some(cut) = unreadable.iter().map(|(_, first, _)| *first).min() {
+        for (path, _, error) in &unreadable {
+            tracing::error!(path = %path.display(), error = %error, "a spooled piece does not read: its generation ends before it on the replicas (this run's new generation starts from the database as it is)");
+            let _ = durable::remove_file(path);
+        }
+        let (kept, dropped): (Vec<Piece>, Vec<Piece>) =
+            pieces.into_iter().partition(|p| p.last() < cut);
+        for piece in dropped {
+            let _ = durable::remove_file(&piece.path);
+        }
+        pieces = kept;
+    }
     let mut shipped = BTreeMap::new();
     for replica in replicas {
         let record = match fs::read(shipped_path(dir, replica)) {
@@ -506,4 +537,39 @@ fn load_generation(
         covers: 0,
         held: BTreeMap::new(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::tailer::tests::{database, insert, tailer};
+    use crate::replica::tailer::Pass;
+
+    /// A piece emptied on disk (as a power cut before its sync would leave it) does not
+    /// stop the spool from loading: the pieces before it stay, it and those after go.
+    #[test]
+    fn a_piece_that_does_not_read_ends_its_generation_there_and_the_spool_still_loads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (db, conn) = database(dir.path());
+        let (mut tailer, _) = tailer(dir.path(), &db);
+        let mut paths = Vec::new();
+        for _ in 0..3 {
+            insert(&conn, 3);
+            match tailer.pass(Utc::now()).expect("pass") {
+                Pass::Spooled { path, .. } => paths.push(path),
+                other => panic!("expected a segment, got {other:?}"),
+            }
+        }
+        drop(tailer);
+        fs::write(&paths[1], b"").expect("empty the middle piece");
+        let spool =
+            Spool::load(&dir.path().join("spool"), &["nas".to_string()]).expect("the spool loads");
+        let kept: Vec<&PathBuf> = spool.generations[0]
+            .pieces
+            .iter()
+            .map(|p| &p.path)
+            .collect();
+        assert_eq!(kept, vec![&paths[0]]);
+        assert!(paths[0].exists() && !paths[1].exists() && !paths[2].exists());
+    }
 }

@@ -335,7 +335,7 @@ impl Tailer {
         };
         let path = self.dir.join(format!("{first}_{last}{SEGMENT_SUFFIX}"));
         let temp = with_temp(&path);
-        let file = fs::File::create(&temp).map_err(ReplicaError::io(&temp))?;
+        let file = durable::create_file(&temp, 0o600).map_err(ReplicaError::io(&temp))?;
         let mut out = BufWriter::new(file);
         let written = segment::write_from_wal(
             &mut out,
@@ -352,7 +352,7 @@ impl Tailer {
                 source,
             };
             out.flush().map_err(io)?;
-            out.get_ref().sync_all().map_err(io)?;
+            durable::sync_file(&temp).map_err(io)?;
             Ok(w)
         });
         let (header, after) = match written {
@@ -449,7 +449,7 @@ pub(super) mod tests {
     use crate::replica::segment::{Applier, SegmentReader};
     use rusqlite::Connection;
 
-    fn database(dir: &Path) -> (PathBuf, Connection) {
+    pub(in crate::replica) fn database(dir: &Path) -> (PathBuf, Connection) {
         let path = dir.join("live.db");
         let conn = Connection::open(&path).expect("open");
         conn.execute_batch(
@@ -460,13 +460,13 @@ pub(super) mod tests {
         (path, conn)
     }
 
-    fn tailer(dir: &Path, db: &Path) -> (Tailer, SnapshotInfo) {
+    pub(in crate::replica) fn tailer(dir: &Path, db: &Path) -> (Tailer, SnapshotInfo) {
         let open = || Connection::open(db).expect("pin connection");
         let pin = ReadPin::new(db, [open(), open()]);
         Tailer::start(db, pin, &dir.join("spool"), Utc::now()).expect("start")
     }
 
-    fn insert(conn: &Connection, n: usize) {
+    pub(in crate::replica) fn insert(conn: &Connection, n: usize) {
         for _ in 0..n {
             conn.execute("INSERT INTO events(data) VALUES (randomblob(700))", [])
                 .expect("insert");

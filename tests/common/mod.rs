@@ -2,6 +2,7 @@
 //! independent recomputation of the corruption summary.
 #![allow(dead_code)]
 
+pub mod crash;
 pub mod healarr;
 pub mod process;
 
@@ -199,6 +200,28 @@ impl TestApp {
         Connection::open_with_flags(&self.db_path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .expect("open db")
     }
+}
+
+/// Every event, as text, in id order.
+pub fn events_of(path: &Path) -> Vec<String> {
+    let conn = dbwarden::db::open_file_read_only(path).expect("open");
+    let mut stmt = conn
+        .prepare("SELECT id, aggregate_type, aggregate_id, event_type, CAST(event_data AS TEXT), created_at FROM events ORDER BY id")
+        .expect("prepare");
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(format!(
+                "{}|{}|{}|{}|{}|{}",
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?
+            ))
+        })
+        .expect("query");
+    rows.map(|r| r.expect("row")).collect()
 }
 
 /// Writes a job file into `dir/jobs` (the directory `settings_in` points at).

@@ -18,18 +18,21 @@
 //! included, and none after it), unsynced directory operations are undone, every
 //! `-shm` is deleted (shared memory does not survive a power loss), the cut is written
 //! to the report file, and the process ends at once with [`EXIT_CODE`]. A fresh process
-//! then recovers with the normal VFS.
+//! then recovers with the normal VFS. Mode `kill` takes nothing back: it is SIGKILL at
+//! exactly that sync, where a real signal lands wherever the scheduler was.
 //!
 //! The plan comes from the environment of the process that registers the VFS:
 //! `DBWARDEN_CRASH_AT` (sync number; unset: only an explicit cut), `DBWARDEN_CRASH_MODE`
-//! (`all`, `subset`, `torn`), `DBWARDEN_CRASH_SEED`, `DBWARDEN_CRASH_SYNCHRONOUS`
+//! (`all`, `subset`, `torn`, `kill`), `DBWARDEN_CRASH_SEED`, `DBWARDEN_CRASH_SYNCHRONOUS`
 //! (`FULL` by default; `NORMAL` or `OFF` let the harness prove it can detect losses)
-//! and `DBWARDEN_CRASH_REPORT` (a file that receives `planned N` or `explicit N`: which
-//! cut happened, at which sync count, so the harness can prove each point cut where it
-//! meant to).
+//! and `DBWARDEN_CRASH_REPORT` (a file that receives `planned N PATH` or `explicit N`:
+//! which cut happened, at which sync count and, for a planned one, before the sync of
+//! which file or directory, so the harness can prove each point cut where it meant to
+//! and say which steps its cuts fell on).
 //!
 //! Syncs, renames, file writes and deletes that dbwarden makes outside SQLite (a
-//! backup's fsync and rename, a manifest, retention's deletes) go through
+//! backup's fsync and rename, a manifest, retention's deletes, the replication spool's
+//! segments, records and removals) go through
 //! [`super::durable`], which reports them here.
 
 pub mod disk;
@@ -62,6 +65,9 @@ pub enum Mode {
     /// One write is torn: its file keeps the changes before it, none after it; every
     /// other file loses its unsynced changes.
     Torn,
+    /// Not a power cut but SIGKILL at that sync: the process dies, the kernel keeps
+    /// every write (shared memory included), nothing is taken back.
+    Kill,
 }
 
 #[derive(Debug, Clone)]
@@ -71,7 +77,7 @@ pub struct Plan {
     pub seed: u64,
     /// The `PRAGMA synchronous` the writer runs with under this VFS.
     pub synchronous: &'static str,
-    /// Where the cut is reported (`planned N` / `explicit N`).
+    /// Where the cut is reported (`planned N PATH` / `explicit N`).
     pub report: Option<PathBuf>,
 }
 
@@ -83,6 +89,7 @@ impl Plan {
             mode: match var("DBWARDEN_CRASH_MODE").as_deref() {
                 Some("subset") => Mode::Subset,
                 Some("torn") => Mode::Torn,
+                Some("kill") => Mode::Kill,
                 _ => Mode::All,
             },
             seed: var("DBWARDEN_CRASH_SEED")
@@ -128,6 +135,8 @@ struct Recorder {
     dir_ops: Vec<DirOp>,
     databases: Vec<PathBuf>,
     rng: u64,
+    /// What the planned cut's sync was for.
+    cut_at: Option<PathBuf>,
 }
 
 fn recorder() -> &'static Mutex<Recorder> {
@@ -141,6 +150,7 @@ fn recorder() -> &'static Mutex<Recorder> {
             unsynced: HashMap::new(),
             dir_ops: Vec::new(),
             databases: Vec::new(),
+            cut_at: None,
         })
     })
 }
@@ -211,10 +221,12 @@ impl Recorder {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    /// Counts a sync point; cuts the power if it is the planned one.
-    fn sync_point(&mut self) {
+    /// Counts a sync point (of the file or directory `what`); cuts the power if it is
+    /// the planned one.
+    fn sync_point(&mut self, what: &Path) {
         self.syncs += 1;
         if self.plan.crash_at == Some(self.syncs) {
+            self.cut_at = Some(what.to_path_buf());
             self.power_cut("planned");
         }
     }
@@ -235,13 +247,16 @@ impl Recorder {
     fn survivor(&mut self, history: &FileHistory) -> Vec<u8> {
         let fate = match self.plan.mode {
             Mode::Subset => Fate::Subset,
-            Mode::All | Mode::Torn => Fate::LoseAll,
+            Mode::All | Mode::Torn | Mode::Kill => Fate::LoseAll,
         };
         let mut random = || self.next_random();
         history.after_cut(fate, &mut random)
     }
 
     fn power_cut(&mut self, kind: &str) -> ! {
+        if self.plan.mode == Mode::Kill {
+            self.end(kind)
+        }
         let mut files: Vec<(PathBuf, FileHistory)> = self.unsynced.drain().collect();
         files.sort_by(|a, b| a.0.cmp(&b.0));
         let torn = if self.plan.mode == Mode::Torn {
@@ -294,8 +309,18 @@ impl Recorder {
             shm.push("-shm");
             let _ = std::fs::remove_file(PathBuf::from(shm));
         }
+        self.end(kind)
+    }
+
+    /// Reports the cut and ends the process at once.
+    fn end(&self, kind: &str) -> ! {
         if let Some(report) = &self.plan.report {
-            let _ = std::fs::write(report, format!("{kind} {}\n", self.syncs));
+            let what = self
+                .cut_at
+                .as_ref()
+                .map(|p| format!(" {}", p.display()))
+                .unwrap_or_default();
+            let _ = std::fs::write(report, format!("{kind} {}{what}\n", self.syncs));
         }
         // SAFETY: _exit ends the process at once, like a power cut: no destructors,
         // no buffered output flushed after this point.
@@ -388,7 +413,7 @@ pub(crate) fn sync_file(
     }
     let path = key(path);
     let mut rec = lock();
-    rec.sync_point();
+    rec.sync_point(&path);
     sync()?;
     rec.synced(&path, false);
     Ok(())
@@ -404,7 +429,7 @@ pub(crate) fn sync_dir(
     }
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let mut rec = lock();
-    rec.sync_point();
+    rec.sync_point(&dir);
     sync()?;
     rec.dir_synced(&dir);
     Ok(())
@@ -452,6 +477,29 @@ pub(crate) fn write_file(
     rec.before_set_len(&path_key, 0, || before);
     rec.before_write(&path_key, 0, content, Vec::new);
     Ok(())
+}
+
+/// `durable::create_file`: a new file whose content, whatever is written to it, a cut
+/// before its sync takes back whole (and before its directory's sync, the file too).
+pub(crate) fn create_file(
+    path: &Path,
+    create: impl FnOnce() -> std::io::Result<std::fs::File>,
+) -> std::io::Result<std::fs::File> {
+    if !active() {
+        return create();
+    }
+    let path_key = key(path);
+    let mut rec = lock();
+    let existed = path.exists();
+    let before = content_of(path).unwrap_or_default();
+    let file = create()?;
+    if !existed {
+        rec.created(&path_key);
+    }
+    // Truncated now; what the caller writes later is not recorded, so the cut rebuilds
+    // the file from its synced content alone: a truncation to nothing at most.
+    rec.before_set_len(&path_key, 0, || before);
+    Ok(file)
 }
 
 /// `durable::remove_file`: comes back at a cut until its directory is synced.

@@ -176,7 +176,7 @@ unsafe extern "C" fn x_delete(
     };
     let mut rec = lock();
     if sync_dir != 0 {
-        rec.sync_point();
+        rec.sync_point(path.parent().unwrap_or(&path));
     } else {
         rec.before_delete(&path);
     }
@@ -278,7 +278,7 @@ unsafe extern "C" fn x_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int
         return sync(real, flags);
     };
     let mut rec = lock();
-    rec.sync_point();
+    rec.sync_point(path);
     let rc = sync(real, flags);
     if rc == ffi::SQLITE_OK {
         rec.synced(path, (*crash).dir_sync_at_first_sync);

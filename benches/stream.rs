@@ -36,7 +36,8 @@
 //! ```
 //! Knobs: `DBWARDEN_BENCH_SECS` (each load, 30), `DBWARDEN_BENCH_IDLE_SECS` (60),
 //! `DBWARDEN_BENCH_DB_MB` (45), `DBWARDEN_BENCH_RATES` (`200,2000`), `DBWARDEN_BENCH_CPU_PRIORITY`
-//! (dbwarden's `cpu_priority`, `low`); the idle spell follows the first rate's load only.
+//! (dbwarden's `cpu_priority`, `low`), `DBWARDEN_BENCH_WRAP` (a command to run dbwarden
+//! under, such as `heaptrack -o /tmp/h`); the idle spell follows the first rate's load only.
 //! Keep it under five minutes: Litestream then compacts its level-0 files away, and the
 //! lag of its objects, read after the idle spell, can no longer be read (the run stops). Litestream does not
 //! start while `AWS_CA_BUNDLE` is set, so it is removed from its environment.
@@ -440,7 +441,12 @@ fn start(tool: Tool, bench: &Bench, dir: &Path, extra: &str) -> Running {
                 dbwarden_toml(dir, &db, moto, &prefix, keys, api_port, extra),
             )
             .expect("config");
-            let child = Command::new(env!("CARGO_BIN_EXE_dbwarden"))
+            // `DBWARDEN_BENCH_WRAP="heaptrack -o /tmp/h"`: run it under a profiler.
+            let wrap = std::env::var("DBWARDEN_BENCH_WRAP").unwrap_or_default();
+            let mut argv: Vec<String> = wrap.split_whitespace().map(String::from).collect();
+            argv.push(env!("CARGO_BIN_EXE_dbwarden").to_string());
+            let child = Command::new(&argv[0])
+                .args(&argv[1..])
                 .args(["--config", &config.display().to_string(), "run"])
                 .env("AWS_ACCESS_KEY_ID", "bench")
                 .stdout(Stdio::null())

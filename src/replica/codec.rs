@@ -18,6 +18,10 @@ use crate::config::Encryption;
 
 /// zstd level: 3 is zstd's own default, several hundred MB/s per core.
 const ZSTD_LEVEL: i32 = 3;
+/// Inputs from this size on (snapshots, backups, large segments) are compressed on
+/// several threads.
+const MULTITHREAD_FROM_BYTES: u64 = 16 << 20;
+const MULTITHREAD_JOB_BYTES: u32 = 2 << 20;
 
 /// Size and SHA-256 of what was written (the stored object's bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,10 +169,20 @@ pub fn encode(
         }
     };
     let stream = || -> io::Result<Encoded> {
+        let length = file.metadata()?.len();
         let mut zstd = zstd::stream::write::Encoder::new(sealing, ZSTD_LEVEL)?;
+        // Known in advance, the size lets zstd fit its window (and so its memory) to a
+        // small input; its worker threads pay off only on a large one, and each holds
+        // buffers of several MB.
+        zstd.set_pledged_src_size(Some(length))?;
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-        if workers > 1 {
+        if workers > 1 && length >= MULTITHREAD_FROM_BYTES {
             zstd.multithread(workers as u32)?;
+            // Each job's input and output are buffered; zstd's default job (8 MiB at
+            // this level) makes that about 70 MB with two workers.
+            zstd.set_parameter(zstd::stream::raw::CParameter::JobSize(
+                MULTITHREAD_JOB_BYTES,
+            ))?;
         }
         let mut reader = HashingReader {
             inner: BufReader::with_capacity(1 << 20, file),

@@ -25,7 +25,7 @@
 //! restore applies whole commits only and stops after the one it was asked for.
 
 use std::fs::File;
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -301,7 +301,7 @@ impl SegmentHeader {
 /// with [`walfile::WalFile::copy_frames`] (which checks them again), written after the
 /// header. Returns the header written.
 pub fn write_from_wal(
-    out: &mut impl Write,
+    out: &mut (impl Write + Seek),
     generation: &str,
     after: Position,
     wal: &walfile::WalFile,
@@ -310,14 +310,7 @@ pub fn write_from_wal(
     commits: Vec<CommitRecord>,
 ) -> Result<(SegmentHeader, WalCursor), SegmentError> {
     let (wal_number, cursor) = run;
-    let mut frames = Vec::new();
-    let end = wal
-        .copy_frames(&cursor, last_frame, &mut frames)
-        .map_err(|e| SegmentError::Bad {
-            segment: format!("{wal_number:08x}-{:08x}", cursor.frames + 1),
-            reason: e.to_string(),
-        })?;
-    let header = SegmentHeader {
+    let mut header = SegmentHeader {
         generation: generation.to_string(),
         after,
         page_size: cursor.header.page_size,
@@ -329,10 +322,87 @@ pub fn write_from_wal(
             chain: cursor.chain,
         }],
         commits,
-        frames_sha256: hex::encode(Sha256::digest(&frames)),
+        frames_sha256: String::new(),
     };
-    write_segment(out, &header, &frames)?;
+    let mut writer = StreamedSegment::begin(out, &header)?;
+    let end = wal
+        .copy_frames(&cursor, last_frame, &mut writer)
+        .map_err(|e| SegmentError::Bad {
+            segment: format!("{wal_number:08x}-{:08x}", cursor.frames + 1),
+            reason: e.to_string(),
+        })?;
+    writer.finish(&mut header)?;
     Ok((header, end))
+}
+
+/// A segment written without its frames in memory: the header goes first with a
+/// placeholder for the frames' SHA-256 (hex of fixed length, so the header's length does
+/// not depend on it), the frames follow as they come, hashed on the way, and
+/// [`StreamedSegment::finish`] writes the digest over the placeholder.
+struct StreamedSegment<'a, W: Write + Seek> {
+    out: &'a mut W,
+    /// Where the placeholder's first byte is.
+    digest_at: u64,
+    hasher: Sha256,
+}
+
+impl<'a, W: Write + Seek> StreamedSegment<'a, W> {
+    fn begin(out: &'a mut W, header: &SegmentHeader) -> Result<Self, SegmentError> {
+        let io = |source| SegmentError::Io {
+            what: format!("segment {}", header.name()),
+            source,
+        };
+        let mut header = header.clone();
+        header.frames_sha256 = "0".repeat(64);
+        let json = serde_json::to_vec(&header).map_err(|e| SegmentError::Bad {
+            segment: header.name(),
+            reason: e.to_string(),
+        })?;
+        let key = br#""frames_sha256":""#;
+        let at = json
+            .windows(key.len())
+            .position(|w| w == key)
+            .ok_or_else(|| SegmentError::Bad {
+                segment: header.name(),
+                reason: "its header has no frames_sha256".into(),
+            })?;
+        let start = out.stream_position().map_err(io)?;
+        write_segment(out, &header, &[])?;
+        Ok(StreamedSegment {
+            out,
+            digest_at: start + (MAGIC.len() + at + key.len()) as u64,
+            hasher: Sha256::new(),
+        })
+    }
+
+    /// Writes the digest of the frames written into its place; sets it in `header`.
+    fn finish(self, header: &mut SegmentHeader) -> Result<(), SegmentError> {
+        let name = header.name();
+        let io = |source| SegmentError::Io {
+            what: format!("segment {name}"),
+            source,
+        };
+        header.frames_sha256 = hex::encode(self.hasher.finalize());
+        let end = self.out.stream_position().map_err(io)?;
+        self.out.seek(SeekFrom::Start(self.digest_at)).map_err(io)?;
+        self.out
+            .write_all(header.frames_sha256.as_bytes())
+            .map_err(io)?;
+        self.out.seek(SeekFrom::Start(end)).map_err(io)?;
+        Ok(())
+    }
+}
+
+impl<W: Write + Seek> Write for StreamedSegment<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
 }
 
 pub fn write_segment(
@@ -592,23 +662,15 @@ impl Applier {
 }
 
 /// Joins consecutive segments of one generation, each following the one before, into
-/// one: the frames end to end, a run continued where the next segment goes on in the
-/// same WAL. Every frame is checked on the way.
-pub fn merge<R: BufRead>(
+/// one written to `out`: the frames end to end, a run continued where the next segment
+/// goes on in the same WAL. Every frame is checked on the way, and only one is held at a
+/// time ([`StreamedSegment`]).
+pub fn merge_into<R: BufRead, W: Write + Seek>(
     segments: &mut [SegmentReader<R>],
-) -> Result<(SegmentHeader, Vec<u8>), SegmentError> {
+    out: &mut W,
+) -> Result<SegmentHeader, SegmentError> {
     let mut merged: Option<SegmentHeader> = None;
-    let mut frames = Vec::new();
-    let mut previous: Option<ChainEnd> = None;
-    for segment in segments.iter_mut() {
-        if let Some(end) = &previous {
-            segment.header.follows(end)?;
-        }
-        while let Some(frame) = segment.next_frame()? {
-            frames.extend_from_slice(&frame.header_bytes());
-            frames.extend_from_slice(frame.page);
-        }
-        previous = segment.end();
+    for segment in segments.iter() {
         let next = segment.header.clone();
         match merged.as_mut() {
             None => merged = Some(next),
@@ -636,8 +698,24 @@ pub fn merge<R: BufRead>(
         segment: "merge".into(),
         reason: "no segments to merge".into(),
     })?;
-    header.frames_sha256 = hex::encode(Sha256::digest(&frames));
-    Ok((header, frames))
+    let io = |source| SegmentError::Io {
+        what: "merged segment".into(),
+        source,
+    };
+    let mut writer = StreamedSegment::begin(out, &header)?;
+    let mut previous: Option<ChainEnd> = None;
+    for segment in segments.iter_mut() {
+        if let Some(end) = &previous {
+            segment.header.follows(end)?;
+        }
+        while let Some(frame) = segment.next_frame()? {
+            writer.write_all(&frame.header_bytes()).map_err(io)?;
+            writer.write_all(frame.page).map_err(io)?;
+        }
+        previous = segment.end();
+    }
+    writer.finish(&mut header)?;
+    Ok(header)
 }
 
 impl Frame<'_> {
@@ -739,7 +817,7 @@ mod tests {
                     last_event_id: None,
                 })
                 .collect();
-            let mut out = Vec::new();
+            let mut out = io::Cursor::new(Vec::new());
             let (_, after) = write_from_wal(
                 &mut out,
                 "g",
@@ -755,7 +833,7 @@ mod tests {
                 wal: self.wal_number,
                 frame: after.frames,
             };
-            self.segments.push(out);
+            self.segments.push(out.into_inner());
         }
     }
 
@@ -880,10 +958,9 @@ mod tests {
                     .iter()
                     .map(|b| SegmentReader::new(&b[..], "part").expect("reader"))
                     .collect();
-                let (header, frames) = merge(&mut readers).expect("merge");
-                let mut out = Vec::new();
-                write_segment(&mut out, &header, &frames).expect("write");
-                out
+                let mut out = io::Cursor::new(Vec::new());
+                merge_into(&mut readers, &mut out).expect("merge");
+                out.into_inner()
             })
             .collect()
     }

@@ -17,7 +17,7 @@
 //! an upload still in flight is cancelled (a multipart upload is aborted) and what is
 //! left waits in the spool for the next start.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,8 +36,9 @@ use super::{stream, Replica, ReplicaError};
 
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const LONGEST_RETRY: Duration = Duration::from_secs(60);
-/// Pieces merged into one upload add up to at most this (merging holds their frames in
-/// memory); a replica further behind catches up in several uploads.
+/// Pieces merged into one upload add up to at most this (merging streams them, one
+/// frame at a time, so this bounds an object's size, not memory); a replica further
+/// behind catches up in several uploads.
 pub(super) const MERGE_LIMIT_BYTES: u64 = 64 << 20;
 
 pub struct Streamer {
@@ -336,8 +337,10 @@ pub(super) async fn merge_pieces(
                 )?)
             })
             .collect::<Result<Vec<_>, ReplicaError>>()?;
-        let (header, frames) = segment::merge(&mut readers)?;
-        write_merged(&target, &header, &frames)?;
+        let file = std::fs::File::create(&target).map_err(ReplicaError::io(&target))?;
+        let mut out = std::io::BufWriter::new(file);
+        let header = segment::merge_into(&mut readers, &mut out)?;
+        std::io::Write::flush(&mut out).map_err(ReplicaError::io(&target))?;
         Ok((header, target))
     })
     .await
@@ -345,16 +348,4 @@ pub(super) async fn merge_pieces(
         path: PathBuf::from("segment merge"),
         source: std::io::Error::other(e),
     })?
-}
-
-fn write_merged(
-    target: &Path,
-    header: &segment::SegmentHeader,
-    frames: &[u8],
-) -> Result<(), ReplicaError> {
-    let file = std::fs::File::create(target).map_err(ReplicaError::io(target))?;
-    let mut out = std::io::BufWriter::new(file);
-    segment::write_segment(&mut out, header, frames)?;
-    std::io::Write::flush(&mut out).map_err(ReplicaError::io(target))?;
-    Ok(())
 }

@@ -74,7 +74,35 @@ enum Message {
         done: SyncSender<()>,
     },
     AfterCheckpoint,
+    /// A streamer is about to take what is spooled for an upload: a pass first, so the
+    /// commits made since the last one go up with it.
+    BeforeUpload {
+        done: tokio::sync::oneshot::Sender<()>,
+    },
     Stop,
+}
+
+/// How long a streamer waits for the tailer's pass before an upload; a busy tailer
+/// only means the upload holds what was spooled.
+const BEFORE_UPLOAD_WAIT: Duration = Duration::from_millis(250);
+
+/// A streamer's way to ask the tailer for a pass before it uploads.
+pub struct TailerNudge {
+    messages: SyncSender<Message>,
+}
+
+impl TailerNudge {
+    /// Returns once the tailer made a pass, or after [`BEFORE_UPLOAD_WAIT`].
+    pub async fn pass_before_upload(&self) {
+        let (done, passed) = tokio::sync::oneshot::channel();
+        if self
+            .messages
+            .try_send(Message::BeforeUpload { done })
+            .is_ok()
+        {
+            let _ = tokio::time::timeout(BEFORE_UPLOAD_WAIT, passed).await;
+        }
+    }
 }
 
 /// The DbWriter's side of replication: cheap to clone, never blocks a commit.
@@ -203,6 +231,7 @@ impl Replicator {
         ));
         board.watch_gate(gate.clone());
         let (spooled_tx, spooled) = watch::channel(0u64);
+        let (messages, inbox) = mpsc::sync_channel(64);
         let drain = CancellationToken::new();
         let cancel = CancellationToken::new();
         let mut streamers = Vec::new();
@@ -220,6 +249,9 @@ impl Replicator {
                 interval: Duration::from_millis(replica_settings.sync_interval_ms),
                 compact_every: Duration::from_secs(replica_settings.compact_interval_secs),
                 gate: gate.clone(),
+                tailer: TailerNudge {
+                    messages: messages.clone(),
+                },
                 drain: drain.clone(),
                 cancel: cancel.clone(),
             };
@@ -252,7 +284,6 @@ impl Replicator {
             .min()
             .unwrap_or(Duration::from_millis(500))
             .max(MIN_PASS_GAP);
-        let (messages, inbox) = mpsc::sync_channel(64);
         let tailing = Tailing {
             settings: settings.database.clone(),
             spool: spool.clone(),
@@ -360,6 +391,14 @@ impl Tailing {
                             tailer.release_pin();
                         }
                         released_until = Some(Instant::now() + RELEASE_LIMIT);
+                    }
+                    let _ = done.send(());
+                }
+                Ok(Message::BeforeUpload { done }) => {
+                    // Not while a checkpoint has the pin released: a pass would pin
+                    // again and make the checkpoint wait for it.
+                    if released_until.is_none() {
+                        self.pass();
                     }
                     let _ = done.send(());
                 }

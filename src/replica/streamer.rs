@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ack::AckGate;
 use super::lease::SharedLease;
+use super::replicator::TailerNudge;
 use super::segment::{self, SegmentReader};
 use super::shipper::ReplicaBoard;
 use super::spool::{Piece, Shipped, Spool, Work};
@@ -51,6 +52,8 @@ pub struct Streamer {
     pub compact_every: Duration,
     /// Writes waiting for this replica, when it has `ack_writes`.
     pub gate: Arc<AckGate>,
+    /// Asks the tailer for a pass right before a paced upload.
+    pub tailer: TailerNudge,
     /// Cancelled when the stop begins: drain, then end.
     pub drain: CancellationToken,
     /// Cancelled when the drain's time is up: end now.
@@ -103,10 +106,20 @@ impl Streamer {
                     () = tokio::time::sleep_until(at + self.interval) => {}
                 }
             }
-            // Taken after the wait: what was spooled meanwhile goes up with it.
+            // Taken after the wait and a pass: every commit made by now goes up with
+            // it (a direct writer's are otherwise found only at the tailer's next poll,
+            // and would wait for the next upload). A replica acknowledging writes needs
+            // no pass: the tailer reads those commits at once.
+            if paced {
+                self.tailer.pass_before_upload().await;
+            }
             let Some(work) = self.next_work() else {
                 continue;
             };
+            // The pace counts from the start of an upload, not its end: uploads start at
+            // most once an interval, and a commit waits for the next one at most an
+            // interval, not an interval plus the time the last upload took.
+            let started = Instant::now();
             let outcome = tokio::select! {
                 () = self.cancel.cancelled() => Err(ReplicaError::Cancelled),
                 outcome = self.upload(work, &ledger, &mut lease_held) => outcome,
@@ -114,7 +127,7 @@ impl Streamer {
             match outcome {
                 Ok(()) => {
                     retry = FIRST_RETRY;
-                    last_upload = Some(Instant::now());
+                    last_upload = Some(started);
                     self.gate.set_failing(&name, false);
                 }
                 Err(ReplicaError::Cancelled) => break,

@@ -216,24 +216,12 @@ fn report(results: &[(Point, Verdict)]) -> String {
     )
 }
 
-/// `runs` points without a planned cut (the power goes out after the workload).
-fn uncut(runs: u64, synchronous: &'static str) -> Vec<Point> {
-    (1..=runs)
-        .map(|seed| Point {
-            crash_at: None,
-            mode: "all",
-            seed,
-            synchronous,
-        })
-        .collect()
-}
-
 /// Syncs of an uninterrupted run, to place the crash points: the fewest of five runs
 /// (group commit merges concurrent appends differently each time, so a run makes a few
 /// syncs more or less). Each run must do every job of the workload and leave one
 /// verified backup.
 fn syncs_of_a_full_run() -> u64 {
-    let runs = sweep(uncut(5, "FULL"));
+    let runs = sweep(crash::uncut(5, "FULL"));
     for (point, full) in &runs {
         assert!(
             full.power_cut && full.cut_as_planned(point),
@@ -339,7 +327,7 @@ fn acknowledged_events_and_backups_survive_power_cuts_at_every_sync() {
 #[test]
 fn the_harness_reports_losses_when_commits_are_not_synced() {
     for synchronous in ["OFF", "NORMAL"] {
-        let results = sweep(uncut(2, synchronous));
+        let results = sweep(crash::uncut(2, synchronous));
         let lost: usize = results.iter().map(|(_, v)| v.lost.len()).sum();
         println!("self-test, synchronous={synchronous}: {}", report(&results));
         assert!(

@@ -448,14 +448,7 @@ fn report(results: &[(Point, Verdict)]) -> String {
 /// commit and the tailer's timer make a run sync a few times more or less). Each run
 /// must acknowledge every append and checkpoint each time.
 async fn syncs_of_a_full_run(harness: &Harness) -> u64 {
-    let uncut = (1..=3)
-        .map(|seed| Point {
-            crash_at: None,
-            mode: "all",
-            seed,
-            synchronous: "FULL",
-        })
-        .collect();
+    let uncut = crash::uncut(3, "FULL");
     let runs = sweep(harness, uncut).await;
     for (point, full) in &runs {
         assert!(
@@ -561,14 +554,7 @@ async fn a_power_cut_at_any_step_of_shipping_loses_no_acknowledged_event_and_lea
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_harness_sees_commits_that_were_shipped_before_they_were_durable() {
     let harness = Harness::new().await;
-    let uncut = (1..=2)
-        .map(|seed| Point {
-            crash_at: None,
-            mode: "all",
-            seed,
-            synchronous: "NORMAL",
-        })
-        .collect();
+    let uncut = crash::uncut(2, "NORMAL");
     let results = sweep(&harness, uncut).await;
     println!("self-test, synchronous=NORMAL: {}", report(&results));
     for (_, v) in &results {

@@ -354,6 +354,10 @@ impl<'a, W: Write + Seek> StreamedSegment<'a, W> {
         };
         let mut header = header.clone();
         header.frames_sha256 = "0".repeat(64);
+        header.check().map_err(|reason| SegmentError::Bad {
+            segment: header.name(),
+            reason,
+        })?;
         let json = serde_json::to_vec(&header).map_err(|e| SegmentError::Bad {
             segment: header.name(),
             reason: e.to_string(),
@@ -367,7 +371,9 @@ impl<'a, W: Write + Seek> StreamedSegment<'a, W> {
                 reason: "its header has no frames_sha256".into(),
             })?;
         let start = out.stream_position().map_err(io)?;
-        write_segment(out, &header, &[])?;
+        out.write_all(MAGIC).map_err(io)?;
+        out.write_all(&json).map_err(io)?;
+        out.write_all(b"\n").map_err(io)?;
         Ok(StreamedSegment {
             out,
             digest_at: start + (MAGIC.len() + at + key.len()) as u64,
@@ -403,29 +409,6 @@ impl<W: Write + Seek> Write for StreamedSegment<'_, W> {
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
-}
-
-pub fn write_segment(
-    out: &mut impl Write,
-    header: &SegmentHeader,
-    frames: &[u8],
-) -> Result<(), SegmentError> {
-    header.check().map_err(|reason| SegmentError::Bad {
-        segment: header.name(),
-        reason,
-    })?;
-    let io = |source| SegmentError::Io {
-        what: format!("segment {}", header.name()),
-        source,
-    };
-    let json = serde_json::to_vec(header).map_err(|e| SegmentError::Bad {
-        segment: header.name(),
-        reason: e.to_string(),
-    })?;
-    out.write_all(MAGIC).map_err(io)?;
-    out.write_all(&json).map_err(io)?;
-    out.write_all(b"\n").map_err(io)?;
-    out.write_all(frames).map_err(io)
 }
 
 /// Reads a segment from a stream (a decrypted, decompressed download, or a local

@@ -210,6 +210,19 @@ impl Point {
     }
 }
 
+/// `runs` points without a planned cut (the power goes out after the workload), seeds
+/// 1..=runs.
+pub fn uncut(runs: u64, synchronous: &'static str) -> Vec<Point> {
+    (1..=runs)
+        .map(|seed| Point {
+            crash_at: None,
+            mode: "all",
+            seed,
+            synchronous,
+        })
+        .collect()
+}
+
 /// What a child's run left.
 #[derive(Debug)]
 pub struct ChildRun {

@@ -582,3 +582,55 @@ fn status_of_a_stuck_service_gives_up_and_names_its_address() {
     );
     drop(holder);
 }
+
+/// A point-in-time restore asked for wrongly is refused before anything is touched, with
+/// the argument and the reason: a time that is not RFC 3339, an event id that is not a
+/// number, a point without the replica to take it from, two points at once, and a
+/// replica the settings do not have.
+#[test]
+fn a_bad_restore_point_names_the_argument_and_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: [(&[&str], &[&str]); 5] = [
+        (
+            &["restore", "--from", "s3", "--at", "yesterday"],
+            &["'--at <RFC3339>'", "`yesterday` is not an RFC 3339 time"],
+        ),
+        (
+            &["restore", "--from", "s3", "--event-id", "abc"],
+            &["'--event-id <N>'", "invalid digit"],
+        ),
+        (
+            &["restore", "--at", "2026-12-03T07:30:00Z"],
+            &["required arguments were not provided", "--from <NAME>"],
+        ),
+        (
+            &[
+                "restore",
+                "--from",
+                "s3",
+                "--at",
+                "2026-12-03T07:30:00Z",
+                "--event-id",
+                "5",
+            ],
+            &["'--at <RFC3339>' cannot be used with '--event-id <N>'"],
+        ),
+        (
+            &["restore", "--from", "nowhere", "--event-id", "5"],
+            &["no replica named `nowhere`"],
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = dbwarden(dir.path(), args, &[]);
+        let shown = text(&out);
+        assert!(!out.status.success(), "{args:?}: {shown}");
+        for part in expected {
+            assert!(shown.contains(part), "{args:?}: {shown}");
+        }
+    }
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing was created: {:?}",
+        std::fs::read_dir(dir.path()).map(|d| d.count())
+    );
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::spinner;
-use dbwarden::config::Settings;
+use dbwarden::config::{ReplicaSettings, Settings};
 use dbwarden::restore::Pick;
 
 /// Which backup, from the command line.
@@ -43,13 +43,19 @@ pub fn restore(
         }
         None => settings.clone(),
     };
+    // A replica the settings do not have is refused before anything is touched.
+    let replica = source
+        .from
+        .as_deref()
+        .map(|name| replica_named(settings, name))
+        .transpose()?;
     // Refused while the service runs, before a copy is downloaded for nothing (the
     // restore itself takes the lock again).
     drop(dbwarden::db::lock::acquire(&target.database.path)?);
     // A copy from a replica is brought back into a directory beside the target first.
     let stage = staging_dir(&target.database.path);
-    let fetched = match &source.from {
-        Some(name) => Some(fetch(settings, name, &source, &stage)?),
+    let fetched = match replica {
+        Some(replica) => Some(fetch(settings, replica, &source, &stage)?),
         None => None,
     };
     let backup = match (&fetched, source.file) {
@@ -84,20 +90,24 @@ pub fn restore(
     Ok(dbwarden::exit::OK)
 }
 
-fn fetch(
-    settings: &Settings,
-    name: &str,
-    source: &Source,
-    stage: &Path,
-) -> anyhow::Result<dbwarden::restore::FromReplica> {
-    let replica = settings
+fn replica_named<'a>(settings: &'a Settings, name: &str) -> anyhow::Result<&'a ReplicaSettings> {
+    settings
         .replicas
         .iter()
         .find(|r| r.name == name)
         .with_context(|| {
             let known: Vec<&str> = settings.replicas.iter().map(|r| r.name.as_str()).collect();
             format!("no replica named `{name}` (the settings have: {known:?})")
-        })?;
+        })
+}
+
+fn fetch(
+    settings: &Settings,
+    replica: &ReplicaSettings,
+    source: &Source,
+    stage: &Path,
+) -> anyhow::Result<dbwarden::restore::FromReplica> {
+    let name = replica.name.as_str();
     let identities = dbwarden::restore::identities_for(replica, source.identity.as_deref())?;
     use dbwarden::replica::stream::Target;
     let pick = match (&source.backup, source.at, source.event_id) {

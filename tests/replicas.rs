@@ -1593,7 +1593,7 @@ async fn a_streamed_generation_is_rebuilt_from_each_replica_alone() {
         match tailer.pass(chrono::Utc::now()).expect("pass") {
             Pass::Spooled { header, path } => {
                 for replica in &replicas {
-                    stream::upload_segment(replica, &path, &header, &ledger(replica))
+                    stream::upload_segment(replica, vec![path.clone()], &header, &ledger(replica))
                         .await
                         .expect("segment");
                 }

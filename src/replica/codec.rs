@@ -147,59 +147,96 @@ pub fn encode(
     parts: mpsc::Sender<Bytes>,
 ) -> Result<Encoded, ReplicaError> {
     let file = File::open(source).map_err(ReplicaError::io(source))?;
-    let sink = PartSink {
-        part: Vec::with_capacity(part_size),
-        part_size,
+    let length = file.metadata().map_err(ReplicaError::io(source))?.len();
+    let mut reader = HashingReader {
+        inner: BufReader::with_capacity(1 << 20, file),
         hasher: Sha256::new(),
         bytes: 0,
-        parts,
     };
-    let sealing = match encryption {
-        Encryption::None => Sealing::Plain(sink),
-        Encryption::Age => {
-            let encryptor = age::Encryptor::with_recipients(
-                recipients.iter().map(|r| r as &dyn age::Recipient),
-            )
-            .map_err(|e| ReplicaError::Encrypt(e.to_string()))?;
-            Sealing::Age(
-                encryptor
-                    .wrap_output(sink)
-                    .map_err(|e| ReplicaError::Encrypt(e.to_string()))?,
-            )
-        }
+    let sealed = Sealed {
+        what: source,
+        length,
+        encryption,
+        recipients,
+        part_size,
     };
-    let stream = || -> io::Result<Encoded> {
-        let length = file.metadata()?.len();
-        let mut zstd = zstd::stream::write::Encoder::new(sealing, ZSTD_LEVEL)?;
-        // Known in advance, the size lets zstd fit its window (and so its memory) to a
-        // small input; its worker threads pay off only on a large one, and each holds
-        // buffers of several MB.
-        zstd.set_pledged_src_size(Some(length))?;
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-        if workers > 1 && length >= MULTITHREAD_FROM_BYTES {
-            zstd.multithread(workers as u32)?;
-            // Each job's input and output are buffered; zstd's default job (8 MiB at
-            // this level) makes that about 70 MB with two workers.
-            zstd.set_parameter(zstd::stream::raw::CParameter::JobSize(
-                MULTITHREAD_JOB_BYTES,
-            ))?;
-        }
-        let mut reader = HashingReader {
-            inner: BufReader::with_capacity(1 << 20, file),
+    let stored = sealed.encode(parts, |out| {
+        io::copy(&mut reader, out)
+            .map(|_| ())
+            .map_err(ReplicaError::io(source))
+    })?;
+    Ok(Encoded {
+        source: Written {
+            bytes: reader.bytes,
+            sha256: hex::encode(reader.hasher.finalize()),
+        },
+        stored,
+    })
+}
+
+/// How a stream of `length` bytes is stored: what [`encode`] does to a file, for bytes
+/// that are written rather than read (a segment joined from spooled pieces).
+pub struct Sealed<'a> {
+    /// Named in errors.
+    pub what: &'a Path,
+    pub length: u64,
+    pub encryption: Encryption,
+    pub recipients: &'a [age::x25519::Recipient],
+    pub part_size: usize,
+}
+
+impl Sealed<'_> {
+    /// Compresses and encrypts what `fill` writes (exactly `length` bytes) into parts
+    /// sent on `parts`; answers the stored object's size and SHA-256. Blocking.
+    pub fn encode(
+        &self,
+        parts: mpsc::Sender<Bytes>,
+        fill: impl FnOnce(&mut dyn Write) -> Result<(), ReplicaError>,
+    ) -> Result<Written, ReplicaError> {
+        let io = ReplicaError::io(self.what);
+        let sink = PartSink {
+            part: Vec::with_capacity(self.part_size),
+            part_size: self.part_size,
             hasher: Sha256::new(),
             bytes: 0,
+            parts,
         };
-        io::copy(&mut reader, &mut zstd)?;
-        let stored = zstd.finish()?.finish()?.finish()?;
-        Ok(Encoded {
-            source: Written {
-                bytes: reader.bytes,
-                sha256: hex::encode(reader.hasher.finalize()),
-            },
-            stored,
-        })
-    };
-    stream().map_err(ReplicaError::io(source))
+        let sealing = match self.encryption {
+            Encryption::None => Sealing::Plain(sink),
+            Encryption::Age => {
+                let encryptor = age::Encryptor::with_recipients(
+                    self.recipients.iter().map(|r| r as &dyn age::Recipient),
+                )
+                .map_err(|e| ReplicaError::Encrypt(e.to_string()))?;
+                Sealing::Age(
+                    encryptor
+                        .wrap_output(sink)
+                        .map_err(|e| ReplicaError::Encrypt(e.to_string()))?,
+                )
+            }
+        };
+        let compressor = || -> io::Result<zstd::stream::write::Encoder<'static, Sealing>> {
+            let mut zstd = zstd::stream::write::Encoder::new(sealing, ZSTD_LEVEL)?;
+            // Known in advance, the size lets zstd fit its window (and so its memory)
+            // to a small input; its worker threads pay off only on a large one, and
+            // each holds buffers of several MB.
+            zstd.set_pledged_src_size(Some(self.length))?;
+            let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+            if workers > 1 && self.length >= MULTITHREAD_FROM_BYTES {
+                zstd.multithread(workers as u32)?;
+                // Each job's input and output are buffered; zstd's default job (8 MiB
+                // at this level) makes that about 70 MB with two workers.
+                zstd.set_parameter(zstd::stream::raw::CParameter::JobSize(
+                    MULTITHREAD_JOB_BYTES,
+                ))?;
+            }
+            Ok(zstd)
+        };
+        let mut zstd = compressor().map_err(ReplicaError::io(self.what))?;
+        fill(&mut zstd)?;
+        let finished = || -> io::Result<Written> { zstd.finish()?.finish()?.finish() };
+        finished().map_err(io)
+    }
 }
 
 /// Reads the stored bytes arriving on a channel (the download), one part at a time.

@@ -29,7 +29,7 @@ use object_store::ObjectStoreExt;
 use super::segment::Position;
 use super::spool::{poisoned, Piece, Spool};
 use super::stream::{self, SegmentObject};
-use super::streamer::{merge_pieces, MERGE_LIMIT_BYTES};
+use super::streamer::{upload_pieces, MERGE_LIMIT_BYTES};
 use super::uploads::Ledger;
 use super::{Replica, ReplicaError};
 
@@ -113,9 +113,9 @@ pub async fn compact(
     ledger: &Ledger,
 ) -> Result<Compacted, ReplicaError> {
     let name = replica.name().to_string();
-    let (work, root) = {
+    let work = {
         let spool = spool.lock().map_err(|_| poisoned(&name))?;
-        (spool.uncompacted(&name), spool.root().to_path_buf())
+        spool.uncompacted(&name)
     };
     let mut done = Compacted::default();
     for (generation, pieces) in work {
@@ -150,11 +150,8 @@ pub async fn compact(
             let (first, last) = (first.first, last.last);
             if run.len() > 1 {
                 if let Some(parts) = pieces_of(&pieces, first, last) {
-                    let target = root.join(format!(".compact-{name}.tmp"));
-                    let (header, path) = merge_pieces(parts, target).await?;
-                    let sent = stream::upload_segment(replica, &path, &header, ledger).await;
-                    let _ = std::fs::remove_file(&path);
-                    done.bytes += sent?.bytes;
+                    let (header, sent) = upload_pieces(replica, &parts, ledger).await?;
+                    done.bytes += sent.bytes;
                     done.merged += 1;
                     for segment in &run {
                         delete(replica, segment).await?;

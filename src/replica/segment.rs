@@ -20,6 +20,13 @@
 //! against `frames_sha256`; the chain also ties each segment to the one before it
 //! ([`SegmentHeader::follows`]), so a missing or doubled segment cannot go unseen.
 //!
+//! The spool keeps the same thing with its frames compressed (a *piece*, written by the
+//! tailer and read back only on this machine): `dbwarden-piece 1\n`, the same header
+//! line, then the frames as one zstd frame with zstd's content checksum. The WAL the
+//! frames come from is already on disk, so the spool's copy is written small;
+//! [`SegmentReader`] reads either, and what is uploaded is always the plain form above,
+//! written by [`write_joined`].
+//!
 //! To apply a frame is to write its page at `(page number - 1) × page size` in the
 //! database file; at a commit's last frame the file is cut to the commit's size. A
 //! restore applies whole commits only and stops after the one it was asked for.
@@ -36,6 +43,11 @@ use sha2::{Digest, Sha256};
 use crate::db::walfile::{self, FrameHeader, WalCursor, WalHeader, FRAME_HEADER_BYTES};
 
 pub const MAGIC: &[u8] = b"dbwarden-segment 1\n";
+/// A spooled piece: the header as in a segment, the frames zstd-compressed.
+pub const PIECE_MAGIC: &[u8] = b"dbwarden-piece 1\n";
+/// zstd's fastest ordinary level: the frames of one piece repeat the same few pages,
+/// which compress well even so, and the tailer must keep up with the writer.
+const PIECE_ZSTD_LEVEL: i32 = 1;
 /// A header line longer than this is not a segment's (a generous bound: a header lists
 /// one entry per commit, about 120 bytes each).
 const MAX_HEADER_BYTES: usize = 64 << 20;
@@ -185,6 +197,31 @@ impl SegmentHeader {
         self.runs.last().map(Run::last)
     }
 
+    /// The bytes of its frames (24-byte header and page each).
+    pub fn frame_bytes(&self) -> u64 {
+        let frames: u64 = self.runs.iter().map(|r| u64::from(r.frames)).sum();
+        frames * (FRAME_HEADER_BYTES as u64 + u64::from(self.page_size))
+    }
+
+    /// Its header line: the JSON and a newline.
+    fn line(&self) -> Result<Vec<u8>, SegmentError> {
+        self.check().map_err(|reason| SegmentError::Bad {
+            segment: self.name(),
+            reason,
+        })?;
+        let mut line = serde_json::to_vec(self).map_err(|e| SegmentError::Bad {
+            segment: self.name(),
+            reason: e.to_string(),
+        })?;
+        line.push(b'\n');
+        Ok(line)
+    }
+
+    /// The length of the plain segment [`write_joined`] writes under this header.
+    pub fn plain_len(&self) -> Result<u64, SegmentError> {
+        Ok(MAGIC.len() as u64 + self.line()?.len() as u64 + self.frame_bytes())
+    }
+
     /// The object name's stem: `<first position>_<last position>`.
     pub fn name(&self) -> String {
         match (self.first(), self.last()) {
@@ -297,9 +334,9 @@ impl SegmentHeader {
     }
 }
 
-/// Writes a segment file from frames still in the WAL: `runs` are read from `wal`
-/// with [`walfile::WalFile::copy_frames`] (which checks them again), written after the
-/// header. Returns the header written.
+/// Writes a spool piece from frames still in the WAL: `runs` are read from `wal`
+/// with [`walfile::WalFile::copy_frames`] (which checks them again), compressed after
+/// the header. Returns the header written.
 pub fn write_from_wal(
     out: &mut (impl Write + Seek),
     generation: &str,
@@ -324,7 +361,7 @@ pub fn write_from_wal(
         commits,
         frames_sha256: String::new(),
     };
-    let mut writer = StreamedSegment::begin(out, &header)?;
+    let mut writer = StreamedPiece::begin(out, &header)?;
     let end = wal
         .copy_frames(&cursor, last_frame, &mut writer)
         .map_err(|e| SegmentError::Bad {
@@ -335,18 +372,18 @@ pub fn write_from_wal(
     Ok((header, end))
 }
 
-/// A segment written without its frames in memory: the header goes first with a
+/// A spooled piece written without its frames in memory: the header goes first with a
 /// placeholder for the frames' SHA-256 (hex of fixed length, so the header's length does
-/// not depend on it), the frames follow as they come, hashed on the way, and
-/// [`StreamedSegment::finish`] writes the digest over the placeholder.
-struct StreamedSegment<'a, W: Write + Seek> {
-    out: &'a mut W,
+/// not depend on it), the frames follow compressed as they come, hashed on the way, and
+/// [`StreamedPiece::finish`] writes the digest over the placeholder.
+struct StreamedPiece<'a, W: Write + Seek> {
+    body: zstd::stream::write::Encoder<'static, &'a mut W>,
     /// Where the placeholder's first byte is.
     digest_at: u64,
     hasher: Sha256,
 }
 
-impl<'a, W: Write + Seek> StreamedSegment<'a, W> {
+impl<'a, W: Write + Seek> StreamedPiece<'a, W> {
     fn begin(out: &'a mut W, header: &SegmentHeader) -> Result<Self, SegmentError> {
         let io = |source| SegmentError::Io {
             what: format!("segment {}", header.name()),
@@ -354,16 +391,9 @@ impl<'a, W: Write + Seek> StreamedSegment<'a, W> {
         };
         let mut header = header.clone();
         header.frames_sha256 = "0".repeat(64);
-        header.check().map_err(|reason| SegmentError::Bad {
-            segment: header.name(),
-            reason,
-        })?;
-        let json = serde_json::to_vec(&header).map_err(|e| SegmentError::Bad {
-            segment: header.name(),
-            reason: e.to_string(),
-        })?;
+        let line = header.line()?;
         let key = br#""frames_sha256":""#;
-        let at = json
+        let at = line
             .windows(key.len())
             .position(|w| w == key)
             .ok_or_else(|| SegmentError::Bad {
@@ -371,17 +401,20 @@ impl<'a, W: Write + Seek> StreamedSegment<'a, W> {
                 reason: "its header has no frames_sha256".into(),
             })?;
         let start = out.stream_position().map_err(io)?;
-        out.write_all(MAGIC).map_err(io)?;
-        out.write_all(&json).map_err(io)?;
-        out.write_all(b"\n").map_err(io)?;
-        Ok(StreamedSegment {
-            out,
-            digest_at: start + (MAGIC.len() + at + key.len()) as u64,
+        out.write_all(PIECE_MAGIC).map_err(io)?;
+        out.write_all(&line).map_err(io)?;
+        let mut body = zstd::stream::write::Encoder::new(out, PIECE_ZSTD_LEVEL).map_err(io)?;
+        body.include_checksum(true).map_err(io)?;
+        body.set_pledged_src_size(Some(header.frame_bytes()))
+            .map_err(io)?;
+        Ok(StreamedPiece {
+            body,
+            digest_at: start + (PIECE_MAGIC.len() + at + key.len()) as u64,
             hasher: Sha256::new(),
         })
     }
 
-    /// Writes the digest of the frames written into its place; sets it in `header`.
+    /// Ends the frames and writes their digest into its place; sets it in `header`.
     fn finish(self, header: &mut SegmentHeader) -> Result<(), SegmentError> {
         let name = header.name();
         let io = |source| SegmentError::Io {
@@ -389,33 +422,49 @@ impl<'a, W: Write + Seek> StreamedSegment<'a, W> {
             source,
         };
         header.frames_sha256 = hex::encode(self.hasher.finalize());
-        let end = self.out.stream_position().map_err(io)?;
-        self.out.seek(SeekFrom::Start(self.digest_at)).map_err(io)?;
-        self.out
-            .write_all(header.frames_sha256.as_bytes())
-            .map_err(io)?;
-        self.out.seek(SeekFrom::Start(end)).map_err(io)?;
+        let out = self.body.finish().map_err(io)?;
+        let end = out.stream_position().map_err(io)?;
+        out.seek(SeekFrom::Start(self.digest_at)).map_err(io)?;
+        out.write_all(header.frames_sha256.as_bytes()).map_err(io)?;
+        out.seek(SeekFrom::Start(end)).map_err(io)?;
         Ok(())
     }
 }
 
-impl<W: Write + Seek> Write for StreamedSegment<'_, W> {
+impl<W: Write + Seek> Write for StreamedPiece<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.out.write(buf)?;
+        let n = self.body.write(buf)?;
         self.hasher.update(&buf[..n]);
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+        self.body.flush()
+    }
+}
+
+/// What follows the magic line: the frames as stored, or a piece's compressed frames.
+enum Body<R: BufRead> {
+    Plain(R),
+    Zstd(zstd::stream::read::Decoder<'static, R>),
+}
+
+impl<R: BufRead> Read for Body<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Body::Plain(r) => r.read(buf),
+            Body::Zstd(r) => r.read(buf),
+        }
     }
 }
 
 /// Reads a segment from a stream (a decrypted, decompressed download, or a local
 /// file), frame by frame, checking each.
-pub struct SegmentReader<R> {
-    input: R,
+pub struct SegmentReader<R: BufRead> {
+    input: Body<R>,
     pub header: SegmentHeader,
+    /// Off when the same bytes were checked already ([`SegmentReader::digest_checked`]).
+    check_digest: bool,
     run: usize,
     in_run: u32,
     wal: WalHeader,
@@ -441,11 +490,16 @@ impl<R: BufRead> SegmentReader<R> {
             what: what.to_string(),
             source,
         };
-        let mut magic = [0u8; MAGIC.len()];
-        input.read_exact(&mut magic).map_err(io)?;
-        if magic != MAGIC {
-            return Err(bad("it does not start with `dbwarden-segment 1`".into()));
-        }
+        let mut magic = Vec::new();
+        (&mut input)
+            .take(MAGIC.len().max(PIECE_MAGIC.len()) as u64)
+            .read_until(b'\n', &mut magic)
+            .map_err(io)?;
+        let compressed = match &magic[..] {
+            m if m == MAGIC => false,
+            m if m == PIECE_MAGIC => true,
+            _ => return Err(bad("it does not start with `dbwarden-segment 1`".into())),
+        };
         let mut line = Vec::new();
         (&mut input)
             .take(MAX_HEADER_BYTES as u64)
@@ -459,8 +513,14 @@ impl<R: BufRead> SegmentReader<R> {
         header.check().map_err(bad)?;
         let first = &header.runs[0];
         let wal = first.header().map_err(bad)?;
+        let input = if compressed {
+            Body::Zstd(zstd::stream::read::Decoder::with_buffer(input).map_err(io)?)
+        } else {
+            Body::Plain(input)
+        };
         Ok(SegmentReader {
             input,
+            check_digest: true,
             run: 0,
             in_run: 0,
             chain: first.chain,
@@ -469,6 +529,14 @@ impl<R: BufRead> SegmentReader<R> {
             frame: vec![0u8; FRAME_HEADER_BYTES + header.page_size as usize],
             header,
         })
+    }
+
+    /// Skips the check of the frames' SHA-256 at their end: for a second read of
+    /// frames whose digest was checked by the first (the WAL's checksum chain is still
+    /// checked frame by frame).
+    pub fn digest_checked(mut self) -> Self {
+        self.check_digest = false;
+        self
     }
 
     fn bad(&self, reason: String) -> SegmentError {
@@ -495,7 +563,7 @@ impl<R: BufRead> SegmentReader<R> {
                     return Err(self.bad("bytes follow the last frame".into()));
                 }
                 let sum = hex::encode(std::mem::take(&mut self.hasher).finalize());
-                if sum != self.header.frames_sha256 {
+                if self.check_digest && sum != self.header.frames_sha256 {
                     return Err(self.bad(format!(
                         "the frames' SHA-256 is {sum}, the header says {}",
                         self.header.frames_sha256
@@ -525,7 +593,9 @@ impl<R: BufRead> SegmentReader<R> {
         }
         let header = walfile::check_frame(&self.wal, self.chain, &self.frame)
             .map_err(|reason| self.bad(format!("frame {at}: {reason}")))?;
-        self.hasher.update(&self.frame);
+        if self.check_digest {
+            self.hasher.update(&self.frame);
+        }
         self.chain = header.checksum;
         self.in_run += 1;
         Ok(Some(Frame {
@@ -644,25 +714,26 @@ impl Applier {
     }
 }
 
-/// Joins consecutive segments of one generation, each following the one before, into
-/// one written to `out`: the frames end to end, a run continued where the next segment
-/// goes on in the same WAL. Every frame is checked on the way, and only one is held at a
-/// time ([`StreamedSegment`]).
-pub fn merge_into<R: BufRead, W: Write + Seek>(
-    segments: &mut [SegmentReader<R>],
-    out: &mut W,
+/// The header of the segment `segments` make joined end to end (one generation, each
+/// following the one before): their runs, a run continued where the next segment goes
+/// on in the same WAL, and their commits. `frames_sha256` is left empty.
+fn join_headers<'a>(
+    segments: impl IntoIterator<Item = &'a SegmentHeader>,
 ) -> Result<SegmentHeader, SegmentError> {
-    let mut merged: Option<SegmentHeader> = None;
-    for segment in segments.iter() {
-        let next = segment.header.clone();
-        match merged.as_mut() {
-            None => merged = Some(next),
+    let mut joined: Option<SegmentHeader> = None;
+    for next in segments {
+        let next = next.clone();
+        match joined.as_mut() {
+            None => joined = Some(next),
             Some(m) => {
                 if m.generation != next.generation {
-                    return Err(segment.bad(format!(
-                        "it is of generation {}, not {}",
-                        next.generation, m.generation
-                    )));
+                    return Err(SegmentError::Bad {
+                        segment: next.name(),
+                        reason: format!(
+                            "it is of generation {}, not {}",
+                            next.generation, m.generation
+                        ),
+                    });
                 }
                 let mut runs = next.runs.into_iter();
                 if let (Some(last), Some(first)) = (m.runs.last_mut(), runs.next()) {
@@ -677,28 +748,86 @@ pub fn merge_into<R: BufRead, W: Write + Seek>(
             }
         }
     }
-    let mut header = merged.ok_or_else(|| SegmentError::Bad {
+    let mut header = joined.ok_or_else(|| SegmentError::Bad {
         segment: "merge".into(),
         reason: "no segments to merge".into(),
     })?;
-    let io = |source| SegmentError::Io {
-        what: "merged segment".into(),
-        source,
-    };
-    let mut writer = StreamedSegment::begin(out, &header)?;
+    header.frames_sha256.clear();
+    Ok(header)
+}
+
+/// Reads every frame of `segments` in order, one segment open at a time (a compaction
+/// may join thousands of pieces), checking that each follows the one before, and hands
+/// each frame's bytes to `each`. Answers the headers read.
+fn each_frame<R: BufRead>(
+    segments: impl IntoIterator<Item = Result<SegmentReader<R>, SegmentError>>,
+    mut each: impl FnMut(&[u8; FRAME_HEADER_BYTES], &[u8]) -> io::Result<()>,
+) -> Result<Vec<SegmentHeader>, SegmentError> {
     let mut previous: Option<ChainEnd> = None;
-    for segment in segments.iter_mut() {
+    let mut headers = Vec::new();
+    for segment in segments {
+        let mut segment = segment?;
         if let Some(end) = &previous {
             segment.header.follows(end)?;
         }
+        let name = segment.header.name();
         while let Some(frame) = segment.next_frame()? {
-            writer.write_all(&frame.header_bytes()).map_err(io)?;
-            writer.write_all(frame.page).map_err(io)?;
+            each(&frame.header_bytes(), frame.page).map_err(|source| SegmentError::Io {
+                what: format!("segment {name}"),
+                source,
+            })?;
         }
         previous = segment.end();
+        headers.push(segment.header);
     }
-    writer.finish(&mut header)?;
+    Ok(headers)
+}
+
+/// The header of `segments` joined ([`write_joined`]), with the SHA-256 of all their
+/// frames: every frame is read and checked (the first of the two reads a merge makes,
+/// one frame held at a time).
+pub fn joined_with_digest<R: BufRead>(
+    segments: impl IntoIterator<Item = Result<SegmentReader<R>, SegmentError>>,
+) -> Result<SegmentHeader, SegmentError> {
+    let mut hasher = Sha256::new();
+    let headers = each_frame(segments, |frame_header, page| {
+        hasher.update(frame_header);
+        hasher.update(page);
+        Ok(())
+    })?;
+    let mut header = join_headers(&headers)?;
+    header.frames_sha256 = hex::encode(hasher.finalize());
     Ok(header)
+}
+
+/// Writes `segments` joined end to end as one plain segment (the form that is
+/// uploaded) under `header`: a single segment's own header, or the one
+/// [`joined_with_digest`] made of the same segments. Fails, once the frames are
+/// written, if `header` is not theirs.
+pub fn write_joined<R: BufRead>(
+    segments: impl IntoIterator<Item = Result<SegmentReader<R>, SegmentError>>,
+    header: &SegmentHeader,
+    out: &mut (impl Write + ?Sized),
+) -> Result<(), SegmentError> {
+    let io = |source| SegmentError::Io {
+        what: format!("segment {}", header.name()),
+        source,
+    };
+    out.write_all(MAGIC).map_err(io)?;
+    out.write_all(&header.line()?).map_err(io)?;
+    let headers = each_frame(segments, |frame_header, page| {
+        out.write_all(frame_header)?;
+        out.write_all(page)
+    })?;
+    let mut joined = join_headers(&headers)?;
+    joined.frames_sha256.clone_from(&header.frames_sha256);
+    if joined != *header {
+        return Err(SegmentError::Bad {
+            segment: header.name(),
+            reason: "its header is not the one of the segments it is made of".into(),
+        });
+    }
+    Ok(())
 }
 
 impl Frame<'_> {
@@ -937,15 +1066,23 @@ mod tests {
         segments
             .chunks(group)
             .map(|chunk| {
-                let mut readers: Vec<_> = chunk
-                    .iter()
-                    .map(|b| SegmentReader::new(&b[..], "part").expect("reader"))
-                    .collect();
-                let mut out = io::Cursor::new(Vec::new());
-                merge_into(&mut readers, &mut out).expect("merge");
-                out.into_inner()
+                let readers = || chunk.iter().map(|b| SegmentReader::new(&b[..], "part"));
+                let header = joined_with_digest(readers()).expect("first read");
+                let mut out = Vec::new();
+                write_joined(readers(), &header, &mut out).expect("merge");
+                out
             })
             .collect()
+    }
+
+    /// The pieces as uploaded: each one a plain segment.
+    fn plain(pieces: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let plain = merged_in_groups(pieces, 1);
+        for (piece, plain) in pieces.iter().zip(&plain) {
+            assert!(piece.starts_with(PIECE_MAGIC) && plain.starts_with(MAGIC));
+            assert!(piece.len() < plain.len(), "a piece's frames are compressed");
+        }
+        plain
     }
 
     proptest! {
@@ -1026,7 +1163,9 @@ mod tests {
     #[test]
     fn a_damaged_segment_is_refused_with_the_frame_that_is_wrong() {
         let dir = tempfile::tempdir().expect("dir");
-        let (snapshot, segments) = three_segments(dir.path());
+        let (snapshot, pieces) = three_segments(dir.path());
+        let segments = plain(&pieces);
+        apply_all(dir.path(), &snapshot, &segments).expect("the plain chain applies");
         let mut damaged = segments.clone();
         let last = damaged[1].len() - 10;
         damaged[1][last] ^= 0x40;
@@ -1047,6 +1186,32 @@ mod tests {
             err.to_string().contains("bytes follow the last frame"),
             "{err}"
         );
+    }
+
+    /// A spooled piece damaged on disk is refused too (zstd's own checksum, or the
+    /// frames' once decompressed), and so is one whose frames are cut short.
+    #[test]
+    fn a_damaged_piece_is_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (snapshot, pieces) = three_segments(dir.path());
+        let body = pieces[1]
+            .iter()
+            .position(|&b| b == b'\n')
+            .and_then(|magic| {
+                pieces[1][magic + 1..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map(|h| magic + h + 2)
+            })
+            .expect("a header line");
+        for at in [body + 20, pieces[1].len() - 6] {
+            let mut damaged = pieces.clone();
+            damaged[1][at] ^= 0x40;
+            assert!(apply_all(dir.path(), &snapshot, &damaged).is_err());
+        }
+        let mut cut = pieces;
+        cut[1].truncate(body + 10);
+        assert!(apply_all(dir.path(), &snapshot, &cut).is_err());
     }
 
     #[test]

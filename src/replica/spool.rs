@@ -57,6 +57,7 @@ pub struct Shipped {
 pub struct Piece {
     pub header: SegmentHeader,
     pub path: PathBuf,
+    /// Its frames' bytes, as in the WAL (the file holds them compressed).
     pub bytes: u64,
     /// The DbWriter's commits it holds: every one numbered up to this
     /// ([`super::ack`]); 0 for pieces of an earlier run.
@@ -155,11 +156,17 @@ impl Spool {
     /// generations that never finished starting.
     pub fn load(root: &Path, replicas: &[String]) -> Result<Spool, ReplicaError> {
         fs::create_dir_all(root).map_err(ReplicaError::io(root))?;
-        let mut names: Vec<PathBuf> = fs::read_dir(root)
+        let (mut names, files): (Vec<PathBuf>, Vec<PathBuf>) = fs::read_dir(root)
             .map_err(ReplicaError::io(root))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_dir())
-            .collect();
+            .partition(|p| p.is_dir());
+        // Scratch files of merges, which earlier versions wrote here.
+        for file in files
+            .iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "tmp"))
+        {
+            let _ = fs::remove_file(file);
+        }
         names.sort();
         let mut spool = Spool {
             root: root.to_path_buf(),
@@ -212,7 +219,7 @@ impl Spool {
     /// The tailer spooled a piece of the current generation, holding the DbWriter's
     /// commits up to `covers`.
     pub fn add(&mut self, header: SegmentHeader, path: PathBuf, covers: u64) {
-        let bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let bytes = header.frame_bytes();
         if let Some(generation) = self
             .generations
             .iter_mut()
@@ -478,12 +485,11 @@ fn load_generation(
             continue;
         }
         let file = fs::File::open(&path).map_err(ReplicaError::io(&path))?;
-        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
         match SegmentReader::new(BufReader::new(file), name) {
             Ok(reader) => pieces.push(Piece {
+                bytes: reader.header.frame_bytes(),
                 header: reader.header,
                 path,
-                bytes,
                 covers: 0,
             }),
             Err(e) => {

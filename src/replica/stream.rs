@@ -91,9 +91,7 @@ impl SnapshotManifest {
     }
 }
 
-/// Compresses and encrypts `source` into the object `location`: one PUT when it fits
-/// one part, a multipart upload streamed part by part otherwise (its id written in
-/// `ledger` first, as a backup's is, so that one a kill cut short is aborted later).
+/// Compresses and encrypts the file `source` into the object `location`.
 async fn upload_file(
     replica: &Replica,
     source: &Path,
@@ -101,25 +99,49 @@ async fn upload_file(
     ledger: &Ledger,
 ) -> Result<Written, ReplicaError> {
     let settings = &replica.settings;
+    let source = source.to_path_buf();
+    let encryption = settings.encryption;
+    let recipients = settings.recipients();
+    let part_size = settings.part_size_bytes();
+    upload_encoded(replica, location, ledger, &source.clone(), move |parts| {
+        codec::encode(&source, encryption, &recipients, part_size, parts).map(|e| e.stored)
+    })
+    .await
+}
+
+/// Sends the parts `encode` makes (on a blocking thread) to the object `location`: one
+/// PUT when they are one part, a multipart upload streamed part by part otherwise (its
+/// id written in `ledger` first, as a backup's is, so that one a kill cut short is
+/// aborted later). Nothing is stored under `location` unless `encode` succeeded: the
+/// single PUT waits for it, and a multipart upload is completed only after it.
+async fn upload_encoded(
+    replica: &Replica,
+    location: &object_store::path::Path,
+    ledger: &Ledger,
+    what: &Path,
+    encode: impl FnOnce(mpsc::Sender<Bytes>) -> Result<Written, ReplicaError> + Send + 'static,
+) -> Result<Written, ReplicaError> {
+    let settings = &replica.settings;
     let (parts_tx, mut parts) = mpsc::channel::<Bytes>(QUEUED_PARTS);
-    let encoder = {
-        let source = source.to_path_buf();
-        let encryption = settings.encryption;
-        let recipients = settings.recipients();
-        let part_size = settings.part_size_bytes();
-        tokio::task::spawn_blocking(move || {
-            codec::encode(&source, encryption, &recipients, part_size, parts_tx)
-        })
+    let encoder = tokio::task::spawn_blocking(move || encode(parts_tx));
+    let encoded = |joined: Result<Result<Written, ReplicaError>, tokio::task::JoinError>| {
+        joined.map_err(|e| ReplicaError::Io {
+            path: what.to_path_buf(),
+            source: std::io::Error::other(e),
+        })?
     };
     let first = parts.recv().await;
     let second = parts.recv().await;
-    let sent: Result<(), ReplicaError> = match (first, second) {
-        (first, None) => replica
-            .store
-            .put(location, PutPayload::from(first.unwrap_or_default()))
-            .await
-            .map(|_| ())
-            .map_err(|e| replica.error(e)),
+    match (first, second) {
+        (first, None) => {
+            let written = encoded(encoder.await)?;
+            replica
+                .store
+                .put(location, PutPayload::from(first.unwrap_or_default()))
+                .await
+                .map_err(|e| replica.error(e))?;
+            Ok(written)
+        }
         (first, Some(second)) => {
             // (`first` is there: a channel yields nothing once it has closed.)
             let first = first.unwrap_or_default();
@@ -140,26 +162,20 @@ async fn upload_file(
                 Ok::<_, ReplicaError>(())
             }
             .await;
-            match streamed {
-                Ok(()) => writer
-                    .finish()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| replica.error(e)),
+            // Dropping the receiver stops the encoder at its next part.
+            drop(parts);
+            match streamed.and(encoded(encoder.await)) {
+                Ok(written) => {
+                    writer.finish().await.map_err(|e| replica.error(e))?;
+                    Ok(written)
+                }
                 Err(e) => {
                     let _ = writer.abort().await;
                     Err(e)
                 }
             }
         }
-    };
-    drop(parts);
-    let encoded = encoder.await.map_err(|e| ReplicaError::Io {
-        path: source.to_path_buf(),
-        source: std::io::Error::other(e),
-    })?;
-    sent?;
-    Ok(encoded?.stored)
+    }
 }
 
 /// Uploads a generation's snapshot from the spool, then its manifest.
@@ -206,19 +222,68 @@ pub async fn upload_snapshot(
     Ok(written)
 }
 
-/// Uploads one segment file (a spooled piece, or several merged).
+/// Uploads the segment `header` describes, made of the segment files `parts` joined
+/// ([`segment::write_joined`]): one spooled piece under its own header, or several
+/// under the header [`joined_header`] made of them.
 pub async fn upload_segment(
     replica: &Replica,
-    path: &Path,
+    parts: Vec<PathBuf>,
     header: &SegmentHeader,
     ledger: &Ledger,
 ) -> Result<Written, ReplicaError> {
-    let object = replica.layout.segment(
-        &header.generation,
-        &header.name(),
-        replica.settings.encryption,
-    );
-    upload_file(replica, path, &object, ledger).await
+    let settings = &replica.settings;
+    let object = replica
+        .layout
+        .segment(&header.generation, &header.name(), settings.encryption);
+    let what = PathBuf::from(format!("segment {}", header.name()));
+    let length = header.plain_len()?;
+    let header = header.clone();
+    let encryption = settings.encryption;
+    let recipients = settings.recipients();
+    let part_size = settings.part_size_bytes();
+    upload_encoded(replica, &object, ledger, &what.clone(), move |sent| {
+        // Several were read and their digests checked by `joined_header` already.
+        let checked = parts.len() > 1;
+        let readers = segment_files(&parts)
+            .map(|reader| reader.map(|r| if checked { r.digest_checked() } else { r }));
+        let sealed = codec::Sealed {
+            what: &what,
+            length,
+            encryption,
+            recipients: &recipients,
+            part_size,
+        };
+        sealed.encode(sent, |out| {
+            Ok(segment::write_joined(readers, &header, out)?)
+        })
+    })
+    .await
+}
+
+/// The header of the segment the segment files `parts` make joined, with the digest
+/// of all their frames (each read and checked), off the runtime's thread.
+pub async fn joined_header(parts: Vec<PathBuf>) -> Result<SegmentHeader, ReplicaError> {
+    tokio::task::spawn_blocking(move || Ok(segment::joined_with_digest(segment_files(&parts))?))
+        .await
+        .map_err(|e| ReplicaError::Io {
+            path: PathBuf::from("segment merge"),
+            source: std::io::Error::other(e),
+        })?
+}
+
+/// Segment files (spooled pieces, or plain segments), each opened for reading only when
+/// the one before has been read.
+fn segment_files(
+    paths: &[PathBuf],
+) -> impl Iterator<Item = Result<SegmentReader<BufReader<File>>, segment::SegmentError>> + '_ {
+    paths.iter().map(|path| {
+        let what = path.display().to_string();
+        let file = File::open(path).map_err(|source| segment::SegmentError::Io {
+            what: what.clone(),
+            source,
+        })?;
+        SegmentReader::new(BufReader::new(file), &what)
+    })
 }
 
 /// One segment object as listed.
@@ -816,6 +881,30 @@ mod tests {
         Replica::open(&settings.replicas[0]).expect("open")
     }
 
+    /// A live database in WAL mode with an events table, and a `file://` replica.
+    fn events_db_and_replica(dir: &Path) -> (Replica, PathBuf, Connection, Ledger) {
+        let identity = age::x25519::Identity::generate();
+        let replica = replica_in(dir, &identity.to_public().to_string());
+        let db = dir.join("live.db");
+        let conn = Connection::open(&db).expect("open");
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; CREATE TABLE events(id INTEGER PRIMARY KEY AUTOINCREMENT, data BLOB);",
+        )
+        .expect("schema");
+        let ledger = Ledger::of(dir, replica.name());
+        (replica, db, conn, ledger)
+    }
+
+    fn pin_on(db: &Path) -> ReadPin {
+        ReadPin::new(
+            db,
+            [
+                Connection::open(db).expect("pin"),
+                Connection::open(db).expect("pin"),
+            ],
+        )
+    }
+
     /// Retention keeps every point of the window: the newest generation begun before
     /// it and all after it; older ones go entirely, the one being streamed never.
     #[test]
@@ -846,25 +935,11 @@ mod tests {
     #[tokio::test]
     async fn retention_deletes_only_generations_no_point_of_the_window_needs() {
         let dir = tempfile::tempdir().expect("dir");
-        let identity = age::x25519::Identity::generate();
-        let replica = replica_in(dir.path(), &identity.to_public().to_string());
-        let db = dir.path().join("live.db");
-        let conn = Connection::open(&db).expect("open");
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL; CREATE TABLE events(id INTEGER PRIMARY KEY AUTOINCREMENT, data BLOB);",
-        )
-        .expect("schema");
-        let ledger = Ledger::of(dir.path(), replica.name());
+        let (replica, db, conn, ledger) = events_db_and_replica(dir.path());
         let now = Utc::now();
         let hours = |h: i64| now - chrono::Duration::hours(h);
         let mut names = Vec::new();
-        let mut pin = ReadPin::new(
-            &db,
-            [
-                Connection::open(&db).expect("pin"),
-                Connection::open(&db).expect("pin"),
-            ],
-        );
+        let mut pin = pin_on(&db);
         // Generations begun 50, 30, 20 and 1 hours ago, each with a segment.
         for began in [50, 30, 20, 1] {
             conn.execute("INSERT INTO events(data) VALUES (randomblob(100))", [])
@@ -1059,10 +1134,70 @@ mod tests {
         assert!(!wrong.exists());
     }
 
+    /// A spooled piece whose frames no longer match its header is not uploaded, alone
+    /// or merged: the check comes at the end of its frames, after they went into the
+    /// upload's compression, and nothing is stored under the segment's name (a single
+    /// PUT waits for the whole encoding to succeed). Its intact neighbours still go.
+    #[tokio::test]
+    async fn a_spooled_piece_that_does_not_check_is_not_uploaded() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (replica, db, conn, ledger) = events_db_and_replica(dir.path());
+        let (mut tailer, info) =
+            Tailer::start(&db, pin_on(&db), &dir.path().join("spool"), Utc::now()).expect("start");
+        upload_snapshot(&replica, tailer.dir(), &info, &ledger)
+            .await
+            .expect("snapshot");
+        let mut pieces = Vec::new();
+        for _ in 0..2 {
+            conn.execute("INSERT INTO events(data) VALUES (randomblob(3000))", [])
+                .expect("insert");
+            match tailer.pass(Utc::now()).expect("pass") {
+                Pass::Spooled { header, path } => pieces.push((header, path)),
+                other => panic!("expected a piece: {other:?}"),
+            }
+        }
+        let (header, path) = pieces[1].clone();
+        // Another digest in its header line, of the same length: the frames are intact.
+        let mut bytes = fs::read(&path).expect("read piece");
+        let at = bytes
+            .windows(header.frames_sha256.len())
+            .position(|w| w == header.frames_sha256.as_bytes())
+            .expect("the digest in the header line");
+        bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
+        fs::write(&path, &bytes).expect("damage");
+        let header = SegmentReader::new(BufReader::new(&bytes[..]), "damaged")
+            .expect("the header still reads")
+            .header;
+        let err = upload_segment(&replica, vec![path.clone()], &header, &ledger)
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("SHA-256"), "{err}");
+        let both = vec![pieces[0].1.clone(), path];
+        let err = joined_header(both).await.expect_err("refused");
+        assert!(err.to_string().contains("SHA-256"), "{err}");
+        assert!(
+            list_segments(&replica, &info.generation)
+                .await
+                .expect("list")
+                .is_empty(),
+            "nothing was stored"
+        );
+        upload_segment(&replica, vec![pieces[0].1.clone()], &pieces[0].0, &ledger)
+            .await
+            .expect("the intact piece goes");
+        assert_eq!(
+            list_segments(&replica, &info.generation)
+                .await
+                .expect("list")
+                .len(),
+            1
+        );
+    }
+
     async fn ship_pass(replica: &Replica, tailer: &mut Tailer, at: DateTime<Utc>, ledger: &Ledger) {
         match tailer.pass(at).expect("pass") {
             Pass::Spooled { header, path } => {
-                upload_segment(replica, &path, &header, ledger)
+                upload_segment(replica, vec![path], &header, ledger)
                     .await
                     .expect("segment uploaded");
             }

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::ack::AckGate;
 use super::lease::SharedLease;
 use super::replicator::TailerNudge;
-use super::segment::{self, SegmentReader};
+use super::segment;
 use super::shipper::ReplicaBoard;
 use super::spool::{Piece, Shipped, Spool, Work};
 use super::uploads::{self, Ledger};
@@ -37,10 +37,14 @@ use super::{stream, Replica, ReplicaError};
 
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const LONGEST_RETRY: Duration = Duration::from_secs(60);
-/// Pieces merged into one upload add up to at most this (merging streams them, one
-/// frame at a time, so this bounds an object's size, not memory); a replica further
-/// behind catches up in several uploads.
+/// Compaction merges segments into ones of at most this many bytes of frames (merging
+/// streams them, one frame at a time, so this bounds an object's size, not memory).
 pub(super) const MERGE_LIMIT_BYTES: u64 = 64 << 20;
+/// The pieces of one upload add up to at most this many bytes of frames: at one upload
+/// per interval, the most a replica ships per interval, so well above what a busy
+/// writer appends in a second (~65 MB at 2,000 commits/s in BENCHMARKS.md). A replica
+/// further behind catches up in several uploads.
+const UPLOAD_LIMIT_BYTES: u64 = 512 << 20;
 
 pub struct Streamer {
     pub replica: Replica,
@@ -271,22 +275,9 @@ impl Streamer {
                 }
             }
             Work::Segments { pieces } => {
-                let pieces = within_merge_limit(pieces);
+                let pieces = within_upload_limit(pieces);
                 let generation = pieces[0].header.generation.clone();
-                let (header, path, merged) = if pieces.len() == 1 {
-                    (pieces[0].header.clone(), pieces[0].path.clone(), false)
-                } else {
-                    let target = self
-                        .spool_root()
-                        .join(format!(".merge-{}.tmp", self.replica.name()));
-                    let (header, path) = merge_pieces(pieces.clone(), target).await?;
-                    (header, path, true)
-                };
-                let sent = stream::upload_segment(&self.replica, &path, &header, ledger).await;
-                if merged {
-                    let _ = std::fs::remove_file(&path);
-                }
-                let written = sent?;
+                let (header, written) = upload_pieces(&self.replica, &pieces, ledger).await?;
                 let through = header.last();
                 self.record(&generation, |s| {
                     s.snapshot = true;
@@ -319,13 +310,13 @@ impl Streamer {
     }
 }
 
-/// The first pieces that add up to at most [`MERGE_LIMIT_BYTES`] (always one).
-fn within_merge_limit(pieces: Vec<Piece>) -> Vec<Piece> {
+/// The first pieces that add up to at most [`UPLOAD_LIMIT_BYTES`] (always one).
+fn within_upload_limit(pieces: Vec<Piece>) -> Vec<Piece> {
     let mut total = 0;
     let mut kept = Vec::new();
     for piece in pieces {
         total += piece.bytes;
-        if !kept.is_empty() && total > MERGE_LIMIT_BYTES {
+        if !kept.is_empty() && total > UPLOAD_LIMIT_BYTES {
             break;
         }
         kept.push(piece);
@@ -333,32 +324,19 @@ fn within_merge_limit(pieces: Vec<Piece>) -> Vec<Piece> {
     kept
 }
 
-/// Merges consecutive pieces into one segment file at `target` (every frame checked
-/// again on the way), off the runtime's thread.
-pub(super) async fn merge_pieces(
-    pieces: Vec<Piece>,
-    target: PathBuf,
-) -> Result<(segment::SegmentHeader, PathBuf), ReplicaError> {
-    tokio::task::spawn_blocking(move || {
-        let mut readers = pieces
-            .iter()
-            .map(|p| {
-                let file = std::fs::File::open(&p.path).map_err(ReplicaError::io(&p.path))?;
-                Ok(SegmentReader::new(
-                    std::io::BufReader::new(file),
-                    &p.header.name(),
-                )?)
-            })
-            .collect::<Result<Vec<_>, ReplicaError>>()?;
-        let file = std::fs::File::create(&target).map_err(ReplicaError::io(&target))?;
-        let mut out = std::io::BufWriter::new(file);
-        let header = segment::merge_into(&mut readers, &mut out)?;
-        std::io::Write::flush(&mut out).map_err(ReplicaError::io(&target))?;
-        Ok((header, target))
-    })
-    .await
-    .map_err(|e| ReplicaError::Io {
-        path: PathBuf::from("segment merge"),
-        source: std::io::Error::other(e),
-    })?
+/// Uploads consecutive pieces as one segment: a single piece under its own header, several
+/// under the header of their join (a first read of every frame makes its digest; the
+/// upload reads them again). Answers the header and what was stored.
+pub(super) async fn upload_pieces(
+    replica: &super::Replica,
+    pieces: &[Piece],
+    ledger: &Ledger,
+) -> Result<(segment::SegmentHeader, super::codec::Written), ReplicaError> {
+    let paths: Vec<PathBuf> = pieces.iter().map(|p| p.path.clone()).collect();
+    let header = match pieces {
+        [one] => one.header.clone(),
+        _ => stream::joined_header(paths.clone()).await?,
+    };
+    let written = stream::upload_segment(replica, paths, &header, ledger).await?;
+    Ok((header, written))
 }

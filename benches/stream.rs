@@ -37,7 +37,8 @@
 //! Knobs: `DBWARDEN_BENCH_SECS` (each load, 30), `DBWARDEN_BENCH_IDLE_SECS` (60),
 //! `DBWARDEN_BENCH_DB_MB` (45), `DBWARDEN_BENCH_RATES` (`200,2000`), `DBWARDEN_BENCH_CPU_PRIORITY`
 //! (dbwarden's `cpu_priority`, `low`), `DBWARDEN_BENCH_WRAP` (a command to run dbwarden
-//! under, such as `heaptrack -o /tmp/h`); the idle spell follows the first rate's load only.
+//! under, such as `heaptrack -o /tmp/h`), `DBWARDEN_BENCH_RESTORE_WRAP` (the same for its
+//! restores); the idle spell follows the first rate's load only.
 //! Keep it under five minutes: Litestream then compacts its level-0 files away, and the
 //! lag of its objects, read after the idle spell, can no longer be read (the run stops). Litestream does not
 //! start while `AWS_CA_BUNDLE` is set, so it is removed from its environment.
@@ -744,10 +745,16 @@ fn restore(
     let point_out = stopped.dir.join("restored-point.db");
     let config = stopped.config.display().to_string();
     let identity = keys.identity_file.display().to_string();
+    // `DBWARDEN_BENCH_RESTORE_WRAP="perf record -g -o /tmp/r.data"`: dbwarden's restores
+    // under a profiler (the times then include it).
+    let wrap = std::env::var("DBWARDEN_BENCH_RESTORE_WRAP").unwrap_or_default();
+    let mut argv: Vec<String> = wrap.split_whitespace().map(String::from).collect();
+    argv.push(env!("CARGO_BIN_EXE_dbwarden").to_string());
     let run = |args: Vec<String>| -> f64 {
         let t = Instant::now();
         let status = match stopped.tool {
-            Tool::Dbwarden => Command::new(env!("CARGO_BIN_EXE_dbwarden"))
+            Tool::Dbwarden => Command::new(&argv[0])
+                .args(&argv[1..])
                 .args([
                     "--config",
                     &config,

@@ -198,14 +198,21 @@ pub fn check_frame(
     previous: [u32; 2],
     frame: &[u8],
 ) -> Result<FrameHeader, String> {
-    let header = FrameHeader::parse(&frame[..FRAME_HEADER_BYTES]);
-    if header.salt != wal.salt {
-        return Err("its salts are not the WAL header's".into());
-    }
+    let header = frame_of(wal, frame)?;
     let sum = checksum(wal.big_endian_checksums, &frame[..8], previous);
     let sum = checksum(wal.big_endian_checksums, &frame[FRAME_HEADER_BYTES..], sum);
     if sum != header.checksum {
         return Err("its checksum does not follow from the frame before".into());
+    }
+    Ok(header)
+}
+
+/// The header of a frame of `wal` whose checksum was checked before (the same bytes
+/// read a second time): its salts and page number are checked, not the checksum.
+pub fn frame_of(wal: &WalHeader, frame: &[u8]) -> Result<FrameHeader, String> {
+    let header = FrameHeader::parse(&frame[..FRAME_HEADER_BYTES]);
+    if header.salt != wal.salt {
+        return Err("its salts are not the WAL header's".into());
     }
     if header.page_number == 0 {
         return Err("page number 0".into());

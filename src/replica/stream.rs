@@ -20,7 +20,10 @@
 //! that start right after the end so far, the one reaching furthest (a merged segment
 //! and the pieces it was merged from may both be there), and checks that it
 //! [follows](super::segment::SegmentHeader::follows) on. It never skips: where no
-//! segment follows, the generation ends there.
+//! segment follows, the generation ends there. Segments are fetched a few ahead of the
+//! one being applied, each decoded (in memory up to 16 MiB, else into a staging file)
+//! and checked whole on a thread of its own, so the checks of the next ones run beside
+//! the apply of this one, which then reads the checked bytes without checking them again.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, BufWriter, Write};
@@ -245,7 +248,7 @@ pub async fn upload_segment(
         // Several were read and their digests checked by `joined_header` already.
         let checked = parts.len() > 1;
         let readers = segment_files(&parts)
-            .map(|reader| reader.map(|r| if checked { r.digest_checked() } else { r }));
+            .map(|reader| reader.map(|r| if checked { r.checked_already() } else { r }));
         let sealed = codec::Sealed {
             what: &what,
             length,
@@ -451,6 +454,23 @@ async fn download(
         .mode(0o600)
         .open(out)
         .map_err(ReplicaError::io(out))?;
+    let out = BufWriter::with_capacity(1 << 20, file);
+    let (stored, ()) =
+        download_into(replica, location, encryption, identities, out, |_| Ok(())).await?;
+    Ok(stored)
+}
+
+/// Downloads `location`, decrypts and decompresses it into `out` on a blocking thread,
+/// then hands `out` (flushed) to `then` there. Answers the stored object's size and
+/// SHA-256, and what `then` made.
+async fn download_into<W: Write + Send + 'static, T: Send + 'static>(
+    replica: &Replica,
+    location: &object_store::path::Path,
+    encryption: Encryption,
+    identities: &[age::x25519::Identity],
+    mut out: W,
+    then: impl FnOnce(W) -> Result<T, ReplicaError> + Send + 'static,
+) -> Result<(Written, T), ReplicaError> {
     let got = replica
         .store
         .get(location)
@@ -459,7 +479,6 @@ async fn download(
     let (parts_tx, parts_rx) = mpsc::channel(4);
     let identities = identities.to_vec();
     let decoder = tokio::task::spawn_blocking(move || {
-        let mut out = BufWriter::with_capacity(1 << 20, file);
         codec::decode(
             codec::PartReader::new(parts_rx),
             encryption,
@@ -467,17 +486,17 @@ async fn download(
             &mut out,
         )?;
         out.flush()
-            .map_err(|e| ReplicaError::Decrypt(e.to_string()))
+            .map_err(|e| ReplicaError::Decrypt(e.to_string()))?;
+        then(out)
     });
     let stored = super::fetch::send_stored(replica, got, parts_tx).await;
     let decoded = decoder.await.map_err(|e| ReplicaError::Io {
-        path: out.to_path_buf(),
+        path: PathBuf::from(location.to_string()),
         source: std::io::Error::other(e),
     })?;
     // A failed download is the reason, not what the decoder made of it.
     let stored = stored?;
-    decoded?;
-    Ok(stored)
+    Ok((stored, decoded?))
 }
 
 /// Which commit a restore stops at.
@@ -667,6 +686,118 @@ fn is_gone(e: &ReplicaError) -> bool {
 
 /// Segments downloaded ahead of the one being applied.
 const PREFETCH_SEGMENTS: usize = 4;
+/// A downloaded segment up to this size (decoded) is kept in memory until it is
+/// applied; a larger one goes to a staging file. At most [`PREFETCH_SEGMENTS`] + 1
+/// are held at once.
+const SEGMENT_IN_MEMORY_BYTES: usize = 16 << 20;
+
+/// A downloaded segment, decoded and checked whole (every frame against the WAL's
+/// checksum chain, the SHA-256 of its frames), waiting to be applied.
+enum Fetched {
+    Memory(Vec<u8>),
+    File(PathBuf),
+}
+
+impl Fetched {
+    /// Reads it through once: every frame checked.
+    fn check(&self, name: &str) -> Result<(), ReplicaError> {
+        fn every_frame<R: std::io::BufRead>(
+            mut reader: SegmentReader<R>,
+        ) -> Result<(), segment::SegmentError> {
+            while reader.next_frame()?.is_some() {}
+            Ok(())
+        }
+        match self {
+            Fetched::Memory(bytes) => every_frame(SegmentReader::new(&bytes[..], name)?)?,
+            Fetched::File(path) => {
+                let file = File::open(path).map_err(ReplicaError::io(path))?;
+                every_frame(SegmentReader::new(BufReader::new(file), name)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The segment's bytes, to be read once more (the staging file goes once open).
+    fn into_input(self) -> Result<Box<dyn std::io::BufRead + Send>, ReplicaError> {
+        Ok(match self {
+            Fetched::Memory(bytes) => Box::new(std::io::Cursor::new(bytes)),
+            Fetched::File(path) => {
+                let file = File::open(&path).map_err(ReplicaError::io(&path))?;
+                let _ = fs::remove_file(&path);
+                Box::new(BufReader::new(file))
+            }
+        })
+    }
+}
+
+/// Decoded bytes in memory up to a limit, then in a file.
+struct Spill {
+    memory: Vec<u8>,
+    file: Option<BufWriter<File>>,
+    path: PathBuf,
+}
+
+impl Write for Spill {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.file.is_none() && self.memory.len() + data.len() > SEGMENT_IN_MEMORY_BYTES {
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&self.path)?;
+            let mut file = BufWriter::with_capacity(1 << 20, file);
+            file.write_all(&std::mem::take(&mut self.memory))?;
+            self.file = Some(file);
+        }
+        match &mut self.file {
+            Some(file) => file.write(data),
+            None => {
+                self.memory.extend_from_slice(data);
+                Ok(data.len())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.as_mut().map_or(Ok(()), |f| f.flush())
+    }
+}
+
+/// Downloads and decodes the segment `next` (to memory, or to `staging_file` when
+/// large) and checks every frame, on a blocking thread: the checks of the segments
+/// ahead run beside the one being applied.
+async fn fetch_segment(
+    replica: &Replica,
+    next: &SegmentObject,
+    identities: &[age::x25519::Identity],
+    staging_file: PathBuf,
+) -> Result<Fetched, ReplicaError> {
+    let out = Spill {
+        // Reserved, not touched: no copy as it grows.
+        memory: Vec::with_capacity(SEGMENT_IN_MEMORY_BYTES),
+        file: None,
+        path: staging_file,
+    };
+    let name = next.location.to_string();
+    let (_, fetched) = download_into(
+        replica,
+        &next.location,
+        next.encryption,
+        identities,
+        out,
+        move |out| {
+            let fetched = match out.file {
+                None => Fetched::Memory(out.memory),
+                Some(_) => Fetched::File(out.path),
+            };
+            fetched.check(&name)?;
+            Ok(fetched)
+        },
+    )
+    .await?;
+    Ok(fetched)
+}
 
 /// The chain of segments after `start`, in order, as [`next_segment`] walks it.
 fn chain_after(segments: &[SegmentObject], start: Position) -> Vec<&SegmentObject> {
@@ -771,8 +902,8 @@ async fn rebuild(
     let mut fetched = futures::stream::iter(chain.iter().enumerate().map(|(i, next)| {
         let piece = staging.join(format!("segment-{i}"));
         async move {
-            download(replica, &next.location, next.encryption, identities, &piece).await?;
-            Ok::<_, ReplicaError>((*next, piece))
+            let fetched = fetch_segment(replica, next, identities, piece).await?;
+            Ok::<_, ReplicaError>((*next, fetched))
         }
     }))
     .buffered(PREFETCH_SEGMENTS);
@@ -781,10 +912,10 @@ async fn rebuild(
         let Some(fetched) = fetched.next().await else {
             break;
         };
-        let (next, piece) = fetched?;
-        let file = File::open(&piece).map_err(ReplicaError::io(&piece))?;
-        let _ = fs::remove_file(&piece);
-        let mut reader = SegmentReader::new(BufReader::new(file), next.location.as_ref())?;
+        let (next, fetched) = fetched?;
+        // Checked whole when it was fetched.
+        let mut reader =
+            SegmentReader::new(fetched.into_input()?, next.location.as_ref())?.checked_already();
         // For a time, the last commit read by then; none of this segment's if its
         // first commit was read later.
         let last_in_time = match target {
@@ -1132,6 +1263,40 @@ mod tests {
             "{refused:?}"
         );
         assert!(!wrong.exists());
+    }
+
+    /// A downloaded segment stays in memory up to the limit and moves to its staging
+    /// file past it, whole and in order; the file is gone once opened for the apply.
+    #[test]
+    fn a_large_download_spills_to_its_staging_file_whole() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut bytes = Vec::new();
+        for i in 0..(SEGMENT_IN_MEMORY_BYTES / 4096 + 3) {
+            bytes.extend(std::iter::repeat_n((i % 251) as u8, 4096));
+        }
+        for (size, spills) in [(SEGMENT_IN_MEMORY_BYTES, false), (bytes.len(), true)] {
+            let path = dir.path().join(format!("segment-{size}"));
+            let mut spill = Spill {
+                memory: Vec::new(),
+                file: None,
+                path: path.clone(),
+            };
+            for chunk in bytes[..size].chunks(10_000) {
+                spill.write_all(chunk).expect("write");
+            }
+            spill.flush().expect("flush");
+            assert_eq!(spill.file.is_some(), spills);
+            assert_eq!(path.exists(), spills);
+            let fetched = match spill.file {
+                None => Fetched::Memory(spill.memory),
+                Some(_) => Fetched::File(spill.path),
+            };
+            let mut read = Vec::new();
+            std::io::Read::read_to_end(&mut fetched.into_input().expect("open"), &mut read)
+                .expect("read");
+            assert!(read == bytes[..size], "the bytes come back as written");
+            assert!(!path.exists());
+        }
     }
 
     /// A spooled piece whose frames no longer match its header is not uploaded, alone

@@ -1476,6 +1476,80 @@ fn bad_replica_settings_name_the_key_and_the_reason() {
     );
 }
 
+/// A streamed segment is a standard file too: `age -d | zstd -d` alone gives the plain
+/// segment FORMAT.md describes (an upload joins several spooled pieces here), every
+/// frame of which checks. Needs `age` and `zstd`.
+#[actix_rt::test]
+#[ignore = "needs Debian's age and zstd, which .ci/run installs"]
+async fn a_streamed_segment_opens_with_age_and_zstd_alone() {
+    use dbwarden::replica::segment::{SegmentReader, MAGIC};
+    for tool in ["age", "zstd"] {
+        assert!(
+            Command::new(tool).arg("--version").output().is_ok(),
+            "{tool} is missing: apt-get install age zstd"
+        );
+    }
+    let world = World::new().await.streaming("");
+    let (mut app, live, replicas) = world.start().await;
+    // Rounds closer together than the 200 ms interval: uploads of several pieces.
+    for round in 0..8 {
+        append_events(&app, &format!("by-hand-{round}"), 3).await;
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    }
+    let scratch = world.root.path().join("by-hand");
+    std::fs::create_dir_all(&scratch).expect("scratch");
+    let (caught_up, got) = wait_until_streamed(
+        &replicas[0],
+        &world.identity,
+        &events_of(&live),
+        &scratch.join("restored.db"),
+    )
+    .await;
+    assert!(caught_up, "the file replica rebuilds only {got} events");
+    app.stop().await;
+    let mut segments = Vec::new();
+    let generations = world.root.path().join("nas/generations");
+    for generation in std::fs::read_dir(&generations).expect("generations") {
+        let dir = generation.expect("entry").path().join("segments");
+        for file in std::fs::read_dir(&dir).into_iter().flatten() {
+            segments.push(file.expect("entry").path());
+        }
+    }
+    assert!(
+        !segments.is_empty(),
+        "no segment under {}",
+        generations.display()
+    );
+    let mut commits = 0;
+    for stored in &segments {
+        let script = format!(
+            "age -d -i '{}' '{}' | zstd -d -q -c",
+            world.identity.display(),
+            stored.display()
+        );
+        let plain = Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .expect("sh");
+        assert!(plain.status.success(), "{script}");
+        assert!(plain.stdout.starts_with(MAGIC), "{}", stored.display());
+        let mut reader = SegmentReader::new(&plain.stdout[..], &stored.display().to_string())
+            .expect("a segment's header");
+        while reader
+            .next_frame()
+            .unwrap_or_else(|e| panic!("{}: {e}", stored.display()))
+            .is_some()
+        {}
+        commits += reader.header.commits.len();
+    }
+    assert!(
+        commits >= 8 && segments.len() < commits,
+        "{commits} commits in {} segments: some must hold several",
+        segments.len()
+    );
+}
+
 /// A copy is a standard file: Debian's `age`, `zstd` and `sqlite3` open it without
 /// dbwarden. Needs those three programs (`.ci/run` installs them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,7 +42,7 @@ const LONGEST_RETRY: Duration = Duration::from_secs(60);
 pub(super) const MERGE_LIMIT_BYTES: u64 = 64 << 20;
 /// The pieces of one upload add up to at most this many bytes of frames: at one upload
 /// per interval, the most a replica ships per interval, so well above what a busy
-/// writer appends in a second (~65 MB at 2,000 commits/s in BENCHMARKS.md). A replica
+/// writer appends in a second (~105 MB at ~1,900 commits/s in BENCHMARKS.md). A replica
 /// further behind catches up in several uploads.
 const UPLOAD_LIMIT_BYTES: u64 = 512 << 20;
 

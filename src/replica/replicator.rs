@@ -440,7 +440,10 @@ impl Tailing {
         };
         // Read before the pass pins: every commit counted by now is in it.
         let covered = self.gate.committed_so_far();
-        match tailer.pass(Utc::now()) {
+        let began = std::time::Instant::now();
+        let passed = tailer.pass(Utc::now());
+        let pass_ms = began.elapsed().as_secs_f64() * 1e3;
+        match passed {
             Ok(Pass::Idle) => {
                 if let Ok(mut spool) = self.spool.lock() {
                     spool.passed(covered);
@@ -448,6 +451,7 @@ impl Tailing {
                 self.gate.progressed();
             }
             Ok(Pass::Spooled { header, path }) => {
+                tracing::debug!(piece = %header.name(), pass_ms, "commits spooled");
                 if let Ok(mut spool) = self.spool.lock() {
                     spool.add(header, path, covered);
                 }

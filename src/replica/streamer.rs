@@ -110,6 +110,11 @@ impl Streamer {
                     () = tokio::time::sleep_until(at + self.interval) => {}
                 }
             }
+            // The pace counts from the start of an upload (its pass included), not its
+            // end: uploads start at most once an interval, and a commit waits for the
+            // next one at most an interval, not an interval plus the time the last
+            // pass and upload took.
+            let started = Instant::now();
             // Taken after the wait and a pass: every commit made by now goes up with
             // it (a direct writer's are otherwise found only at the tailer's next poll,
             // and would wait for the next upload). A replica acknowledging writes needs
@@ -120,10 +125,6 @@ impl Streamer {
             let Some(work) = self.next_work() else {
                 continue;
             };
-            // The pace counts from the start of an upload, not its end: uploads start at
-            // most once an interval, and a commit waits for the next one at most an
-            // interval, not an interval plus the time the last upload took.
-            let started = Instant::now();
             let outcome = tokio::select! {
                 () = self.cancel.cancelled() => Err(ReplicaError::Cancelled),
                 outcome = self.upload(work, &ledger, &mut lease_held) => outcome,
@@ -277,7 +278,9 @@ impl Streamer {
             Work::Segments { pieces } => {
                 let pieces = within_upload_limit(pieces);
                 let generation = pieces[0].header.generation.clone();
+                let began = Instant::now();
                 let (header, written) = upload_pieces(&self.replica, &pieces, ledger).await?;
+                let upload_ms = began.elapsed().as_secs_f64() * 1e3;
                 let through = header.last();
                 self.record(&generation, |s| {
                     s.snapshot = true;
@@ -292,7 +295,7 @@ impl Streamer {
                     s.last_shipped_at = Some(Utc::now());
                     s.last_error = None;
                 });
-                tracing::debug!(replica = %name, segment = %header.name(), pieces = pieces.len(), "segment streamed");
+                tracing::debug!(replica = %name, segment = %header.name(), pieces = pieces.len(), upload_ms, "segment streamed");
             }
         }
         Ok(())

@@ -2935,3 +2935,83 @@ async fn kills_while_streaming_lose_no_acknowledged_event_on_the_replica() {
         common::process::assert_all_present(&out, &upto);
     }
 }
+
+/// The salt in a WAL's header: a restarted WAL has a new one.
+fn wal_salt(database: &Path) -> Option<[u8; 8]> {
+    let mut wal = database.as_os_str().to_owned();
+    wal.push("-wal");
+    let header = std::fs::read(&wal).ok()?;
+    header.get(16..24)?.try_into().ok()
+}
+
+/// A direct writer that never pauses (Healarr on its own connection, SQLite's
+/// automatic checkpoint on) still lets the WAL restart at dbwarden's checkpoints while
+/// it streams: the checkpoint holds writers off while the tailer reads to the WAL's
+/// end, copies all of it back, and moves the pin past it. Without that the pin stays a
+/// pass behind such a writer and the WAL grows for as long as it writes. Nothing is
+/// lost to the restarts: no gap, and each replica rebuilds every commit.
+#[actix_rt::test]
+async fn a_direct_writer_that_never_pauses_still_lets_the_wal_restart_and_loses_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let world = World::new().await.streaming("");
+    let (app, live, replicas) = world.start().await;
+    append_events(&app, "before", 3).await;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (live, stop) = (live.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let direct = rusqlite::Connection::open(&live).expect("direct writer");
+            direct
+                .execute_batch("PRAGMA busy_timeout=5000; PRAGMA synchronous=FULL;")
+                .expect("direct writer settings");
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                direct
+                    .execute(
+                        "INSERT INTO events (aggregate_type, aggregate_id, event_type, event_data) VALUES ('corruption', ?1, 'CorruptionDetected', '{}')",
+                        [format!("direct-{n}")],
+                    )
+                    .expect("a direct insert");
+                n += 1;
+            }
+            n
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let first_salt = wal_salt(&live).expect("a WAL");
+    let mut restarted = false;
+    for _ in 0..20 {
+        let checkpoint = app.run_job("checkpoint").await;
+        assert_eq!(checkpoint["outcome"], "ok", "{checkpoint}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if wal_salt(&live) != Some(first_salt) {
+            restarted = true;
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let direct_commits = writer.join().expect("the direct writer");
+    assert!(
+        restarted,
+        "20 checkpoints and the WAL never restarted under {direct_commits} direct commits"
+    );
+    assert!(direct_commits > 0);
+    let everything = events_of(&live);
+    let scratch = world.root.path().join("restored");
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    for replica in &replicas {
+        let out = scratch.join(format!("{}.db", replica.name()));
+        let (caught_up, got) =
+            wait_until_streamed(replica, &world.identity, &everything, &out).await;
+        assert!(
+            caught_up,
+            "{}: rebuilds {got} of {} events",
+            replica.name(),
+            everything.len()
+        );
+    }
+    let health = app.get_json("/api/health").await;
+    assert_eq!(health["replication"]["gaps"], 0, "{health}");
+    assert_eq!(health["replication"]["generations"], 1, "{health}");
+}

@@ -62,8 +62,6 @@ pub const MIN_PASS_GAP: Duration = Duration::from_millis(100);
 /// How long the tailer keeps its pin released for a checkpoint that never says it
 /// ended (the DbWriter stopped mid-way): then it pins again.
 const RELEASE_LIMIT: Duration = Duration::from_secs(30);
-/// How long the DbWriter waits for the tailer's pass before a checkpoint.
-const BEFORE_CHECKPOINT_WAIT: Duration = Duration::from_secs(30);
 /// How long a stop waits for the streamers to upload what is spooled.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
@@ -73,7 +71,9 @@ enum Message {
         resets_wal: bool,
         done: SyncSender<()>,
     },
-    AfterCheckpoint,
+    AfterCheckpoint {
+        done: SyncSender<()>,
+    },
     /// A streamer is about to take what is spooled for an upload: a pass first, so the
     /// commits made since the last one go up with it.
     BeforeUpload {
@@ -117,12 +117,12 @@ impl crate::writer::replication::Replication for ReplicationLink {
         ReplicationLink::committed(self);
     }
 
-    fn before_checkpoint(&self, mode: CheckpointMode) {
-        ReplicationLink::before_checkpoint(self, mode);
+    fn before_checkpoint(&self, mode: CheckpointMode, wait: Duration) -> bool {
+        ReplicationLink::before_checkpoint(self, mode, wait)
     }
 
-    fn after_checkpoint(&self) {
-        ReplicationLink::after_checkpoint(self);
+    fn after_checkpoint(&self, wait: Duration) -> bool {
+        ReplicationLink::after_checkpoint(self, wait)
     }
 
     fn acknowledgement(&self) -> Option<crate::writer::replication::Acknowledgement> {
@@ -143,23 +143,27 @@ impl ReplicationLink {
     }
 
     /// Blocks until the tailer has spooled every commit so far and, when `mode`
-    /// resets the WAL, released its pin. Bounded: a tailer that does not answer only
-    /// risks a gap, which it would detect.
-    pub fn before_checkpoint(&self, mode: CheckpointMode) {
+    /// resets the WAL, released its pin; at most `wait`, answering whether it did or has
+    /// stopped (a tailer that does not answer only risks a gap, which it would detect).
+    pub fn before_checkpoint(&self, mode: CheckpointMode, wait: Duration) -> bool {
         let (done, answered) = mpsc::sync_channel(1);
         let resets_wal = !matches!(mode, CheckpointMode::Passive | CheckpointMode::Noop);
-        if self
-            .messages
+        // A tailer that stopped holds no pin: nothing to wait for.
+        self.messages
             .send(Message::BeforeCheckpoint { resets_wal, done })
-            .is_ok()
-            && answered.recv_timeout(BEFORE_CHECKPOINT_WAIT).is_err()
-        {
-            tracing::warn!("the replication tailer did not answer before a checkpoint; a gap it would find starts a new generation");
-        }
+            .is_err()
+            || answered.recv_timeout(wait).is_ok()
     }
 
-    pub fn after_checkpoint(&self) {
-        let _ = self.messages.send(Message::AfterCheckpoint);
+    /// Blocks until the tailer has moved its pin past the checkpoint (at most `wait`),
+    /// answering whether it did or has stopped: a pin begun on a WAL the checkpoint copied back
+    /// entirely holds no part of it, so the next commit can restart the WAL.
+    pub fn after_checkpoint(&self, wait: Duration) -> bool {
+        let (done, answered) = mpsc::sync_channel(1);
+        self.messages
+            .send(Message::AfterCheckpoint { done })
+            .is_err()
+            || answered.recv_timeout(wait).is_ok()
     }
 }
 
@@ -402,7 +406,12 @@ impl Tailing {
                     }
                     let _ = done.send(());
                 }
-                Ok(Message::AfterCheckpoint) | Err(RecvTimeoutError::Timeout) => {
+                Ok(Message::AfterCheckpoint { done }) => {
+                    released_until = None;
+                    self.pass();
+                    let _ = done.send(());
+                }
+                Err(RecvTimeoutError::Timeout) => {
                     released_until = None;
                     self.pass();
                 }

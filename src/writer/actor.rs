@@ -49,6 +49,13 @@ pub(super) struct Shutdown;
 #[rtype(result = "()")]
 struct Flush;
 
+/// How long other writers are held off while the replication tailer passes around a
+/// checkpoint: a pass takes milliseconds, and a direct writer waits at most this on
+/// top of what the checkpoint costs it (well within Healarr's 30 s busy timeout).
+const PASS_WHILE_HELD: Duration = Duration::from_secs(1);
+/// How long a checkpoint waits, with no writer held off, for a tailer that did not
+/// pass within [`PASS_WHILE_HELD`] (one starting a generation from a large snapshot).
+const PASS_BEFORE_CHECKPOINT: Duration = Duration::from_secs(30);
 /// How long the final TRUNCATE checkpoint waits for other connections.
 const FINAL_CHECKPOINT_WAIT: Duration = Duration::from_secs(1);
 
@@ -173,18 +180,34 @@ impl DbWriter {
 
     /// A checkpoint, with replication told before (so every frame is spooled, and a
     /// WAL reset is not blocked by its pin) and after.
+    ///
+    /// Both are done with every other writer held off ([`db::with_writers_held`]), so
+    /// that a direct writer committing without pause (Healarr on its own connection)
+    /// still lets the WAL restart. Before: the tailer reads to the very end of the WAL
+    /// and pins there, so a PASSIVE checkpoint can copy all of it back. After: the pin
+    /// moves on a WAL that is entirely back in the database, which SQLite lets a reader
+    /// do without holding any of it, so the next commit restarts the WAL from its
+    /// start. Without this the pin always sits a pass behind such a writer, the WAL is
+    /// never entirely copied back, and it grows for as long as the writer never pauses
+    /// (measured: 2.3 GB in 200 s at 200 commits/s). A commit that slips in between
+    /// only means no restart this time: the pin keeps every frame not yet read.
     fn checkpoint(
         &self,
         conn: &Connection,
         mode: CheckpointMode,
     ) -> Result<CheckpointResult, WriteError> {
-        if let Some(link) = &self.replication {
-            link.before_checkpoint(mode);
+        let Some(link) = &self.replication else {
+            return db::wal_checkpoint(conn, mode).map_err(WriteError::storage);
+        };
+        let (passed, _) =
+            db::with_writers_held(conn, || link.before_checkpoint(mode, PASS_WHILE_HELD))
+                .map_err(WriteError::storage)?;
+        if !passed && !link.before_checkpoint(mode, PASS_BEFORE_CHECKPOINT) {
+            tracing::warn!("the replication tailer did not answer before a checkpoint; a gap it would find starts a new generation");
         }
         let result = db::wal_checkpoint(conn, mode).map_err(WriteError::storage);
-        if let Some(link) = &self.replication {
-            link.after_checkpoint();
-        }
+        db::with_writers_held(conn, || link.after_checkpoint(PASS_WHILE_HELD))
+            .map_err(WriteError::storage)?;
         result
     }
 

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use crate::db::CheckpointMode;
 
@@ -20,10 +21,12 @@ pub type Acknowledgement = Pin<Box<dyn Future<Output = Result<(), NotAcknowledge
 pub trait Replication: Send {
     /// Something was committed: never blocks.
     fn committed(&self);
-    /// Blocks (bounded) until every frame committed so far is read, and, when `mode`
-    /// resets the WAL, replication no longer holds it.
-    fn before_checkpoint(&self, mode: CheckpointMode);
-    fn after_checkpoint(&self);
+    /// Blocks, at most `wait`, until every frame committed so far is read, and, when
+    /// `mode` resets the WAL, replication no longer holds it. Answers whether it did.
+    fn before_checkpoint(&self, mode: CheckpointMode, wait: Duration) -> bool;
+    /// Blocks, at most `wait`, until replication holds nothing of what the checkpoint
+    /// copied back. Answers whether it did.
+    fn after_checkpoint(&self, wait: Duration) -> bool;
     /// For a group commit just made: `None` when it is acknowledged on its local
     /// commit, else the wait for the replicas that acknowledge writes.
     fn acknowledgement(&self) -> Option<Acknowledgement>;

@@ -2937,11 +2937,9 @@ async fn kills_while_streaming_lose_no_acknowledged_event_on_the_replica() {
 }
 
 /// The salt in a WAL's header: a restarted WAL has a new one.
-fn wal_salt(database: &Path) -> Option<[u8; 8]> {
-    let mut wal = database.as_os_str().to_owned();
-    wal.push("-wal");
-    let header = std::fs::read(&wal).ok()?;
-    header.get(16..24)?.try_into().ok()
+fn wal_salt(database: &Path) -> Option<[u32; 2]> {
+    let wal = dbwarden::db::walfile::WalFile::open(database).expect("open the WAL")?;
+    Some(wal.header().expect("the WAL's header")?.salt)
 }
 
 /// A direct writer that never pauses (Healarr on its own connection, SQLite's

@@ -355,18 +355,14 @@ pub fn wal_checkpoint(
 /// Runs `during` with every other connection's writes held off: inside a
 /// `BEGIN IMMEDIATE` that writes nothing (SQLite's write lock, waited for up to the
 /// connection's busy timeout), ended by a ROLLBACK. When another writer keeps the lock
-/// past the busy timeout, `during` runs anyway, without it. Answers what `during` did
-/// and whether the lock was held.
-pub fn with_writers_held<T>(
-    conn: &Connection,
-    during: impl FnOnce() -> T,
-) -> Result<(T, bool), DbError> {
+/// past the busy timeout, `during` runs anyway, without it. Answers what `during` did.
+pub fn with_writers_held<T>(conn: &Connection, during: impl FnOnce() -> T) -> Result<T, DbError> {
     let held = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
     let done = during();
     if held {
         conn.execute_batch("ROLLBACK")?;
     }
-    Ok((done, held))
+    Ok(done)
 }
 
 /// `PRAGMA data_version`: it differs between two reads on one connection exactly when

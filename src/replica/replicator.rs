@@ -146,24 +146,22 @@ impl ReplicationLink {
     /// resets the WAL, released its pin; at most `wait`, answering whether it did or has
     /// stopped (a tailer that does not answer only risks a gap, which it would detect).
     pub fn before_checkpoint(&self, mode: CheckpointMode, wait: Duration) -> bool {
-        let (done, answered) = mpsc::sync_channel(1);
         let resets_wal = !matches!(mode, CheckpointMode::Passive | CheckpointMode::Noop);
-        // A tailer that stopped holds no pin: nothing to wait for.
-        self.messages
-            .send(Message::BeforeCheckpoint { resets_wal, done })
-            .is_err()
-            || answered.recv_timeout(wait).is_ok()
+        self.ask(|done| Message::BeforeCheckpoint { resets_wal, done }, wait)
     }
 
     /// Blocks until the tailer has moved its pin past the checkpoint (at most `wait`),
     /// answering whether it did or has stopped: a pin begun on a WAL the checkpoint copied back
     /// entirely holds no part of it, so the next commit can restart the WAL.
     pub fn after_checkpoint(&self, wait: Duration) -> bool {
+        self.ask(|done| Message::AfterCheckpoint { done }, wait)
+    }
+
+    /// Sends the message `with` makes and waits, at most `wait`, for the tailer to
+    /// answer it. A tailer that stopped holds no pin: nothing to wait for.
+    fn ask(&self, with: impl FnOnce(SyncSender<()>) -> Message, wait: Duration) -> bool {
         let (done, answered) = mpsc::sync_channel(1);
-        self.messages
-            .send(Message::AfterCheckpoint { done })
-            .is_err()
-            || answered.recv_timeout(wait).is_ok()
+        self.messages.send(with(done)).is_err() || answered.recv_timeout(wait).is_ok()
     }
 }
 

@@ -187,12 +187,15 @@ pub fn take_backup(
     if !problems.is_empty() {
         return Err(BackupError::SourceCorrupt(problems));
     }
-    let name = catalog::new_name(&cfg.dir, Utc::now());
+    // The copy is created when its name is taken, the second its name shows: a copy
+    // that lost its manifest is recorded again from its name with the same time.
+    let created_at = Utc::now();
+    let name = catalog::new_name(&cfg.dir, created_at);
     let path = verified_copy::write(&source, &cfg.dir, &name)?;
     drop(source);
     let verified_at = Utc::now();
     let duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
-    let recorded = describe_copy(&path, &name, verified_at, verified_at, duration_ms)
+    let recorded = describe_copy(&path, &name, created_at, verified_at, duration_ms)
         .and_then(|manifest| catalog::write_manifest(&cfg.dir, &manifest).map(|()| manifest));
     match recorded {
         Ok(manifest) => {

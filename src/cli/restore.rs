@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use super::spinner;
 use dbwarden::config::{ReplicaSettings, Settings};
-use dbwarden::restore::Pick;
+use dbwarden::restore::{Pick, Proof};
 
 /// Which backup, from the command line.
 pub struct Source {
@@ -63,14 +63,19 @@ pub fn restore(
         (None, Some(f)) => f,
         (None, None) => dbwarden::restore::latest(settings)?,
     };
+    let proof = if fetched.is_some() {
+        Proof::Fetched
+    } else {
+        Proof::CheckHere
+    };
     let working = spinner(format!("verifying {} and restoring it", backup.display()));
     let plan = if dry_run {
         // A dry run is refused too while the service holds the database.
         dbwarden::db::lock::acquire(&target.database.path)
             .map_err(anyhow::Error::from)
-            .and_then(|_lock| Ok(dbwarden::restore::plan(&target, &backup)?))
+            .and_then(|_lock| Ok(dbwarden::restore::plan(&target, &backup, proof)?))
     } else {
-        dbwarden::restore::restore(&target, &backup).map_err(anyhow::Error::from)
+        dbwarden::restore::restore(&target, &backup, proof).map_err(anyhow::Error::from)
     };
     working.finish_and_clear();
     if fetched.is_some() {

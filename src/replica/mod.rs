@@ -32,6 +32,7 @@
 //! the live database.
 
 pub mod ack;
+pub mod applier;
 pub mod catalog;
 pub mod codec;
 pub mod compaction;

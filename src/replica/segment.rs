@@ -27,14 +27,9 @@
 //! [`SegmentReader`] reads either, and what is uploaded is always the plain form above,
 //! written by [`write_joined`].
 //!
-//! To apply a frame is to write its page at `(page number - 1) × page size` in the
-//! database file; at a commit's last frame the file is cut to the commit's size. A
-//! restore applies whole commits only and stops after the one it was asked for.
+//! How a restore applies them is [`super::applier`].
 
-use std::fs::File;
 use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -540,7 +535,7 @@ impl<R: BufRead> SegmentReader<R> {
         self
     }
 
-    fn bad(&self, reason: String) -> SegmentError {
+    pub(crate) fn bad(&self, reason: String) -> SegmentError {
         SegmentError::Bad {
             segment: self.header.name(),
             reason,
@@ -618,116 +613,6 @@ impl<R: BufRead> SegmentReader<R> {
             position: run.last(),
             wal_header: run.wal_header.clone(),
             chain: self.chain,
-        })
-    }
-}
-
-/// A database file being rebuilt from a snapshot and segments.
-pub struct Applier {
-    path: PathBuf,
-    file: File,
-    page_size: u64,
-    /// The file's length (set at each commit only when the commit changes it).
-    len: u64,
-    /// The last commit applied whole.
-    pub applied: Option<CommitRecord>,
-    /// The end of the last segment read to its end.
-    pub chain_end: Option<ChainEnd>,
-}
-
-/// What [`Applier::apply`] did with a segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
-    /// Every commit in it.
-    Whole,
-    /// Commits up to the one `stop` chose; the rest was not applied.
-    Stopped,
-}
-
-impl Applier {
-    pub fn open(path: &Path, page_size: u32) -> Result<Applier, SegmentError> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|source| SegmentError::Io {
-                what: path.display().to_string(),
-                source,
-            })?;
-        let len = file
-            .metadata()
-            .map_err(|source| SegmentError::Io {
-                what: path.display().to_string(),
-                source,
-            })?
-            .len();
-        Ok(Applier {
-            path: path.to_path_buf(),
-            file,
-            page_size: u64::from(page_size),
-            len,
-            applied: None,
-            chain_end: None,
-        })
-    }
-
-    /// Applies `segment`'s commits in order. After each commit `stop` is asked whether
-    /// this is the commit to stop at; if it says yes, nothing after it is written. The
-    /// segment must follow the previous one applied ([`SegmentHeader::follows`]).
-    pub fn apply<R: BufRead>(
-        &mut self,
-        segment: &mut SegmentReader<R>,
-        mut stop: impl FnMut(&CommitRecord, &Path) -> Result<bool, SegmentError>,
-    ) -> Result<Applied, SegmentError> {
-        if let Some(previous) = &self.chain_end {
-            segment.header.follows(previous)?;
-        }
-        if u64::from(segment.header.page_size) != self.page_size {
-            return Err(segment.bad(format!(
-                "page size {}, the database's is {}",
-                segment.header.page_size, self.page_size
-            )));
-        }
-        let commits = segment.header.commits.clone();
-        let mut next_commit = commits.iter();
-        let io = |path: &Path| {
-            let what = path.display().to_string();
-            move |source| SegmentError::Io { what, source }
-        };
-        while let Some(frame) = segment.next_frame()? {
-            let offset = (u64::from(frame.header.page_number) - 1) * self.page_size;
-            self.file
-                .write_all_at(frame.page, offset)
-                .map_err(io(&self.path))?;
-            self.len = self.len.max(offset + self.page_size);
-            if frame.header.is_commit() {
-                let record = next_commit
-                    .next()
-                    .filter(|c| c.at == frame.at && c.pages == frame.header.commit_pages)
-                    .cloned();
-                let at = frame.at;
-                let record = record.ok_or_else(|| {
-                    segment.bad(format!("frame {at} ends a commit the header does not list"))
-                })?;
-                let len = u64::from(record.pages) * self.page_size;
-                if len != self.len {
-                    self.file.set_len(len).map_err(io(&self.path))?;
-                    self.len = len;
-                }
-                self.applied = Some(record.clone());
-                if stop(&record, &self.path)? {
-                    return Ok(Applied::Stopped);
-                }
-            }
-        }
-        self.chain_end = segment.end();
-        Ok(Applied::Whole)
-    }
-
-    pub fn sync(&self) -> Result<(), SegmentError> {
-        self.file.sync_all().map_err(|source| SegmentError::Io {
-            what: self.path.display().to_string(),
-            source,
         })
     }
 }
@@ -871,8 +756,10 @@ impl Frame<'_> {
 mod tests {
     use super::*;
     use crate::db::walfile::{read_wal_index, WalFile};
+    use crate::replica::applier::Applier;
     use proptest::prelude::*;
     use rusqlite::Connection;
+    use std::path::{Path, PathBuf};
 
     /// The table's rows and the database's size in pages.
     type Rows = (Vec<(i64, Vec<u8>)>, u32);
@@ -1044,11 +931,20 @@ mod tests {
     }
 
     /// Rebuilds the database at commit `target` (0: the snapshot) from the snapshot and
-    /// the segments.
-    fn restore(dir: &Path, snapshot: &Path, segments: &[Vec<u8>], target: usize) -> PathBuf {
+    /// the segments, keeping at most `waiting_bytes` of pages unwritten if given.
+    fn restore(
+        dir: &Path,
+        snapshot: &Path,
+        segments: &[Vec<u8>],
+        target: usize,
+        waiting_bytes: Option<usize>,
+    ) -> PathBuf {
         let out = dir.join(format!("restored-{target}.db"));
         std::fs::copy(snapshot, &out).expect("copy snapshot");
         let mut applier = Applier::open(&out, 4096).expect("applier");
+        if let Some(bytes) = waiting_bytes {
+            applier = applier.waiting_at_most(bytes);
+        }
         applier.chain_end = Some(start());
         let mut applied = 0;
         for bytes in segments {
@@ -1064,6 +960,7 @@ mod tests {
                 .expect("apply");
         }
         assert_eq!(applied, target, "the segments hold every commit");
+        applier.finish().expect("finish");
         out
     }
 
@@ -1114,6 +1011,7 @@ mod tests {
             steps in proptest::collection::vec(step(), 1..60),
             targets in proptest::collection::vec(any::<prop::sample::Index>(), 1..6),
             group in 1usize..5,
+            waiting_pages in 1usize..6,
         ) {
             let dir = tempfile::tempdir().expect("dir");
             let (snapshot, segments, states) = record(dir.path(), &steps);
@@ -1121,7 +1019,10 @@ mod tests {
             for (i, target) in targets.iter().enumerate() {
                 let target = target.index(states.len());
                 let from = if i % 2 == 0 { &segments } else { &merged };
-                let path = restore(dir.path(), &snapshot, from, target);
+                // A few pages waiting at most: they are written again and again, between
+                // commits and inside them.
+                let waiting = ((i / 2) % 2 == 1).then_some(waiting_pages * 4096);
+                let path = restore(dir.path(), &snapshot, from, target, waiting);
                 prop_assert_eq!(&restored_rows(&path), &states[target]);
                 std::fs::remove_file(&path).expect("remove");
             }
@@ -1159,7 +1060,7 @@ mod tests {
             let mut reader = SegmentReader::new(&bytes[..], "test")?;
             applier.apply(&mut reader, |_, _| Ok(false))?;
         }
-        Ok(())
+        applier.finish()
     }
 
     #[test]

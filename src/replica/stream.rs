@@ -37,9 +37,10 @@ use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::applier::{Applied, Applier};
 use super::codec::{self, Written};
 use super::manifest;
-use super::segment::{self, Applier, CommitRecord, Position, SegmentHeader, SegmentReader};
+use super::segment::{self, CommitRecord, Position, SegmentHeader, SegmentReader};
 use super::tailer::{SnapshotInfo, SNAPSHOT};
 use super::uploads::{self, Ledger};
 use super::{Replica, ReplicaError};
@@ -935,13 +936,13 @@ async fn rebuild(
         };
         let target = *target;
         let (back, applied) = tokio::task::spawn_blocking(move || {
-            let applied = applier.apply(&mut reader, |commit, path| match target {
+            let applied = applier.apply(&mut reader, |commit, db| match target {
                 Target::Latest => Ok(false),
                 Target::At(_) => Ok(Some(commit.at) == last_in_time),
                 Target::EventId(id) => match commit.last_event_id {
                     Some(known) => Ok(known >= id),
                     None if surely_before.contains(&commit.at) => Ok(false),
-                    None => Ok(max_event_id_of(path)? >= id),
+                    None => Ok(max_event_id_of(db.written()?)? >= id),
                 },
             });
             (applier, applied)
@@ -953,12 +954,12 @@ async fn rebuild(
         })?;
         applier = back;
         let applied = applied?;
-        stopped = applied == segment::Applied::Stopped;
+        stopped = applied == Applied::Stopped;
     }
     // Downloads started past the target are dropped with the stream; whatever they
     // wrote is in `staging`, which the caller empties.
     drop(fetched);
-    applier.sync()?;
+    applier.finish()?;
     let temp_owned = temp.to_path_buf();
     let (last_event_id, event_count) = tokio::task::spawn_blocking(move || {
         integrity::verify_file(&temp_owned)?;

@@ -446,7 +446,8 @@ fn with_temp(path: &Path) -> PathBuf {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::replica::segment::{Applier, SegmentReader};
+    use crate::replica::applier::Applier;
+    use crate::replica::segment::SegmentReader;
     use rusqlite::Connection;
 
     pub(in crate::replica) fn database(dir: &Path) -> (PathBuf, Connection) {
@@ -512,6 +513,7 @@ pub(super) mod tests {
             applier.apply(&mut reader, |_, _| Ok(false)).expect("apply");
             ends.extend(applier.applied.clone());
         }
+        applier.finish().expect("finish");
         ends
     }
 

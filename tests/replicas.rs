@@ -2108,6 +2108,115 @@ async fn a_replica_down_for_a_while_catches_up_with_every_commit_once() {
     }
 }
 
+/// A spooled piece damaged on disk before S3 got it (S3 refused every request; the NAS
+/// had it already) can never be uploaded: S3's streamer finds that piece, the generation ends
+/// before it (a gap, as health says) and a new one begins from a fresh snapshot. S3
+/// never stores the damaged frames, and its newest generation rebuilds every event,
+/// as the NAS's does; retrying the piece would have held S3 back forever.
+#[actix_rt::test]
+async fn a_spooled_piece_damaged_on_disk_ends_its_generation_and_a_new_one_carries_every_commit() {
+    use dbwarden::replica::segment::{Position, SegmentReader};
+    use dbwarden::replica::stream;
+
+    let world = World::new().await.streaming("");
+    let (app, live, replicas) = world.start().await;
+    let (nas, s3) = (&replicas[0], &replicas[1]);
+    let scratch = world.root.path().join("restored");
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    append_events(&app, "before", 5).await;
+    let before = events_of(&live);
+    let out = scratch.join("s3-before.db");
+    let (caught_up, got) = wait_until_streamed(s3, &world.identity, &before, &out).await;
+    assert!(caught_up, "S3 rebuilds {got} of 5");
+    let old_generation = stream::list(s3).await.expect("list").len();
+
+    // Refused at once (403 is not retried by the S3 client), so no upload holds bytes
+    // it read from the spool before the damage.
+    world.server.set_fault(s3::Fault::Status(403));
+    let held_by_s3: Vec<PathBuf> = spooled_pieces(&live);
+    for i in 0..6 {
+        append_events(&app, &format!("down-{i}"), 3).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let everything = events_of(&live);
+    let out = scratch.join("nas-during.db");
+    let (caught_up, got) = wait_until_streamed(nas, &world.identity, &everything, &out).await;
+    assert!(caught_up, "the NAS has every commit: {got} of 23");
+    let mut not_on_s3: Vec<PathBuf> = spooled_pieces(&live)
+        .into_iter()
+        .filter(|p| !held_by_s3.contains(p))
+        .collect();
+    not_on_s3.sort();
+    assert!(not_on_s3.len() >= 2, "pieces waiting for S3: {not_on_s3:?}");
+    // Eight bytes of the compressed frames flipped, past the header line; the piece
+    // no longer reads (checked here, so the fault surely is one).
+    let damaged = &not_on_s3[not_on_s3.len() / 2];
+    let mut bytes = std::fs::read(damaged).expect("read piece");
+    let body = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(1)
+        .map(|(i, _)| i + 1)
+        .expect("a piece's two lines");
+    let len = bytes.len();
+    for k in 1..=8 {
+        bytes[body + (len - body) * k / 10] ^= 0x5a;
+    }
+    std::fs::write(damaged, &bytes).expect("damage piece");
+    let reads = std::fs::File::open(damaged)
+        .map_err(|e| e.to_string())
+        .and_then(|file| {
+            let mut reader = SegmentReader::new(std::io::BufReader::new(file), "damaged")
+                .map_err(|e| e.to_string())?;
+            while reader.next_frame().map_err(|e| e.to_string())?.is_some() {}
+            Ok(())
+        });
+    assert!(reads.is_err(), "the damaged piece still reads");
+    // Any upload that read the pieces before the damage has been refused by now.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let damaged_first: Position = damaged
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split_once('_'))
+        .and_then(|(first, _)| first.parse().ok())
+        .expect("a piece is named by its first position");
+
+    world.server.set_fault(s3::Fault::None);
+    let out = scratch.join("s3-after.db");
+    let (caught_up, got) = wait_until_streamed(s3, &world.identity, &everything, &out).await;
+    assert!(caught_up, "S3's newest generation rebuilds {got} of 23");
+    let generations = stream::list(s3).await.expect("list");
+    assert!(
+        generations.len() > old_generation,
+        "a new generation began on S3: {:?}; the damaged piece {damaged:?}",
+        generations
+            .iter()
+            .map(|g| g.segments.iter().map(|s| (s.first, s.last)).collect())
+            .collect::<Vec<Vec<_>>>()
+    );
+    let ended = &generations[old_generation - 1];
+    assert!(
+        ended.segments.iter().all(|s| s.last < damaged_first),
+        "S3 holds nothing from the damaged piece on: {:?}, the piece begins at {damaged_first}",
+        ended.segments
+    );
+    let health = app.get_json("/api/health").await;
+    let gap = health["replication"]["last_gap"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        gap.contains("does not read") && health["replication"]["gaps"] == 1,
+        "{health}"
+    );
+    let out = scratch.join("nas-after.db");
+    let (caught_up, got) = wait_until_streamed(nas, &world.identity, &everything, &out).await;
+    assert!(
+        caught_up,
+        "the NAS's newest generation rebuilds {got} of 23"
+    );
+}
+
 /// With `ack_writes = true` on S3 a write is answered only once its commit is there.
 /// Under 16 concurrent writers behind a slow uplink, the moment the last answer came the
 /// service is cut off from S3 and the local disk is "lost": a restore of S3 alone holds

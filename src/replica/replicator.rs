@@ -445,6 +445,14 @@ impl Tailing {
             self.begin(None);
             return;
         };
+        let ended = match self.spool.lock() {
+            Ok(spool) => spool.ended(tailer.generation()).map(str::to_string),
+            Err(_) => None,
+        };
+        if let Some(reason) = ended {
+            self.gap(reason);
+            return;
+        }
         // Read before the pass pins: every commit counted by now is in it.
         let covered = self.gate.committed_so_far();
         let began = std::time::Instant::now();
@@ -469,32 +477,40 @@ impl Tailing {
                     self.begin(pin);
                 }
             }
-            Ok(Pass::Gap { reason }) => {
-                let old = tailer.generation().to_string();
-                tracing::error!(generation = %old, %reason, "replication found commits it cannot ship in order; starting a new generation");
-                self.board
-                    .gaps
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if let Ok(mut last) = self.board.last_gap.lock() {
-                    *last = Some(GapRecord {
-                        at: Utc::now(),
-                        reason: reason.clone(),
-                        generation: None,
-                    });
-                }
-                self.notifier.alert(
+            Ok(Pass::Gap { reason }) => self.gap(reason),
+            Err(e) => {
+                tracing::warn!(error = %e, "a replication pass failed; trying again at the next one");
+            }
+        }
+    }
+
+    /// The current generation cannot go on (`reason`): alert, and begin a new one from
+    /// a fresh snapshot.
+    fn gap(&mut self, reason: String) {
+        let old = self
+            .tailer
+            .as_ref()
+            .map(|t| t.generation().to_string())
+            .unwrap_or_default();
+        tracing::error!(generation = %old, %reason, "replication found commits it cannot ship in order; starting a new generation");
+        self.board
+            .gaps
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut last) = self.board.last_gap.lock() {
+            *last = Some(GapRecord {
+                at: Utc::now(),
+                reason: reason.clone(),
+                generation: None,
+            });
+        }
+        self.notifier.alert(
                     "replication_gap",
                     Severity::Warning,
                     format!("replication of generation {old} stopped at a gap ({reason}); a new generation starts from a fresh snapshot"),
                     serde_json::json!({ "generation": old, "reason": reason }),
                 );
-                let pin = self.tailer.take().map(Tailer::into_pin);
-                self.begin(pin);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "a replication pass failed; trying again at the next one");
-            }
-        }
+        let pin = self.tailer.take().map(Tailer::into_pin);
+        self.begin(pin);
     }
 
     fn begin(&mut self, pin: Option<ReadPin>) {

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::segment::{Position, SegmentHeader, SegmentReader};
+use super::segment::{Position, SegmentError, SegmentHeader, SegmentReader};
 use super::tailer::{SnapshotInfo, SEGMENT_SUFFIX, SNAPSHOT, SNAPSHOT_INFO};
 use super::ReplicaError;
 use crate::db::durable;
@@ -88,6 +88,9 @@ struct SpooledGeneration {
     pieces: Vec<Piece>,
     /// The tailer still adds pieces to it.
     current: bool,
+    /// Why it ended before the tailer moved on ([`Spool::end_before`]): the tailer's
+    /// next pass begins a new generation.
+    ended: Option<String>,
     shipped: BTreeMap<String, Shipped>,
     /// The DbWriter's commits its snapshot holds (numbered up to this).
     covers: u64,
@@ -202,12 +205,14 @@ impl Spool {
     pub fn begin(&mut self, dir: &Path, info: SnapshotInfo, covers: u64) {
         for generation in &mut self.generations {
             generation.current = false;
+            generation.ended = None;
         }
         self.generations.push(SpooledGeneration {
             info,
             dir: dir.to_path_buf(),
             pieces: Vec::new(),
             current: true,
+            ended: None,
             shipped: BTreeMap::new(),
             covers,
             held: BTreeMap::new(),
@@ -218,21 +223,61 @@ impl Spool {
 
     /// The tailer spooled a piece of the current generation, holding the DbWriter's
     /// commits up to `covers`.
+    /// A piece of a generation that is not the current one any more (it ended
+    /// meanwhile) is removed: it would follow a hole.
     pub fn add(&mut self, header: SegmentHeader, path: PathBuf, covers: u64) {
         let bytes = header.frame_bytes();
-        if let Some(generation) = self
+        let Some(generation) = self
             .generations
             .iter_mut()
             .find(|g| g.current && g.info.generation == header.generation)
-        {
-            generation.pieces.push(Piece {
-                header,
-                path,
-                bytes,
-                covers,
-            });
-        }
+        else {
+            let _ = durable::remove_file(&path);
+            return;
+        };
+        generation.pieces.push(Piece {
+            header,
+            path,
+            bytes,
+            covers,
+        });
         self.spooled = self.spooled.max(covers);
+    }
+
+    /// The spooled piece of generation `name` that begins at `first` does not read
+    /// (damaged on disk after the tailer wrote and synced it): no replica that lacks it
+    /// can ever follow the chain past it. The generation ends before it, as at a gap:
+    /// that piece and every later one are removed, the generation is no longer the
+    /// current one, and [`Spool::ended`] tells the tailer to begin a new generation
+    /// from a fresh snapshot, which holds every commit the removed pieces held.
+    pub fn end_before(&mut self, name: &str, first: Position, reason: String) {
+        let Some(generation) = self
+            .generations
+            .iter_mut()
+            .find(|g| g.info.generation == name)
+        else {
+            return;
+        };
+        let (kept, removed): (Vec<Piece>, Vec<Piece>) = std::mem::take(&mut generation.pieces)
+            .into_iter()
+            .partition(|p| p.header.first().is_some_and(|f| f < first));
+        generation.pieces = kept;
+        for piece in removed {
+            let _ = durable::remove_file(&piece.path);
+        }
+        if generation.current {
+            generation.current = false;
+            generation.ended = Some(reason);
+        }
+        self.collect();
+    }
+
+    /// Why generation `name` ended while the tailer still reads it, if it did.
+    pub fn ended(&self, name: &str) -> Option<&str> {
+        self.generations
+            .iter()
+            .find(|g| g.info.generation == name)
+            .and_then(|g| g.ended.as_deref())
     }
 
     /// A tailer pass found nothing new: the DbWriter's commits up to `covers` are all
@@ -417,7 +462,9 @@ impl Spool {
             }
         }
         self.generations.retain(|g| {
+            // An ended generation's directory stays until the tailer moved on from it.
             let finished = !g.current
+                && g.ended.is_none()
                 && g.pieces.is_empty()
                 && replicas.iter().all(|r| g.shipped(r).snapshot);
             if finished {
@@ -429,6 +476,34 @@ impl Spool {
             !finished
         });
     }
+}
+
+/// The first of `pieces` that does not read through (every frame against the WAL's
+/// checksum chain, the SHA-256 of its frames), with why. A piece already removed is
+/// not damaged: it is passed over.
+pub fn first_unreadable(pieces: &[Piece]) -> Option<(Piece, String)> {
+    pieces.iter().find_map(|piece| {
+        let what = piece.path.display().to_string();
+        let read = fs::File::open(&piece.path)
+            .map_err(|source| SegmentError::Io {
+                what: what.clone(),
+                source,
+            })
+            .and_then(|file| {
+                let mut reader = SegmentReader::new(BufReader::new(file), &what)?;
+                while reader.next_frame()?.is_some() {}
+                Ok(())
+            });
+        match read {
+            Ok(()) => None,
+            Err(SegmentError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                None
+            }
+            Err(e) => Some((piece.clone(), e.to_string())),
+        }
+    })
 }
 
 /// The error of a spool whose lock a panic poisoned, as `replica`'s streamer sees it.
@@ -539,6 +614,7 @@ fn load_generation(
         dir: dir.to_path_buf(),
         pieces,
         current: false,
+        ended: None,
         shipped,
         covers: 0,
         held: BTreeMap::new(),

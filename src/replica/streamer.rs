@@ -199,6 +199,14 @@ impl Streamer {
             Err(e) => {
                 self.board
                     .update_stream(self.replica.name(), |s| s.compaction_failures += 1);
+                if matches!(e, ReplicaError::Segment(_)) {
+                    let pieces = match self.spool.lock() {
+                        Ok(spool) => spool.uncompacted(self.replica.name()),
+                        Err(_) => Vec::new(),
+                    };
+                    self.end_at_unreadable(pieces.into_iter().flat_map(|(_, p)| p).collect())
+                        .await;
+                }
                 return Err(e);
             }
         };
@@ -279,7 +287,12 @@ impl Streamer {
                 let pieces = within_upload_limit(pieces);
                 let generation = pieces[0].header.generation.clone();
                 let began = Instant::now();
-                let (header, written) = upload_pieces(&self.replica, &pieces, ledger).await?;
+                let uploaded = upload_pieces(&self.replica, &pieces, ledger).await;
+                if let Err(e @ ReplicaError::Segment(_)) = uploaded {
+                    self.end_at_unreadable(pieces).await;
+                    return Err(e);
+                }
+                let (header, written) = uploaded?;
                 let upload_ms = began.elapsed().as_secs_f64() * 1e3;
                 let through = header.last();
                 self.record(&generation, |s| {
@@ -299,6 +312,29 @@ impl Streamer {
             }
         }
         Ok(())
+    }
+
+    /// A local piece that does not read can never be uploaded, and retrying would wait
+    /// for it forever: its generation ends there ([`Spool::end_before`]) and the tailer
+    /// is asked for a pass now, which begins a new one from a fresh snapshot.
+    async fn end_at_unreadable(&self, pieces: Vec<Piece>) {
+        let found =
+            tokio::task::spawn_blocking(move || super::spool::first_unreadable(&pieces)).await;
+        let Ok(Some((piece, error))) = found else {
+            return;
+        };
+        let Some(first) = piece.header.first() else {
+            return;
+        };
+        tracing::error!(replica = %self.replica.name(), piece = %piece.path.display(), %error, "a spooled piece does not read: its generation ends before it, and a new one begins from a fresh snapshot");
+        let reason = format!(
+            "spooled piece {} does not read: {error}",
+            piece.path.display()
+        );
+        if let Ok(mut spool) = self.spool.lock() {
+            spool.end_before(&piece.header.generation, first, reason);
+        }
+        self.tailer.pass_before_upload().await;
     }
 
     fn record(

@@ -2115,7 +2115,7 @@ async fn a_replica_down_for_a_while_catches_up_with_every_commit_once() {
 /// as the NAS's does; retrying the piece would have held S3 back forever.
 #[actix_rt::test]
 async fn a_spooled_piece_damaged_on_disk_ends_its_generation_and_a_new_one_carries_every_commit() {
-    use dbwarden::replica::segment::{Position, SegmentReader};
+    use dbwarden::replica::segment::Position;
     use dbwarden::replica::stream;
 
     let world = World::new().await.streaming("");
@@ -2148,31 +2148,8 @@ async fn a_spooled_piece_damaged_on_disk_ends_its_generation_and_a_new_one_carri
         .collect();
     not_on_s3.sort();
     assert!(not_on_s3.len() >= 2, "pieces waiting for S3: {not_on_s3:?}");
-    // Eight bytes of the compressed frames flipped, past the header line; the piece
-    // no longer reads (checked here, so the fault surely is one).
     let damaged = &not_on_s3[not_on_s3.len() / 2];
-    let mut bytes = std::fs::read(damaged).expect("read piece");
-    let body = bytes
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| **b == b'\n')
-        .nth(1)
-        .map(|(i, _)| i + 1)
-        .expect("a piece's two lines");
-    let len = bytes.len();
-    for k in 1..=8 {
-        bytes[body + (len - body) * k / 10] ^= 0x5a;
-    }
-    std::fs::write(damaged, &bytes).expect("damage piece");
-    let reads = std::fs::File::open(damaged)
-        .map_err(|e| e.to_string())
-        .and_then(|file| {
-            let mut reader = SegmentReader::new(std::io::BufReader::new(file), "damaged")
-                .map_err(|e| e.to_string())?;
-            while reader.next_frame().map_err(|e| e.to_string())?.is_some() {}
-            Ok(())
-        });
-    assert!(reads.is_err(), "the damaged piece still reads");
+    damage_piece(damaged);
     // Any upload that read the pieces before the damage has been refused by now.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let damaged_first: Position = damaged
@@ -2215,6 +2192,105 @@ async fn a_spooled_piece_damaged_on_disk_ends_its_generation_and_a_new_one_carri
         caught_up,
         "the NAS's newest generation rebuilds {got} of 23"
     );
+}
+
+/// A piece both replicas hold, damaged on disk before either compacted it (the first
+/// compaction comes 10 s after the start): compaction cannot merge it, and instead of
+/// failing at every interval (the spool would keep every piece since, for ever) the
+/// generation ends there and a new one begins; each replica still restores every event,
+/// from the old generation and from the new one.
+#[actix_rt::test]
+async fn a_piece_compaction_cannot_read_ends_its_generation_instead_of_failing_for_ever() {
+    let world = World::new().await.streaming("compact_interval_secs = 10\n");
+    let (app, live, replicas) = world.start().await;
+    let scratch = world.root.path().join("restored");
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    for i in 0..4 {
+        append_events(&app, &format!("r{i}"), 3).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let everything = events_of(&live);
+    for replica in &replicas {
+        let out = scratch.join(format!("{}-before.db", replica.name()));
+        let (caught_up, got) =
+            wait_until_streamed(replica, &world.identity, &everything, &out).await;
+        assert!(caught_up, "{}: rebuilds {got} of 12", replica.name());
+    }
+    let mut pieces = spooled_pieces(&live);
+    pieces.sort();
+    let damaged = pieces.last().expect("a spooled piece").clone();
+    damage_piece(&damaged);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let health = loop {
+        let health = app.get_json("/api/health").await;
+        if health["replication"]["gaps"] == 1 {
+            break health;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the generation never ended: {health}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let gap = health["replication"]["last_gap"]["reason"].to_string();
+    assert!(gap.contains("does not read"), "{health}");
+    assert!(!damaged.exists(), "the damaged piece left the spool");
+    for replica in &replicas {
+        let out = scratch.join(format!("{}-after.db", replica.name()));
+        let (caught_up, got) =
+            wait_until_streamed(replica, &world.identity, &everything, &out).await;
+        assert!(
+            caught_up,
+            "{}: the new generation rebuilds {got} of 12",
+            replica.name()
+        );
+        let generations = dbwarden::replica::stream::list(replica)
+            .await
+            .expect("list");
+        assert_eq!(generations.len(), 2, "{}", replica.name());
+        let out = scratch.join(format!("{}-old.db", replica.name()));
+        let identities = dbwarden::config::read_identities(&world.identity).expect("identity");
+        dbwarden::replica::stream::restore(
+            replica,
+            &generations[0],
+            &dbwarden::replica::stream::Target::Latest,
+            &identities,
+            &out.with_extension("staging"),
+            &out,
+        )
+        .await
+        .expect("the old generation restores");
+        assert_eq!(events_of(&out), everything, "{}", replica.name());
+    }
+}
+
+/// Flips eight bytes of a spooled piece's compressed frames (past its two lines) and
+/// checks that it no longer reads, so the fault surely is one.
+fn damage_piece(piece: &Path) {
+    use dbwarden::replica::segment::SegmentReader;
+    let mut bytes = std::fs::read(piece).expect("read piece");
+    let body = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(1)
+        .map(|(i, _)| i + 1)
+        .expect("a piece's two lines");
+    let len = bytes.len();
+    for k in 1..=8 {
+        bytes[body + (len - body) * k / 10] ^= 0x5a;
+    }
+    std::fs::write(piece, &bytes).expect("damage piece");
+    let reads = std::fs::File::open(piece)
+        .map_err(|e| e.to_string())
+        .and_then(|file| {
+            let mut reader = SegmentReader::new(std::io::BufReader::new(file), "damaged")
+                .map_err(|e| e.to_string())?;
+            while reader.next_frame().map_err(|e| e.to_string())?.is_some() {}
+            Ok(())
+        });
+    assert!(reads.is_err(), "the damaged piece still reads");
 }
 
 /// With `ack_writes = true` on S3 a write is answered only once its commit is there.

@@ -68,7 +68,10 @@ pub fn restore(
     } else {
         Proof::CheckHere
     };
-    let working = spinner(format!("verifying {} and restoring it", backup.display()));
+    let working = spinner(match proof {
+        Proof::CheckHere => format!("verifying {} and restoring it", backup.display()),
+        Proof::Fetched => format!("restoring {}", backup.display()),
+    });
     let plan = if dry_run {
         // A dry run is refused too while the service holds the database.
         dbwarden::db::lock::acquire(&target.database.path)

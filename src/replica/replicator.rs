@@ -504,11 +504,11 @@ impl Tailing {
             });
         }
         self.notifier.alert(
-                    "replication_gap",
-                    Severity::Warning,
-                    format!("replication of generation {old} stopped at a gap ({reason}); a new generation starts from a fresh snapshot"),
-                    serde_json::json!({ "generation": old, "reason": reason }),
-                );
+            "replication_gap",
+            Severity::Warning,
+            format!("replication of generation {old} stopped at a gap ({reason}); a new generation starts from a fresh snapshot"),
+            serde_json::json!({ "generation": old, "reason": reason }),
+        );
         let pin = self.tailer.take().map(Tailer::into_pin);
         self.begin(pin);
     }

@@ -222,8 +222,7 @@ impl Spool {
     }
 
     /// The tailer spooled a piece of the current generation, holding the DbWriter's
-    /// commits up to `covers`.
-    /// A piece of a generation that is not the current one any more (it ended
+    /// commits up to `covers`. A piece of a generation that is not the current one any more (it ended
     /// meanwhile) is removed: it would follow a hole.
     pub fn add(&mut self, header: SegmentHeader, path: PathBuf, covers: u64) {
         let bytes = header.frame_bytes();

@@ -1114,19 +1114,12 @@ async fn a_server_that_goes_away_mid_upload_never_holds_a_counted_half_copy() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     server.stop().await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-    loop {
-        let health = app.get_json("/api/health").await;
-        let failures = health["replicas"][1]["failures"].as_u64().unwrap_or(0);
-        if failures > 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the cut upload never failed: {health}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    app.health_when(
+        std::time::Duration::from_secs(90),
+        "the cut upload never failed",
+        |h| h["replicas"][1]["failures"].as_u64().unwrap_or(0) > 0,
+    )
+    .await;
     server.restart().await;
     assert!(
         !server
@@ -2020,18 +2013,11 @@ async fn a_replica_down_for_a_while_catches_up_with_every_commit_once() {
     let out = scratch.join("nas-during.db");
     let (caught_up, got) = wait_until_streamed(nas, &world.identity, &everything, &out).await;
     assert!(caught_up, "the file replica keeps up: {got} of 35");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let health = loop {
-        let health = app.get_json("/api/health").await;
-        if health["status"] == "degraded" {
-            break health;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never degraded: {health}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+    let health = app
+        .health_when(std::time::Duration::from_secs(30), "never degraded", |h| {
+            h["status"] == "degraded"
+        })
+        .await;
     let reasons = health["reasons"].to_string();
     assert!(reasons.contains("replica s3: replication lags"), "{health}");
     assert!(!reasons.contains("replica nas"), "{health}");
@@ -2094,18 +2080,10 @@ async fn a_replica_down_for_a_while_catches_up_with_every_commit_once() {
     .await
     .expect("a point from the time S3 was down");
     assert!(restored.last_event_id >= 20);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let health = app.get_json("/api/health").await;
-        if health["status"] == "healthy" {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still degraded: {health}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    app.health_when(std::time::Duration::from_secs(30), "still degraded", |h| {
+        h["status"] == "healthy"
+    })
+    .await;
 }
 
 /// A spooled piece damaged on disk before S3 got it (S3 refused every request; the NAS
@@ -2221,22 +2199,34 @@ async fn a_piece_compaction_cannot_read_ends_its_generation_instead_of_failing_f
     let damaged = pieces.last().expect("a spooled piece").clone();
     damage_piece(&damaged);
 
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let health = loop {
-        let health = app.get_json("/api/health").await;
-        if health["replication"]["gaps"] == 1 {
-            break health;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the generation never ended: {health}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+    let health = app
+        .health_when(
+            std::time::Duration::from_secs(60),
+            "the generation never ended",
+            |h| h["replication"]["gaps"] == 1,
+        )
+        .await;
     let gap = health["replication"]["last_gap"]["reason"].to_string();
     assert!(gap.contains("does not read"), "{health}");
     assert!(!damaged.exists(), "the damaged piece left the spool");
     for replica in &replicas {
+        // The old generation holds every event too: first wait for the new one's
+        // snapshot, so the restore below is of the new generation.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let generations = loop {
+            let generations = dbwarden::replica::stream::list(replica)
+                .await
+                .expect("list");
+            if generations.iter().filter(|g| g.snapshot.is_some()).count() == 2 {
+                break generations;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: no new generation: {generations:?}",
+                replica.name()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        };
         let out = scratch.join(format!("{}-after.db", replica.name()));
         let (caught_up, got) =
             wait_until_streamed(replica, &world.identity, &everything, &out).await;
@@ -2245,10 +2235,6 @@ async fn a_piece_compaction_cannot_read_ends_its_generation_instead_of_failing_f
             "{}: the new generation rebuilds {got} of 12",
             replica.name()
         );
-        let generations = dbwarden::replica::stream::list(replica)
-            .await
-            .expect("list");
-        assert_eq!(generations.len(), 2, "{}", replica.name());
         let out = scratch.join(format!("{}-old.db", replica.name()));
         let identities = dbwarden::config::read_identities(&world.identity).expect("identity");
         dbwarden::replica::stream::restore(

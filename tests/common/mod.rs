@@ -135,6 +135,25 @@ impl TestApp {
             .expect("json body")
     }
 
+    /// Polls `/api/health` (every 200 ms) until `wanted` holds for it, and answers it;
+    /// fails the test naming `what` and the last answer after `within`.
+    pub async fn health_when(
+        &self,
+        within: Duration,
+        what: &str,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let health = self.get_json("/api/health").await;
+            if wanted(&health) {
+                return health;
+            }
+            assert!(Instant::now() < deadline, "{what}: {health}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// GET `path` and return the body as text (e.g. `/metrics`).
     pub async fn get_text(&self, path: &str) -> String {
         self.client

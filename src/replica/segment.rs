@@ -605,6 +605,12 @@ impl<R: BufRead> SegmentReader<R> {
         }))
     }
 
+    /// Reads every frame, checking each, to the end (where the SHA-256 is checked).
+    pub fn read_through(mut self) -> Result<(), SegmentError> {
+        while self.next_frame()?.is_some() {}
+        Ok(())
+    }
+
     /// Where this segment ends, for [`SegmentHeader::follows`]; known once every frame
     /// was read.
     pub fn end(&self) -> Option<ChainEnd> {

@@ -222,8 +222,8 @@ impl Spool {
     }
 
     /// The tailer spooled a piece of the current generation, holding the DbWriter's
-    /// commits up to `covers`. A piece of a generation that is not the current one any more (it ended
-    /// meanwhile) is removed: it would follow a hole.
+    /// commits up to `covers`. A piece of a generation that is no longer the current one
+    /// (it ended meanwhile) is removed: it would follow a hole.
     pub fn add(&mut self, header: SegmentHeader, path: PathBuf, covers: u64) {
         let bytes = header.frame_bytes();
         let Some(generation) = self
@@ -488,11 +488,7 @@ pub fn first_unreadable(pieces: &[Piece]) -> Option<(Piece, String)> {
                 what: what.clone(),
                 source,
             })
-            .and_then(|file| {
-                let mut reader = SegmentReader::new(BufReader::new(file), &what)?;
-                while reader.next_frame()?.is_some() {}
-                Ok(())
-            });
+            .and_then(|file| SegmentReader::new(BufReader::new(file), &what)?.read_through());
         match read {
             Ok(()) => None,
             Err(SegmentError::Io { source, .. })

@@ -702,17 +702,11 @@ enum Fetched {
 impl Fetched {
     /// Reads it through once: every frame checked.
     fn check(&self, name: &str) -> Result<(), ReplicaError> {
-        fn every_frame<R: std::io::BufRead>(
-            mut reader: SegmentReader<R>,
-        ) -> Result<(), segment::SegmentError> {
-            while reader.next_frame()?.is_some() {}
-            Ok(())
-        }
         match self {
-            Fetched::Memory(bytes) => every_frame(SegmentReader::new(&bytes[..], name)?)?,
+            Fetched::Memory(bytes) => SegmentReader::new(&bytes[..], name)?.read_through()?,
             Fetched::File(path) => {
                 let file = File::open(path).map_err(ReplicaError::io(path))?;
-                every_frame(SegmentReader::new(BufReader::new(file), name)?)?;
+                SegmentReader::new(BufReader::new(file), name)?.read_through()?;
             }
         }
         Ok(())

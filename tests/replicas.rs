@@ -104,6 +104,13 @@ impl World {
         self
     }
 
+    /// A directory for the test's restores (made on first use).
+    fn scratch(&self) -> PathBuf {
+        let dir = self.root.path().join("restored");
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        dir
+    }
+
     /// Both replicas streaming every 200 ms, with `extra` settings for each.
     fn streaming(mut self, extra: &str) -> World {
         self.replicas = self.replicas.replace(
@@ -1820,8 +1827,7 @@ async fn the_service_streams_every_commit_and_each_replica_alone_rebuilds_it() {
     assert_eq!(checkpoint["outcome"], "ok", "{checkpoint}");
     let third = append_events(&app, "third", 5).await;
     let identity = world.identity.clone();
-    let scratch = world.root.path().join("restored");
-    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let scratch = world.scratch();
     let acknowledged = events_of(&live);
     assert_eq!(acknowledged.len(), 15);
     for replica in &replicas {
@@ -1989,8 +1995,7 @@ async fn a_replica_down_for_a_while_catches_up_with_every_commit_once() {
         .replace("name = \"s3\"\n", "name = \"s3\"\nmax_lag_secs = 1\n");
     let (app, live, replicas) = world.start().await;
     let (nas, s3) = (&replicas[0], &replicas[1]);
-    let scratch = world.root.path().join("restored");
-    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let scratch = world.scratch();
     append_events(&app, "before", 5).await;
     let before = events_of(&live);
     for replica in [&nas, &s3] {
@@ -2099,8 +2104,7 @@ async fn a_spooled_piece_damaged_on_disk_ends_its_generation_and_a_new_one_carri
     let world = World::new().await.streaming("");
     let (app, live, replicas) = world.start().await;
     let (nas, s3) = (&replicas[0], &replicas[1]);
-    let scratch = world.root.path().join("restored");
-    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let scratch = world.scratch();
     append_events(&app, "before", 5).await;
     let before = events_of(&live);
     let out = scratch.join("s3-before.db");
@@ -2181,8 +2185,7 @@ async fn a_spooled_piece_damaged_on_disk_ends_its_generation_and_a_new_one_carri
 async fn a_piece_compaction_cannot_read_ends_its_generation_instead_of_failing_for_ever() {
     let world = World::new().await.streaming("compact_interval_secs = 10\n");
     let (app, live, replicas) = world.start().await;
-    let scratch = world.root.path().join("restored");
-    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let scratch = world.scratch();
     for i in 0..4 {
         append_events(&app, &format!("r{i}"), 3).await;
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -2433,8 +2436,7 @@ async fn compaction_merges_what_was_shipped_and_every_commit_stays_restorable_ev
 
     let world = World::new().await.streaming("compact_interval_secs = 3\n");
     let (app, live, replicas) = world.start().await;
-    let scratch = world.root.path().join("restored");
-    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let scratch = world.scratch();
     let identities = dbwarden::config::read_identities(&world.identity).expect("identity");
     let mut commits: Vec<i64> = Vec::new();
     let write = |round: usize| {
@@ -3162,8 +3164,7 @@ async fn a_direct_writer_that_never_pauses_still_lets_the_wal_restart_and_loses_
     );
     assert!(direct_commits > 0);
     let everything = events_of(&live);
-    let scratch = world.root.path().join("restored");
-    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let scratch = world.scratch();
     for replica in &replicas {
         let out = scratch.join(format!("{}.db", replica.name()));
         let (caught_up, got) =

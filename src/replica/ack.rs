@@ -17,8 +17,18 @@
 //!
 //! An `ack_writes` replica's streamer uploads as soon as something is spooled (no sync
 //! interval), one upload at a time: commits made during an upload share the next one,
-//! so a group of writers pays one upload per group, not one per write.
+//! so a group of writers pays one upload per group, not one per write. They share one
+//! tailer pass too: while every such replica is uploading, a commit does not make the
+//! tailer pass at once ([`AckGate::all_uploading`]); each streamer asks for a pass as
+//! its upload ends, which spools every commit made meanwhile as one piece, uploaded
+//! as it is (no join of several pieces to read first). Under load that is one piece
+//! file, and one pass's fsyncs, per upload instead of per group commit. Before that
+//! pass the streamer waits a moment for the writers the upload just answered to come
+//! back with their next writes ([`AckGate::until_waiting`], at most half the upload's
+//! time), so that writers in a loop share one upload instead of alternating between
+//! two.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,9 +45,26 @@ struct Acking {
     fallback_local: bool,
     /// Set while its uploads fail (cleared by the next one that succeeds).
     failing: AtomicBool,
+    /// Set while its streamer uploads: it asks for a pass when the upload ends.
+    uploading: AtomicBool,
 }
 
 pub use crate::writer::replication::NotAcknowledged;
+
+/// Counts a group's writes as waiting for as long as it lives.
+#[derive(Debug)]
+pub struct Waiting {
+    gate: Arc<AckGate>,
+    group: u64,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.gate.waiting.send_modify(|groups| {
+            groups.remove(&self.group);
+        });
+    }
+}
 
 #[derive(Debug)]
 pub struct AckGate {
@@ -46,6 +73,9 @@ pub struct AckGate {
     spool: Arc<Mutex<Spool>>,
     /// Changes whenever a replica's holdings may have grown (a pass, an upload).
     progress: watch::Sender<u64>,
+    /// The groups waiting for their acknowledgement now: number → writes in it. A
+    /// watch, so a streamer can wait for them to be many.
+    waiting: watch::Sender<BTreeMap<u64, usize>>,
     /// Commits answered on the local commit alone after a timeout.
     pub fell_back: AtomicU64,
     /// Commits refused because a replica did not take them.
@@ -64,10 +94,12 @@ impl AckGate {
                     timeout,
                     fallback_local,
                     failing: AtomicBool::new(false),
+                    uploading: AtomicBool::new(false),
                 })
                 .collect(),
             spool,
             progress: watch::channel(0).0,
+            waiting: watch::channel(BTreeMap::new()).0,
             fell_back: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         }
@@ -82,9 +114,52 @@ impl AckGate {
         self.acking.iter().any(|a| a.name == replica)
     }
 
-    /// The DbWriter committed a group: its number, to wait for.
-    pub fn committed(&self) -> u64 {
-        self.committed.fetch_add(1, Ordering::AcqRel) + 1
+    /// The DbWriter committed a group in which `requests` writes wait: its number, to
+    /// wait for, and what counts them as waiting until it is dropped.
+    pub fn committed(self: &Arc<Self>, requests: usize) -> (u64, Waiting) {
+        let mut n = 0;
+        self.waiting.send_modify(|groups| {
+            // Numbered under the watch's lock, so groups enter it in order.
+            n = self.committed.fetch_add(1, Ordering::AcqRel) + 1;
+            groups.insert(n, requests);
+        });
+        (
+            n,
+            Waiting {
+                gate: self.clone(),
+                group: n,
+            },
+        )
+    }
+
+    /// How many writes wait for their acknowledgement now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.borrow().values().sum()
+    }
+
+    /// Returns once at least `writes` writes wait in groups some `ack_writes` replica
+    /// does not hold yet (writes already held but not yet answered do not count), or
+    /// after `within`.
+    pub async fn until_waiting(&self, writes: usize, within: Duration) {
+        let mut waiting = self.waiting.subscribe();
+        let enough = |groups: &BTreeMap<u64, usize>| {
+            let held = self.held_by_all();
+            groups.range(held + 1..).map(|(_, w)| w).sum::<usize>() >= writes
+        };
+        let _ = tokio::time::timeout(within, waiting.wait_for(enough)).await;
+    }
+
+    /// The last group every `ack_writes` replica holds.
+    fn held_by_all(&self) -> u64 {
+        match self.spool.lock() {
+            Ok(spool) => self
+                .acking
+                .iter()
+                .map(|a| spool.acknowledged(&a.name))
+                .min()
+                .unwrap_or(0),
+            Err(_) => 0,
+        }
     }
 
     /// Read by a tailer pass before it pins: every commit up to this is in the pass.
@@ -102,6 +177,25 @@ impl AckGate {
             a.failing.store(failing, Ordering::Release);
         }
         self.progressed();
+    }
+
+    /// Marks `replica`'s streamer as uploading or not. A streamer that clears it asks
+    /// the tailer for a pass next, so a commit the tailer left for that pass is read.
+    pub(super) fn set_uploading(&self, replica: &str, uploading: bool) {
+        if let Some(a) = self.acking.iter().find(|a| a.name == replica) {
+            a.uploading.store(uploading, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether every `ack_writes` replica is uploading now: a commit then waits for the
+    /// pass the first of them asks for when its upload ends, which no earlier pass
+    /// would let it skip (it could go up only in the upload after that one).
+    pub fn all_uploading(&self) -> bool {
+        self.is_active()
+            && self
+                .acking
+                .iter()
+                .all(|a| a.uploading.load(Ordering::SeqCst))
     }
 
     /// The `ack_writes` replicas whose uploads are failing now, for health.

@@ -5,7 +5,9 @@
 //!
 //! - The **tailer thread** owns the [`Tailer`] and its [read pin](crate::db::pin). It
 //!   makes a pass when the DbWriter says it committed (at most every
-//!   [`MIN_PASS_GAP`]), when the DbWriter is about to checkpoint, and every tenth of the
+//!   [`MIN_PASS_GAP`]; at once when a replica has `ack_writes`, unless every such
+//!   replica is uploading and will ask for the pass as its upload ends, see
+//!   [`super::ack`]), when the DbWriter is about to checkpoint, and every tenth of the
 //!   shortest sync interval in any case (at least [`MIN_PASS_GAP`] apart), which is how
 //!   commits of a direct writer (Healarr on its own connection) are found: so they wait
 //!   at most that long more than the DbWriter's for their upload. A pass that finds
@@ -125,13 +127,20 @@ impl crate::writer::replication::Replication for ReplicationLink {
         ReplicationLink::after_checkpoint(self, wait)
     }
 
-    fn acknowledgement(&self) -> Option<crate::writer::replication::Acknowledgement> {
+    fn acknowledgement(
+        &self,
+        requests: usize,
+    ) -> Option<crate::writer::replication::Acknowledgement> {
         if !self.gate.is_active() {
             return None;
         }
         let gate = self.gate.clone();
-        let n = gate.committed();
-        Some(Box::pin(async move { gate.wait(n).await.map(|_| ()) }))
+        let (n, waiting) = gate.committed(requests);
+        Some(Box::pin(async move {
+            let answered = gate.wait(n).await.map(|_| ());
+            drop(waiting);
+            answered
+        }))
     }
 }
 
@@ -374,8 +383,10 @@ impl Tailing {
             };
             match inbox.recv_timeout(wait) {
                 Ok(Message::Committed) => {
-                    if released_until.is_none() {
-                        // A commit waiting for its acknowledgement is read at once.
+                    // A commit waiting for its acknowledgement is read at once, unless
+                    // every replica it waits for is uploading: each asks for a pass
+                    // when its upload ends, and this commit goes up after that.
+                    if released_until.is_none() && !self.gate.all_uploading() {
                         let gap = if self.gate.is_active() {
                             Duration::ZERO
                         } else {

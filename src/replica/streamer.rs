@@ -56,7 +56,8 @@ pub struct Streamer {
     pub compact_every: Duration,
     /// Writes waiting for this replica, when it has `ack_writes`.
     pub gate: Arc<AckGate>,
-    /// Asks the tailer for a pass right before a paced upload.
+    /// Asks the tailer for a pass right before a paced upload, and right after each
+    /// upload of a replica acknowledging writes.
     pub tailer: TailerNudge,
     /// Cancelled when the stop begins: drain, then end.
     pub drain: CancellationToken,
@@ -118,17 +119,29 @@ impl Streamer {
             // Taken after the wait and a pass: every commit made by now goes up with
             // it (a direct writer's are otherwise found only at the tailer's next poll,
             // and would wait for the next upload). A replica acknowledging writes needs
-            // no pass: the tailer reads those commits at once.
+            // no pass here: the tailer reads those commits at once, or in the pass
+            // asked for as the upload before ended.
             if paced {
                 self.tailer.pass_before_upload().await;
             }
             let Some(work) = self.next_work() else {
                 continue;
             };
+            let acking = !draining && !paced;
+            self.gate.set_uploading(&name, acking);
             let outcome = tokio::select! {
                 () = self.cancel.cancelled() => Err(ReplicaError::Cancelled),
                 outcome = self.upload(work, &ledger, &mut lease_held) => outcome,
             };
+            if acking {
+                if outcome.is_ok() {
+                    self.gather(&name, started.elapsed()).await;
+                }
+                // The tailer left the commits made during the upload and the gathering
+                // to this pass (`AckGate::all_uploading`): they go up next, as one piece.
+                self.gate.set_uploading(&name, false);
+                self.tailer.pass_before_upload().await;
+            }
             match outcome {
                 Ok(()) => {
                     retry = FIRST_RETRY;
@@ -160,6 +173,23 @@ impl Streamer {
         }
         super::shipper::release_lease(&self.lease, &self.replica).await;
         tracing::debug!(replica = %name, "streamer stopped");
+    }
+
+    /// After an upload that acknowledges writes: answers them, then waits a moment for
+    /// the next writes of the writers it freed. A writer that writes again as soon as
+    /// it is answered (a client in a loop, a worker with a queue) would otherwise just
+    /// miss the next upload, which begins at once with what was committed meanwhile,
+    /// and wait for the one after: two uploads per write. Waiting until as many writes
+    /// wait as did when this upload ended lets the next one carry theirs too, so each
+    /// upload carries about every writer and each write waits about one upload. The
+    /// wait ends at half the time the upload took, so a write that nothing follows is
+    /// held back by at most that.
+    async fn gather(&self, name: &str, upload_took: Duration) {
+        let writers = self.gate.waiting();
+        self.gate.set_failing(name, false);
+        let began = Instant::now();
+        self.gate.until_waiting(writers, upload_took / 2).await;
+        tracing::debug!(replica = %name, writers, waiting = self.gate.waiting(), waited_ms = began.elapsed().as_secs_f64() * 1e3, "writes gathered for the next upload");
     }
 
     fn spool_root(&self) -> PathBuf {
@@ -287,7 +317,13 @@ impl Streamer {
                 let pieces = within_upload_limit(pieces);
                 let generation = pieces[0].header.generation.clone();
                 let began = Instant::now();
-                let uploaded = upload_pieces(&self.replica, &pieces, ledger).await;
+                let uploaded = upload_pieces(
+                    &self.replica,
+                    &pieces,
+                    ledger,
+                    stream::Compression::AsSpooled,
+                )
+                .await;
                 if let Err(e @ ReplicaError::Segment(_)) = uploaded {
                     self.end_at_unreadable(pieces).await;
                     return Err(e);
@@ -370,12 +406,13 @@ pub(super) async fn upload_pieces(
     replica: &super::Replica,
     pieces: &[Piece],
     ledger: &Ledger,
+    compression: stream::Compression,
 ) -> Result<(segment::SegmentHeader, super::codec::Written), ReplicaError> {
     let paths: Vec<PathBuf> = pieces.iter().map(|p| p.path.clone()).collect();
     let header = match pieces {
         [one] => one.header.clone(),
         _ => stream::joined_header(paths.clone()).await?,
     };
-    let written = stream::upload_segment(replica, paths, &header, ledger).await?;
+    let written = stream::upload_segment(replica, paths, &header, ledger, compression).await?;
     Ok((header, written))
 }

@@ -148,17 +148,24 @@ impl DbWriter {
     /// Answers a committed group: at once, or, when a replica acknowledges writes,
     /// once it holds the commit (off the actor, which goes on committing).
     fn answer(&self, run: Vec<Batched>) {
-        let Some(wait) = self.replication.as_ref().and_then(|r| r.acknowledgement()) else {
-            for request in run {
-                request.finish();
-            }
-            return;
-        };
         let (run, now): (Vec<Batched>, Vec<Batched>) =
             run.into_iter().partition(Batched::waits_for_replicas);
         for request in now {
             request.finish();
         }
+        if run.is_empty() {
+            return;
+        }
+        let wait = self
+            .replication
+            .as_ref()
+            .and_then(|r| r.acknowledgement(run.len()));
+        let Some(wait) = wait else {
+            for request in run {
+                request.finish();
+            }
+            return;
+        };
         actix::spawn(async move {
             match wait.await {
                 Ok(()) => {

@@ -27,7 +27,8 @@ pub trait Replication: Send {
     /// Blocks, at most `wait`, until replication holds nothing of what the checkpoint
     /// copied back. Answers whether it did.
     fn after_checkpoint(&self, wait: Duration) -> bool;
-    /// For a group commit just made: `None` when it is acknowledged on its local
-    /// commit, else the wait for the replicas that acknowledge writes.
-    fn acknowledgement(&self) -> Option<Acknowledgement>;
+    /// For a group commit just made, in which `requests` writes wait for it: `None`
+    /// when it is acknowledged on its local commit, else the wait for the replicas
+    /// that acknowledge writes.
+    fn acknowledgement(&self, requests: usize) -> Option<Acknowledgement>;
 }

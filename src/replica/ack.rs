@@ -21,12 +21,14 @@
 //! tailer pass too: while every such replica is uploading, a commit does not make the
 //! tailer pass at once ([`AckGate::all_uploading`]); each streamer asks for a pass as
 //! its upload ends, which spools every commit made meanwhile as one piece, uploaded
-//! as it is (no join of several pieces to read first). Under load that is one piece
+//! alone (no join of several pieces to read first). Under load that is one piece
 //! file, and one pass's fsyncs, per upload instead of per group commit. Before that
 //! pass the streamer waits a moment for the writers the upload just answered to come
 //! back with their next writes ([`AckGate::until_waiting`], at most half the upload's
-//! time), so that writers in a loop share one upload instead of alternating between
-//! two.
+//! time and [`GATHER_LIMIT`]), so that writers in a loop share one upload instead of
+//! alternating between two.
+//!
+//! [`GATHER_LIMIT`]: super::streamer::GATHER_LIMIT
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -141,12 +143,25 @@ impl AckGate {
     /// does not hold yet (writes already held but not yet answered do not count), or
     /// after `within`.
     pub async fn until_waiting(&self, writes: usize, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
         let mut waiting = self.waiting.subscribe();
-        let enough = |groups: &BTreeMap<u64, usize>| {
+        loop {
+            // The spool's lock is not taken under the watch's, which the DbWriter
+            // takes at every group commit.
             let held = self.held_by_all();
-            groups.range(held + 1..).map(|(_, w)| w).sum::<usize>() >= writes
-        };
-        let _ = tokio::time::timeout(within, waiting.wait_for(enough)).await;
+            let unheld: usize = waiting
+                .borrow_and_update()
+                .range(held + 1..)
+                .map(|(_, w)| w)
+                .sum();
+            if unheld >= writes {
+                return;
+            }
+            tokio::select! {
+                changed = waiting.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep_until(deadline) => return,
+            }
+        }
     }
 
     /// The last group every `ack_writes` replica holds.

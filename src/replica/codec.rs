@@ -193,50 +193,6 @@ impl Sealed<'_> {
         parts: mpsc::Sender<Bytes>,
         fill: impl FnOnce(&mut dyn Write) -> Result<(), ReplicaError>,
     ) -> Result<Written, ReplicaError> {
-        self.seal(parts, |sealing| {
-            let compressor = || -> io::Result<zstd::stream::write::Encoder<'static, Sealing>> {
-                let mut zstd = zstd::stream::write::Encoder::new(sealing, ZSTD_LEVEL)?;
-                // Known in advance, the size lets zstd fit its window (and so its
-                // memory) to a small input; its worker threads pay off only on a large
-                // one, and each holds buffers of several MB.
-                zstd.set_pledged_src_size(Some(self.length))?;
-                let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-                if workers > 1 && self.length >= MULTITHREAD_FROM_BYTES {
-                    zstd.multithread(workers as u32)?;
-                    // Each job's input and output are buffered; zstd's default job (8
-                    // MiB at this level) makes that about 70 MB with two workers.
-                    zstd.set_parameter(zstd::stream::raw::CParameter::JobSize(
-                        MULTITHREAD_JOB_BYTES,
-                    ))?;
-                }
-                Ok(zstd)
-            };
-            let mut zstd = compressor().map_err(ReplicaError::io(self.what))?;
-            fill(&mut zstd)?;
-            zstd.finish().map_err(ReplicaError::io(self.what))
-        })
-    }
-
-    /// Encrypts what `fill` writes, which is compressed already (zstd frames, such as
-    /// a spooled piece's), into parts sent on `parts`: the same stored form as
-    /// [`Sealed::encode`], without compressing again. Blocking.
-    pub fn encode_compressed(
-        &self,
-        parts: mpsc::Sender<Bytes>,
-        fill: impl FnOnce(&mut dyn Write) -> Result<(), ReplicaError>,
-    ) -> Result<Written, ReplicaError> {
-        self.seal(parts, |mut sealing| {
-            fill(&mut sealing)?;
-            Ok(sealing)
-        })
-    }
-
-    /// The layers under zstd: `compress` writes into them and hands them back.
-    fn seal(
-        &self,
-        parts: mpsc::Sender<Bytes>,
-        compress: impl FnOnce(Sealing) -> Result<Sealing, ReplicaError>,
-    ) -> Result<Written, ReplicaError> {
         let io = ReplicaError::io(self.what);
         let sink = PartSink {
             part: Vec::with_capacity(self.part_size),
@@ -259,8 +215,26 @@ impl Sealed<'_> {
                 )
             }
         };
-        let sealing = compress(sealing)?;
-        let finished = || -> io::Result<Written> { sealing.finish()?.finish() };
+        let compressor = || -> io::Result<zstd::stream::write::Encoder<'static, Sealing>> {
+            let mut zstd = zstd::stream::write::Encoder::new(sealing, ZSTD_LEVEL)?;
+            // Known in advance, the size lets zstd fit its window (and so its memory)
+            // to a small input; its worker threads pay off only on a large one, and
+            // each holds buffers of several MB.
+            zstd.set_pledged_src_size(Some(self.length))?;
+            let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+            if workers > 1 && self.length >= MULTITHREAD_FROM_BYTES {
+                zstd.multithread(workers as u32)?;
+                // Each job's input and output are buffered; zstd's default job (8 MiB
+                // at this level) makes that about 70 MB with two workers.
+                zstd.set_parameter(zstd::stream::raw::CParameter::JobSize(
+                    MULTITHREAD_JOB_BYTES,
+                ))?;
+            }
+            Ok(zstd)
+        };
+        let mut zstd = compressor().map_err(ReplicaError::io(self.what))?;
+        fill(&mut zstd)?;
+        let finished = || -> io::Result<Written> { zstd.finish()?.finish()?.finish() };
         finished().map_err(io)
     }
 }

@@ -28,7 +28,6 @@ use object_store::ObjectStoreExt;
 
 use super::segment::Position;
 use super::spool::{poisoned, Piece, Spool};
-use super::stream::Compression;
 use super::stream::{self, SegmentObject};
 use super::streamer::{upload_pieces, MERGE_LIMIT_BYTES};
 use super::uploads::Ledger;
@@ -151,8 +150,7 @@ pub async fn compact(
             let (first, last) = (first.first, last.last);
             if run.len() > 1 {
                 if let Some(parts) = pieces_of(&pieces, first, last) {
-                    let (header, sent) =
-                        upload_pieces(replica, &parts, ledger, Compression::Again).await?;
+                    let (header, sent) = upload_pieces(replica, &parts, ledger).await?;
                     done.bytes += sent.bytes;
                     done.merged += 1;
                     for segment in &run {

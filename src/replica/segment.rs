@@ -728,13 +728,7 @@ pub fn write_joined<R: BufRead>(
         out.write_all(frame_header)?;
         out.write_all(page)
     })?;
-    is_joined_header(header, &headers)
-}
-
-/// Whether `header` is the header of the segments whose headers are `parts`, joined
-/// (their digest aside, which the frames were checked against).
-fn is_joined_header(header: &SegmentHeader, parts: &[SegmentHeader]) -> Result<(), SegmentError> {
-    let mut joined = join_headers(parts)?;
+    let mut joined = join_headers(&headers)?;
     joined.frames_sha256.clone_from(&header.frames_sha256);
     if joined != *header {
         return Err(SegmentError::Bad {
@@ -743,93 +737,6 @@ fn is_joined_header(header: &SegmentHeader, parts: &[SegmentHeader]) -> Result<(
         });
     }
     Ok(())
-}
-
-/// Writes spooled pieces joined end to end as one segment *already compressed*: a zstd
-/// frame holding the magic line and `header`'s line, then each piece's compressed
-/// frames exactly as spooled. A zstd stream may be several frames, decompressed one
-/// after the other (RFC 8878, section 3), so this decompresses to exactly what
-/// [`write_joined`] writes, and nothing is compressed again but the header line.
-/// Every piece is read once: its bytes are copied as they are read and checked on the
-/// way (each frame's checksum, its digest, the chain from one piece to the next), and
-/// `header` must be the one of the pieces joined, as in [`write_joined`].
-pub fn copy_pieces_joined(
-    pieces: &[std::path::PathBuf],
-    header: &SegmentHeader,
-    out: &mut (impl Write + ?Sized),
-) -> Result<(), SegmentError> {
-    let io = |what: &dyn std::fmt::Display| {
-        let what = what.to_string();
-        move |source| SegmentError::Io { what, source }
-    };
-    let name = format!("segment {}", header.name());
-    let mut plain = MAGIC.to_vec();
-    plain.extend_from_slice(&header.line()?);
-    let first = zstd::bulk::compress(&plain, PIECE_ZSTD_LEVEL).map_err(io(&name))?;
-    out.write_all(&first).map_err(io(&name))?;
-    let mut previous: Option<ChainEnd> = None;
-    let mut headers = Vec::new();
-    for path in pieces {
-        let what = path.display();
-        let mut file = std::fs::File::open(path).map_err(io(&what))?;
-        let body_at = piece_body_offset(&mut file, &what.to_string())?;
-        let copying = Copying {
-            file,
-            out: &mut *out,
-            skip: body_at,
-        };
-        let mut piece = SegmentReader::new(io::BufReader::new(copying), &what.to_string())?;
-        if !matches!(piece.input, Body::Zstd(_)) {
-            return Err(
-                piece.bad("it is not a spooled piece (its frames are not compressed)".into())
-            );
-        }
-        if let Some(end) = &previous {
-            piece.header.follows(end)?;
-        }
-        while piece.next_frame()?.is_some() {}
-        previous = piece.end();
-        headers.push(piece.header);
-    }
-    is_joined_header(header, &headers)
-}
-
-/// Where a piece's compressed frames begin: after its magic line and header line.
-fn piece_body_offset(file: &mut std::fs::File, what: &str) -> Result<u64, SegmentError> {
-    let io = |source| SegmentError::Io {
-        what: what.to_string(),
-        source,
-    };
-    let mut lines = io::BufReader::new(&mut *file);
-    let mut skipped = 0;
-    for bound in [PIECE_MAGIC.len(), MAX_HEADER_BYTES] {
-        let mut line = Vec::new();
-        skipped += (&mut lines)
-            .take(bound as u64)
-            .read_until(b'\n', &mut line)
-            .map_err(io)? as u64;
-    }
-    file.seek(SeekFrom::Start(0)).map_err(io)?;
-    Ok(skipped)
-}
-
-/// Reads a piece file and copies every byte from `skip` on (its compressed frames) to
-/// `out` as it is read: what is checked is what is copied.
-struct Copying<'a, W: Write + ?Sized> {
-    file: std::fs::File,
-    out: &'a mut W,
-    /// Bytes still to read before the copy begins.
-    skip: u64,
-}
-
-impl<W: Write + ?Sized> Read for Copying<'_, W> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.file.read(buf)?;
-        let skipped = (self.skip.min(n as u64)) as usize;
-        self.skip -= skipped as u64;
-        self.out.write_all(&buf[skipped..n])?;
-        Ok(n)
-    }
 }
 
 impl Frame<'_> {
@@ -1084,35 +991,9 @@ mod tests {
                 let header = joined_with_digest(readers()).expect("first read");
                 let mut out = Vec::new();
                 write_joined(readers(), &header, &mut out).expect("merge");
-                assert_eq!(
-                    copied_and_decompressed(chunk, &header).expect("copied"),
-                    out,
-                    "the pieces' compressed frames copied decompress to the merge"
-                );
                 out
             })
             .collect()
-    }
-
-    /// `pieces` joined by [`copy_pieces_joined`] (from files, as the spool keeps
-    /// them), then decompressed as a restore does.
-    fn copied_and_decompressed(
-        pieces: &[Vec<u8>],
-        header: &SegmentHeader,
-    ) -> Result<Vec<u8>, SegmentError> {
-        let dir = tempfile::tempdir().expect("dir");
-        let paths: Vec<PathBuf> = pieces
-            .iter()
-            .enumerate()
-            .map(|(i, bytes)| {
-                let path = dir.path().join(format!("{i}.seg"));
-                std::fs::write(&path, bytes).expect("piece file");
-                path
-            })
-            .collect();
-        let mut compressed = Vec::new();
-        copy_pieces_joined(&paths, header, &mut compressed)?;
-        Ok(zstd::stream::decode_all(&compressed[..]).expect("a zstd stream"))
     }
 
     /// The pieces as uploaded: each one a plain segment.
@@ -1256,28 +1137,6 @@ mod tests {
         let mut cut = pieces;
         cut[1].truncate(body + 10);
         assert!(apply_all(dir.path(), &snapshot, &cut).is_err());
-    }
-
-    /// A live upload copies a piece's compressed frames as they are: a piece damaged
-    /// on disk is refused there too, and so is a plain segment (its frames are not
-    /// compressed, so copying them would store them uncompressed).
-    #[test]
-    fn a_damaged_piece_is_not_copied_into_an_upload() {
-        let dir = tempfile::tempdir().expect("dir");
-        let (_, pieces) = three_segments(dir.path());
-        let header = |piece: &[u8]| SegmentReader::new(piece, "piece").expect("reads").header;
-        let intact = header(&pieces[1]);
-        assert!(copied_and_decompressed(&pieces[1..2], &intact).is_ok());
-        let mut damaged = pieces[1].clone();
-        let at = damaged.len() - 30;
-        damaged[at] ^= 0x40;
-        assert!(copied_and_decompressed(&[damaged], &intact).is_err());
-        let plain = plain(&pieces[1..2]);
-        let err = copied_and_decompressed(&plain, &intact).expect_err("refused");
-        assert!(err.to_string().contains("not a spooled piece"), "{err}");
-        let err = copied_and_decompressed(&pieces[1..2], &header(&pieces[2]))
-            .expect_err("another piece's header");
-        assert!(err.to_string().contains("not the one"), "{err}");
     }
 
     #[test]

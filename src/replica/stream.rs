@@ -226,27 +226,14 @@ pub async fn upload_snapshot(
     Ok(written)
 }
 
-/// How an uploaded segment's frames are compressed. Either way the object decrypts and
-/// decompresses to the same plain segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    /// The spooled pieces' own zstd frames, copied as they are
-    /// ([`segment::copy_pieces_joined`]): a live upload compresses nothing twice.
-    AsSpooled,
-    /// Once more, as one zstd stream at the copies' level: what compaction does, since
-    /// pages repeated from one piece to the next then compress together.
-    Again,
-}
-
-/// Uploads the segment `header` describes, made of the spooled pieces `parts` joined
-/// ([`segment::write_joined`]): one piece under its own header, or several under the
-/// header [`joined_header`] made of them.
+/// Uploads the segment `header` describes, made of the segment files `parts` joined
+/// ([`segment::write_joined`]): one spooled piece under its own header, or several
+/// under the header [`joined_header`] made of them.
 pub async fn upload_segment(
     replica: &Replica,
     parts: Vec<PathBuf>,
     header: &SegmentHeader,
     ledger: &Ledger,
-    compression: Compression,
 ) -> Result<Written, ReplicaError> {
     let settings = &replica.settings;
     let object = replica
@@ -259,6 +246,10 @@ pub async fn upload_segment(
     let recipients = settings.recipients();
     let part_size = settings.part_size_bytes();
     upload_encoded(replica, &object, ledger, &what.clone(), move |sent| {
+        // Several were read and their digests checked by `joined_header` already.
+        let checked = parts.len() > 1;
+        let readers = segment_files(&parts)
+            .map(|reader| reader.map(|r| if checked { r.checked_already() } else { r }));
         let sealed = codec::Sealed {
             what: &what,
             length,
@@ -266,20 +257,9 @@ pub async fn upload_segment(
             recipients: &recipients,
             part_size,
         };
-        match compression {
-            Compression::AsSpooled => sealed.encode_compressed(sent, |out| {
-                Ok(segment::copy_pieces_joined(&parts, &header, out)?)
-            }),
-            Compression::Again => {
-                // Several were read and their digests checked by `joined_header` already.
-                let checked = parts.len() > 1;
-                let readers = segment_files(&parts)
-                    .map(|reader| reader.map(|r| if checked { r.checked_already() } else { r }));
-                sealed.encode(sent, |out| {
-                    Ok(segment::write_joined(readers, &header, out)?)
-                })
-            }
-        }
+        sealed.encode(sent, |out| {
+            Ok(segment::write_joined(readers, &header, out)?)
+        })
     })
     .await
 }
@@ -1348,15 +1328,9 @@ mod tests {
         let header = SegmentReader::new(BufReader::new(&bytes[..]), "damaged")
             .expect("the header still reads")
             .header;
-        let err = upload_segment(
-            &replica,
-            vec![path.clone()],
-            &header,
-            &ledger,
-            Compression::AsSpooled,
-        )
-        .await
-        .expect_err("refused");
+        let err = upload_segment(&replica, vec![path.clone()], &header, &ledger)
+            .await
+            .expect_err("refused");
         assert!(err.to_string().contains("SHA-256"), "{err}");
         let both = vec![pieces[0].1.clone(), path];
         let err = joined_header(both).await.expect_err("refused");
@@ -1368,15 +1342,9 @@ mod tests {
                 .is_empty(),
             "nothing was stored"
         );
-        upload_segment(
-            &replica,
-            vec![pieces[0].1.clone()],
-            &pieces[0].0,
-            &ledger,
-            Compression::AsSpooled,
-        )
-        .await
-        .expect("the intact piece goes");
+        upload_segment(&replica, vec![pieces[0].1.clone()], &pieces[0].0, &ledger)
+            .await
+            .expect("the intact piece goes");
         assert_eq!(
             list_segments(&replica, &info.generation)
                 .await
@@ -1389,7 +1357,7 @@ mod tests {
     async fn ship_pass(replica: &Replica, tailer: &mut Tailer, at: DateTime<Utc>, ledger: &Ledger) {
         match tailer.pass(at).expect("pass") {
             Pass::Spooled { header, path } => {
-                upload_segment(replica, vec![path], &header, ledger, Compression::AsSpooled)
+                upload_segment(replica, vec![path], &header, ledger)
                     .await
                     .expect("segment uploaded");
             }

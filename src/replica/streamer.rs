@@ -45,6 +45,9 @@ pub(super) const MERGE_LIMIT_BYTES: u64 = 64 << 20;
 /// writer appends in a second (~105 MB at ~1,900 commits/s in BENCHMARKS.md). A replica
 /// further behind catches up in several uploads.
 const UPLOAD_LIMIT_BYTES: u64 = 512 << 20;
+/// The longest an `ack_writes` replica waits after an upload for the writers it
+/// answered to write again ([`Streamer::gather`]), however long the upload took.
+pub const GATHER_LIMIT: Duration = Duration::from_millis(100);
 
 pub struct Streamer {
     pub replica: Replica,
@@ -128,13 +131,14 @@ impl Streamer {
                 continue;
             };
             let acking = !draining && !paced;
+            let segments = matches!(work, Work::Segments { .. });
             self.gate.set_uploading(&name, acking);
             let outcome = tokio::select! {
                 () = self.cancel.cancelled() => Err(ReplicaError::Cancelled),
                 outcome = self.upload(work, &ledger, &mut lease_held) => outcome,
             };
             if acking {
-                if outcome.is_ok() {
+                if outcome.is_ok() && segments {
                     self.gather(&name, started.elapsed()).await;
                 }
                 // The tailer left the commits made during the upload and the gathering
@@ -182,13 +186,14 @@ impl Streamer {
     /// and wait for the one after: two uploads per write. Waiting until as many writes
     /// wait as did when this upload ended lets the next one carry theirs too, so each
     /// upload carries about every writer and each write waits about one upload. The
-    /// wait ends at half the time the upload took, so a write that nothing follows is
-    /// held back by at most that.
+    /// wait ends at half the time the upload took (and at [`GATHER_LIMIT`]), so a
+    /// write that nothing follows is held back by at most that.
     async fn gather(&self, name: &str, upload_took: Duration) {
         let writers = self.gate.waiting();
         self.gate.set_failing(name, false);
         let began = Instant::now();
-        self.gate.until_waiting(writers, upload_took / 2).await;
+        let within = (upload_took / 2).min(GATHER_LIMIT);
+        self.gate.until_waiting(writers, within).await;
         tracing::debug!(replica = %name, writers, waiting = self.gate.waiting(), waited_ms = began.elapsed().as_secs_f64() * 1e3, "writes gathered for the next upload");
     }
 
@@ -317,13 +322,7 @@ impl Streamer {
                 let pieces = within_upload_limit(pieces);
                 let generation = pieces[0].header.generation.clone();
                 let began = Instant::now();
-                let uploaded = upload_pieces(
-                    &self.replica,
-                    &pieces,
-                    ledger,
-                    stream::Compression::AsSpooled,
-                )
-                .await;
+                let uploaded = upload_pieces(&self.replica, &pieces, ledger).await;
                 if let Err(e @ ReplicaError::Segment(_)) = uploaded {
                     self.end_at_unreadable(pieces).await;
                     return Err(e);
@@ -406,13 +405,12 @@ pub(super) async fn upload_pieces(
     replica: &super::Replica,
     pieces: &[Piece],
     ledger: &Ledger,
-    compression: stream::Compression,
 ) -> Result<(segment::SegmentHeader, super::codec::Written), ReplicaError> {
     let paths: Vec<PathBuf> = pieces.iter().map(|p| p.path.clone()).collect();
     let header = match pieces {
         [one] => one.header.clone(),
         _ => stream::joined_header(paths.clone()).await?,
     };
-    let written = stream::upload_segment(replica, paths, &header, ledger, compression).await?;
+    let written = stream::upload_segment(replica, paths, &header, ledger).await?;
     Ok((header, written))
 }

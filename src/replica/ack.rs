@@ -140,9 +140,9 @@ impl AckGate {
     }
 
     /// Returns once at least `writes` writes wait in groups some `ack_writes` replica
-    /// does not hold yet (writes already held but not yet answered do not count), or
-    /// after `within`.
-    pub async fn until_waiting(&self, writes: usize, within: Duration) {
+    /// does not hold yet (writes already held but not yet answered do not count):
+    /// `true`; or after `within`: `false`.
+    pub async fn until_waiting(&self, writes: usize, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
         let mut waiting = self.waiting.subscribe();
         loop {
@@ -155,11 +155,11 @@ impl AckGate {
                 .map(|(_, w)| w)
                 .sum();
             if unheld >= writes {
-                return;
+                return true;
             }
             tokio::select! {
-                changed = waiting.changed() => if changed.is_err() { return },
-                () = tokio::time::sleep_until(deadline) => return,
+                changed = waiting.changed() => if changed.is_err() { return false },
+                () = tokio::time::sleep_until(deadline) => return false,
             }
         }
     }
@@ -275,5 +275,75 @@ impl AckGate {
             // Nothing can be known to be held: never a false acknowledgement.
             Err(_) => self.acking.first(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::tailer::tests::{database, insert, tailer};
+    use crate::replica::tailer::Pass;
+    use chrono::Utc;
+
+    /// The wait after an upload counts only writes whose groups the replica does not
+    /// hold yet, and ends as soon as a new group makes them enough.
+    #[tokio::test]
+    async fn the_wait_for_writers_counts_only_groups_not_yet_held() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (db, conn) = database(dir.path());
+        let mut spool =
+            Spool::load(&dir.path().join("spool"), &["nas".to_string()]).expect("spool");
+        let (mut tailer, info) = tailer(dir.path(), &db);
+        spool.begin(tailer.dir(), info.clone(), 0);
+        spool
+            .record("nas", &info.generation, |s| s.snapshot = true)
+            .expect("snapshot recorded");
+        let spool = Arc::new(Mutex::new(spool));
+        let gate = Arc::new(AckGate::new(
+            vec![("nas".to_string(), Duration::from_secs(10), false)],
+            spool.clone(),
+        ));
+        let mut pass = |covers: u64| {
+            insert(&conn, 2);
+            match tailer.pass(Utc::now()).expect("pass") {
+                Pass::Spooled { header, path } => {
+                    let last = header.last();
+                    spool.lock().expect("spool").add(header, path, covers);
+                    last
+                }
+                other => panic!("expected a piece, got {other:?}"),
+            }
+        };
+        // Group 1 (3 writes) is uploaded; group 2 (2 writes) is spooled, not uploaded.
+        let (one, _first) = gate.committed(3);
+        let through = pass(one);
+        let (two, _second) = gate.committed(2);
+        pass(two);
+        spool
+            .lock()
+            .expect("spool")
+            .record("nas", &info.generation, |s| s.through = through)
+            .expect("upload recorded");
+        assert_eq!(gate.held_by_all(), one);
+        assert_eq!(gate.waiting(), 5, "held or not, all five still wait");
+        assert!(
+            !gate.until_waiting(3, Duration::from_millis(50)).await,
+            "2 writes wait in a group not held: not 3"
+        );
+        assert!(gate.until_waiting(2, Duration::from_millis(50)).await);
+        let later = {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                gate.committed(1)
+            })
+        };
+        assert!(
+            gate.until_waiting(3, Duration::from_secs(5)).await,
+            "a third write, in a new group, ends the wait"
+        );
+        let (_, third) = later.await.expect("task");
+        drop(third);
+        assert_eq!(gate.waiting(), 5, "an answered group no longer waits");
     }
 }

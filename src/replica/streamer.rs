@@ -193,8 +193,8 @@ impl Streamer {
         self.gate.set_failing(name, false);
         let began = Instant::now();
         let within = (upload_took / 2).min(GATHER_LIMIT);
-        self.gate.until_waiting(writers, within).await;
-        tracing::debug!(replica = %name, writers, waiting = self.gate.waiting(), waited_ms = began.elapsed().as_secs_f64() * 1e3, "writes gathered for the next upload");
+        let all_back = self.gate.until_waiting(writers, within).await;
+        tracing::debug!(replica = %name, writers, all_back, waited_ms = began.elapsed().as_secs_f64() * 1e3, "writes gathered for the next upload");
     }
 
     fn spool_root(&self) -> PathBuf {

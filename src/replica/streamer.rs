@@ -137,9 +137,16 @@ impl Streamer {
                 () = self.cancel.cancelled() => Err(ReplicaError::Cancelled),
                 outcome = self.upload(work, &ledger, &mut lease_held) => outcome,
             };
+            // Sampled before this upload's writes are answered: the writers that may
+            // come back for the next one.
+            let writers = self.gate.waiting();
+            if outcome.is_ok() {
+                // Answers the writes this upload holds (and clears a failure).
+                self.gate.set_failing(&name, false);
+            }
             if acking {
                 if outcome.is_ok() && segments {
-                    self.gather(&name, started.elapsed()).await;
+                    self.gather(&name, writers, started.elapsed()).await;
                 }
                 // The tailer left the commits made during the upload and the gathering
                 // to this pass (`AckGate::all_uploading`): they go up next, as one piece.
@@ -150,7 +157,6 @@ impl Streamer {
                 Ok(()) => {
                     retry = FIRST_RETRY;
                     last_upload = Some(started);
-                    self.gate.set_failing(&name, false);
                 }
                 Err(ReplicaError::Cancelled) => break,
                 Err(e) => {
@@ -179,8 +185,8 @@ impl Streamer {
         tracing::debug!(replica = %name, "streamer stopped");
     }
 
-    /// After an upload that acknowledges writes: answers them, then waits a moment for
-    /// the next writes of the writers it freed. A writer that writes again as soon as
+    /// After an upload that acknowledged writes (`writers` waited as it ended): waits
+    /// a moment for the next writes of the writers it freed. A writer that writes again as soon as
     /// it is answered (a client in a loop, a worker with a queue) would otherwise just
     /// miss the next upload, which begins at once with what was committed meanwhile,
     /// and wait for the one after: two uploads per write. Waiting until as many writes
@@ -188,9 +194,7 @@ impl Streamer {
     /// upload carries about every writer and each write waits about one upload. The
     /// wait ends at half the time the upload took (and at [`GATHER_LIMIT`]), so a
     /// write that nothing follows is held back by at most that.
-    async fn gather(&self, name: &str, upload_took: Duration) {
-        let writers = self.gate.waiting();
-        self.gate.set_failing(name, false);
+    async fn gather(&self, name: &str, writers: usize, upload_took: Duration) {
         let began = Instant::now();
         let within = (upload_took / 2).min(GATHER_LIMIT);
         let all_back = self.gate.until_waiting(writers, within).await;

@@ -40,7 +40,8 @@ pub struct Pinned {
     /// after it (the snapshot is then at or before it). `None`: no WAL yet.
     pub index: Option<WalIndex>,
     pub exact: bool,
-    /// The highest event id in the pin's snapshot.
+    /// The highest event id ever assigned as of the pin's snapshot
+    /// ([`queries::event_id_counter`]).
     pub last_event_id: i64,
 }
 
@@ -64,7 +65,7 @@ impl ReadPin {
         for _ in 0..EXACT_TRIES {
             let before = walfile::read_wal_index(&self.database)?;
             conn.execute_batch("BEGIN DEFERRED")?;
-            let last_event_id = match queries::max_event_id(conn) {
+            let last_event_id = match queries::event_id_counter(conn) {
                 Ok(id) => id,
                 Err(e) => {
                     let _ = conn.execute_batch("ROLLBACK");
@@ -88,7 +89,7 @@ impl ReadPin {
             // Commits kept landing: pin anyway, at a snapshot not known exactly.
             _ => {
                 conn.execute_batch("BEGIN DEFERRED")?;
-                let last_event_id = queries::max_event_id(conn)?;
+                let last_event_id = queries::event_id_counter(conn)?;
                 Pinned {
                     index: walfile::read_wal_index(&self.database)?,
                     exact: false,

@@ -436,6 +436,19 @@ pub fn max_event_id(conn: &Connection) -> Result<i64, DbError> {
     Ok(conn.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?)
 }
 
+/// The highest event id ever assigned: the events table's AUTOINCREMENT counter
+/// (never lower than `max(id)`). Unlike `max(id)` it never goes back when the newest
+/// events are deleted, so a commit's value bounds every commit before it: what a
+/// restore to an event id relies on.
+pub fn event_id_counter(conn: &Connection) -> Result<i64, DbError> {
+    Ok(conn.query_row(
+        "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0), \
+                    coalesce((SELECT max(id) FROM events), 0))",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
 /// Number of events (replica manifests and drills compare it).
 pub fn event_count(conn: &Connection) -> Result<i64, DbError> {
     Ok(conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?)

@@ -24,7 +24,7 @@ use std::io::BufRead;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::segment::{ChainEnd, CommitRecord, SegmentError, SegmentReader};
+use super::segment::{ChainEnd, CommitRecord, Frame, SegmentError, SegmentHeader, SegmentReader};
 
 /// The page versions kept before they are written: at most this many bytes of pages.
 const WAITING_BYTES: usize = 32 << 20;
@@ -93,37 +93,56 @@ impl Applier {
         segment: &mut SegmentReader<R>,
         mut stop: impl FnMut(&CommitRecord, &mut Rebuilt) -> Result<bool, SegmentError>,
     ) -> Result<Applied, SegmentError> {
-        if let Some(previous) = &self.chain_end {
-            segment.header.follows(previous)?;
-        }
-        if segment.header.page_size as usize != self.db.page_size {
-            return Err(segment.bad(format!(
-                "page size {}, the database's is {}",
-                segment.header.page_size, self.db.page_size
-            )));
-        }
-        let commits = segment.header.commits.clone();
+        self.accepts(&segment.header)?;
+        let (name, commits) = (segment.header.name(), segment.header.commits.clone());
         let mut next_commit = commits.iter();
         while let Some(frame) = segment.next_frame()? {
             self.db.put(frame.header.page_number, frame.page)?;
-            if frame.header.is_commit() {
-                let record = next_commit
-                    .next()
-                    .filter(|c| c.at == frame.at && c.pages == frame.header.commit_pages)
-                    .cloned();
-                let at = frame.at;
-                let record = record.ok_or_else(|| {
-                    segment.bad(format!("frame {at} ends a commit the header does not list"))
-                })?;
+            if let Some(record) = listed_commit(&name, &mut next_commit, &frame)? {
                 self.db.commit(record.pages);
                 self.applied = Some(record.clone());
-                if stop(&record, &mut self.db)? {
+                if stop(record, &mut self.db)? {
                     return Ok(Applied::Stopped);
                 }
             }
         }
         self.chain_end = segment.end();
         Ok(Applied::Whole)
+    }
+
+    /// Applies every commit of a segment read whole into `pages`: the same file as
+    /// [`Applier::apply`] with no stop, from the newest version of each page alone.
+    pub fn apply_pages(&mut self, pages: &SegmentPages) -> Result<(), SegmentError> {
+        self.accepts(&pages.header)?;
+        // Pages from before that one of its commits cut off stay gone, as they would
+        // frame by frame; its own surviving pages are newer than any waiting.
+        self.db.commit(pages.least_pages);
+        let size = self.db.page_size;
+        for (&number, &slot) in &pages.slots {
+            self.db
+                .put(number, &pages.data[slot * size..(slot + 1) * size])?;
+        }
+        self.db.commit(pages.last.pages);
+        self.applied = Some(pages.last.clone());
+        self.chain_end = Some(pages.end.clone());
+        Ok(())
+    }
+
+    /// Checks that a segment goes on from the last one applied, in pages of this size.
+    fn accepts(&self, header: &SegmentHeader) -> Result<(), SegmentError> {
+        if let Some(previous) = &self.chain_end {
+            header.follows(previous)?;
+        }
+        if header.page_size as usize != self.db.page_size {
+            return Err(SegmentError::Bad {
+                segment: header.name(),
+                reason: format!(
+                    "page size {}, the database's is {}",
+                    header.page_size, self.db.page_size
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Writes the pages still waiting and makes the file durable: only then does it
@@ -227,6 +246,87 @@ impl Rebuilt {
         self.file_len = self.file_len.max(offset + self.run.len() as u64);
         self.run.clear();
         Ok(())
+    }
+}
+
+/// The commit `frame` ends, as the header lists it next; `None` for a frame inside a
+/// commit. A commit frame the header does not list next is an error.
+fn listed_commit<'c>(
+    segment: &str,
+    next_commit: &mut std::slice::Iter<'c, CommitRecord>,
+    frame: &Frame<'_>,
+) -> Result<Option<&'c CommitRecord>, SegmentError> {
+    if !frame.header.is_commit() {
+        return Ok(None);
+    }
+    next_commit
+        .next()
+        .filter(|c| c.at == frame.at && c.pages == frame.header.commit_pages)
+        .map(Some)
+        .ok_or_else(|| SegmentError::Bad {
+            segment: segment.to_string(),
+            reason: format!("frame {} ends a commit the header does not list", frame.at),
+        })
+}
+
+/// A segment read whole (every frame checked, as [`SegmentReader`] does) and kept as
+/// the newest version of each page its commits leave: what a restore that goes past
+/// the segment's end needs of it. A busy second's segment holds every version of the
+/// same few pages; this holds each once, so the segment is neither kept decoded nor
+/// read a second time.
+pub struct SegmentPages {
+    header: SegmentHeader,
+    end: ChainEnd,
+    last: CommitRecord,
+    /// The smallest size in pages any of its commits left.
+    least_pages: u32,
+    /// Page number → its slot in `data`.
+    slots: HashMap<u32, usize>,
+    data: Vec<u8>,
+}
+
+impl SegmentPages {
+    /// Reads `segment` to its end. `None` when its pages would need more than
+    /// `limit` bytes: the caller reads it frame by frame instead.
+    pub fn read<R: BufRead>(
+        mut segment: SegmentReader<R>,
+        limit: usize,
+    ) -> Result<Option<SegmentPages>, SegmentError> {
+        let size = segment.header.page_size as usize;
+        let (name, commits) = (segment.header.name(), segment.header.commits.clone());
+        let mut next_commit = commits.iter();
+        let mut slots: HashMap<u32, usize> = HashMap::new();
+        let mut data: Vec<u8> = Vec::new();
+        let mut least_pages = u32::MAX;
+        while let Some(frame) = segment.next_frame()? {
+            let number = frame.header.page_number;
+            match slots.get(&number) {
+                Some(&slot) => data[slot * size..(slot + 1) * size].copy_from_slice(frame.page),
+                None => {
+                    if data.len() + size > limit {
+                        return Ok(None);
+                    }
+                    slots.insert(number, data.len() / size);
+                    data.extend_from_slice(frame.page);
+                }
+            }
+            if let Some(record) = listed_commit(&name, &mut next_commit, &frame)? {
+                least_pages = least_pages.min(record.pages);
+                // A slot left behind is not reused: the limit counts it still.
+                slots.retain(|&n, _| n <= record.pages);
+            }
+        }
+        let (Some(end), Some(last)) = (segment.end(), commits.last().cloned()) else {
+            return Err(segment.bad("it ends without a commit".into()));
+        };
+        Ok(Some(SegmentPages {
+            header: segment.header,
+            end,
+            last,
+            least_pages,
+            slots,
+            data,
+        }))
     }
 }
 

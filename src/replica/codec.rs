@@ -278,8 +278,18 @@ pub fn decode(
     identities: &[age::x25519::Identity],
     out: &mut impl Write,
 ) -> Result<u64, ReplicaError> {
+    let mut plain = decoder(stored, encryption, identities)?;
+    io::copy(&mut plain, out).map_err(|e| ReplicaError::Decrypt(format!("{e}")))
+}
+
+/// `stored` decrypted (with `identities`) and decompressed, as it is read. Blocking.
+pub fn decoder<'a>(
+    stored: impl Read + 'a,
+    encryption: Encryption,
+    identities: &[age::x25519::Identity],
+) -> Result<Box<dyn Read + 'a>, ReplicaError> {
     let stored = BufReader::with_capacity(1 << 20, stored);
-    let plain: Box<dyn Read> = match encryption {
+    let plain: Box<dyn Read + 'a> = match encryption {
         Encryption::None => Box::new(stored),
         Encryption::Age => {
             let decryptor = age::Decryptor::new_buffered(stored)
@@ -291,9 +301,9 @@ pub fn decode(
             )
         }
     };
-    let mut zstd = zstd::stream::read::Decoder::new(plain)
+    let zstd = zstd::stream::read::Decoder::new(plain)
         .map_err(|e| ReplicaError::Decrypt(format!("zstd: {e}")))?;
-    io::copy(&mut zstd, out).map_err(|e| ReplicaError::Decrypt(format!("{e}")))
+    Ok(Box::new(zstd))
 }
 
 #[cfg(test)]

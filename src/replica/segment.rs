@@ -199,7 +199,7 @@ impl SegmentHeader {
     }
 
     /// Its header line: the JSON and a newline.
-    fn line(&self) -> Result<Vec<u8>, SegmentError> {
+    pub(crate) fn line(&self) -> Result<Vec<u8>, SegmentError> {
         self.check().map_err(|reason| SegmentError::Bad {
             segment: self.name(),
             reason,
@@ -605,6 +605,12 @@ impl<R: BufRead> SegmentReader<R> {
         }))
     }
 
+    /// The bytes after the header line, none read yet: a plain segment's frames as
+    /// stored (a piece's decompressed).
+    pub fn into_frames(self) -> impl Read {
+        self.input
+    }
+
     /// Reads every frame, checking each, to the end (where the SHA-256 is checked).
     pub fn read_through(mut self) -> Result<(), SegmentError> {
         while self.next_frame()?.is_some() {}
@@ -762,7 +768,7 @@ impl Frame<'_> {
 mod tests {
     use super::*;
     use crate::db::walfile::{read_wal_index, WalFile};
-    use crate::replica::applier::Applier;
+    use crate::replica::applier::{Applier, SegmentPages};
     use proptest::prelude::*;
     use rusqlite::Connection;
     use std::path::{Path, PathBuf};
@@ -937,13 +943,17 @@ mod tests {
     }
 
     /// Rebuilds the database at commit `target` (0: the snapshot) from the snapshot and
-    /// the segments, keeping at most `waiting_bytes` of pages unwritten if given.
+    /// the segments, keeping at most `waiting_bytes` of pages unwritten if given. With
+    /// `pages_bytes`, a segment whose commits all come before the target is applied as
+    /// its newest pages ([`SegmentPages`], at most that many bytes of them; frame by
+    /// frame when they do not fit), as a restore does with the segments it goes past.
     fn restore(
         dir: &Path,
         snapshot: &Path,
         segments: &[Vec<u8>],
         target: usize,
         waiting_bytes: Option<usize>,
+        pages_bytes: Option<usize>,
     ) -> PathBuf {
         let out = dir.join(format!("restored-{target}.db"));
         std::fs::copy(snapshot, &out).expect("copy snapshot");
@@ -958,6 +968,15 @@ mod tests {
                 break;
             }
             let mut reader = SegmentReader::new(&bytes[..], "test").expect("reader");
+            let commits = reader.header.commits.len();
+            if let Some(limit) = pages_bytes.filter(|_| applied + commits <= target) {
+                if let Some(pages) = SegmentPages::read(reader, limit).expect("pages") {
+                    applier.apply_pages(&pages).expect("apply pages");
+                    applied += commits;
+                    continue;
+                }
+                reader = SegmentReader::new(&bytes[..], "test").expect("reader");
+            }
             applier
                 .apply(&mut reader, |_, _| {
                     applied += 1;
@@ -1018,6 +1037,7 @@ mod tests {
             targets in proptest::collection::vec(any::<prop::sample::Index>(), 1..6),
             group in 1usize..5,
             waiting_pages in 1usize..6,
+            kept_pages in 1usize..40,
         ) {
             let dir = tempfile::tempdir().expect("dir");
             let (snapshot, segments, states) = record(dir.path(), &steps);
@@ -1028,7 +1048,10 @@ mod tests {
                 // A few pages waiting at most: they are written again and again, between
                 // commits and inside them.
                 let waiting = ((i / 2) % 2 == 1).then_some(waiting_pages * 4096);
-                let path = restore(dir.path(), &snapshot, from, target, waiting);
+                // Segments passed over applied frame by frame, as their pages, or as
+                // their pages where a few fit (frame by frame where more are needed).
+                let pages = [None, Some(16 << 20), Some(kept_pages * 4096)][i % 3];
+                let path = restore(dir.path(), &snapshot, from, target, waiting, pages);
                 prop_assert_eq!(&restored_rows(&path), &states[target]);
                 std::fs::remove_file(&path).expect("remove");
             }

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,6 +38,9 @@ pub struct FaultProxy {
     pub passed: Arc<AtomicUsize>,
     /// Bytes passed from the client to the server (requests and uploads).
     pub sent_bytes: Arc<AtomicU64>,
+    /// The request line (`PUT /bucket/key`) of every request passed on, in order: what
+    /// a test that expects silence can show when it is not.
+    requests: Arc<Mutex<Vec<String>>>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -49,10 +52,12 @@ impl FaultProxy {
         let faulted = Arc::new(AtomicUsize::new(0));
         let passed = Arc::new(AtomicUsize::new(0));
         let sent_bytes = Arc::new(AtomicU64::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
         let counters = Counters {
             faulted: faulted.clone(),
             passed: passed.clone(),
             sent_bytes: sent_bytes.clone(),
+            requests: requests.clone(),
         };
         let accept = tokio::spawn(accept_loop(listener, backend, faults, counters));
         FaultProxy {
@@ -61,8 +66,14 @@ impl FaultProxy {
             faulted,
             passed,
             sent_bytes,
+            requests,
             accept,
         }
+    }
+
+    /// Request lines passed on so far (see [`FaultProxy::requests`]'s field).
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
     /// From now on, `fault`; open connections are cut.
@@ -86,6 +97,7 @@ struct Counters {
     faulted: Arc<AtomicUsize>,
     passed: Arc<AtomicUsize>,
     sent_bytes: Arc<AtomicU64>,
+    requests: Arc<Mutex<Vec<String>>>,
 }
 
 async fn accept_loop(
@@ -134,6 +146,7 @@ async fn pass(socket: TcpStream, backend: SocketAddr, counters: &Counters, rate:
     let (mut from_server, mut to_server) = server.into_split();
     let upstream = async {
         let mut buf = vec![0u8; 16 * 1024];
+        let mut requests = RequestReader::default();
         loop {
             match from_client.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
@@ -142,6 +155,10 @@ async fn pass(socket: TcpStream, backend: SocketAddr, counters: &Counters, rate:
                         break;
                     }
                     counters.sent_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    let lines = requests.feed(&buf[..n]);
+                    if let Ok(mut log) = counters.requests.lock() {
+                        log.extend(lines);
+                    }
                     if let Some(rate) = rate {
                         tokio::time::sleep(Duration::from_secs_f64(n as f64 / rate as f64)).await;
                     }
@@ -155,6 +172,66 @@ async fn pass(socket: TcpStream, backend: SocketAddr, counters: &Counters, rate:
         let _ = to_client.shutdown().await;
     };
     tokio::join!(upstream, downstream);
+}
+
+/// Follows the requests on one connection as its bytes pass: each head, then the
+/// `Content-Length` bytes of its body. A body sent in chunks (no length) ends what it
+/// can follow on that connection, written as one line saying so.
+#[derive(Default)]
+struct RequestReader {
+    head: Vec<u8>,
+    body_left: usize,
+    lost: bool,
+}
+
+impl RequestReader {
+    /// The request lines that begin in `bytes`.
+    fn feed(&mut self, mut bytes: &[u8]) -> Vec<String> {
+        let mut lines = Vec::new();
+        while !self.lost && !bytes.is_empty() {
+            if self.body_left > 0 {
+                let n = self.body_left.min(bytes.len());
+                self.body_left -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let before = self.head.len();
+            self.head.extend_from_slice(bytes);
+            let Some(end) = self.head.windows(4).position(|w| w == b"\r\n\r\n") else {
+                break;
+            };
+            // The head ends in this read (it was not complete before it): what follows
+            // is its body, then the next request.
+            bytes = &bytes[end + 4 - before..];
+            let head = String::from_utf8_lossy(&self.head[..end]).into_owned();
+            self.head.clear();
+            let mut head_lines = head.lines();
+            let request = head_lines.next().unwrap_or_default();
+            // `PUT /bucket/key HTTP/1.1` without the version.
+            lines.push(
+                request
+                    .rsplit_once(' ')
+                    .map_or(request, |(r, _)| r)
+                    .to_string(),
+            );
+            let header = |name: &str| {
+                head_lines.clone().find_map(|l| {
+                    let (key, value) = l.split_once(':')?;
+                    key.trim()
+                        .eq_ignore_ascii_case(name)
+                        .then(|| value.trim().to_string())
+                })
+            };
+            if header("transfer-encoding").is_some() {
+                lines.push("(a chunked body: the rest of this connection not followed)".into());
+                self.lost = true;
+            }
+            self.body_left = header("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+        }
+        lines
+    }
 }
 
 /// Reads each request (head, then a `Content-Length` body) and answers `status`.

@@ -956,6 +956,16 @@ async fn rebuild(
         .layout
         .snapshot(&generation.name, snapshot.encryption);
     let stored = download(replica, &object, snapshot.encryption, identities, temp).await?;
+    if stored.bytes != snapshot.object_bytes || stored.sha256 != snapshot.object_sha256 {
+        return Err(bad(
+            replica,
+            &generation.name,
+            format!(
+                "its snapshot differs from its manifest ({} bytes, SHA-256 {}; the manifest says {} bytes, {})",
+                stored.bytes, stored.sha256, snapshot.object_bytes, snapshot.object_sha256
+            ),
+        ));
+    }
     let stop_before_any = match target {
         Target::Latest => false,
         Target::At(at) => *at < info.taken_at,
@@ -968,6 +978,8 @@ async fn rebuild(
             "the target is before its snapshot".into(),
         ));
     }
+    let mut applier = Applier::open(temp, info.page_size)?;
+    applier.chain_end = Some(info.chain_end());
     let chain = if stop_before_any {
         Vec::new()
     } else {
@@ -990,18 +1002,6 @@ async fn rebuild(
         }
     }))
     .buffered(PREFETCH_SEGMENTS);
-    if stored.bytes != snapshot.object_bytes || stored.sha256 != snapshot.object_sha256 {
-        return Err(bad(
-            replica,
-            &generation.name,
-            format!(
-                "its snapshot differs from its manifest ({} bytes, SHA-256 {}; the manifest says {} bytes, {})",
-                stored.bytes, stored.sha256, snapshot.object_bytes, snapshot.object_sha256
-            ),
-        ));
-    }
-    let mut applier = Applier::open(temp, info.page_size)?;
-    applier.chain_end = Some(info.chain_end());
     let mut stopped = false;
     while !stopped {
         let Some(fetched) = fetched.next().await else {

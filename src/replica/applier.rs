@@ -298,8 +298,11 @@ impl SegmentPages {
         let mut slots: HashMap<u32, usize> = HashMap::new();
         let mut data: Vec<u8> = Vec::new();
         let mut least_pages = u32::MAX;
+        // No kept page is numbered above this.
+        let mut highest = 0u32;
         while let Some(frame) = segment.next_frame()? {
             let number = frame.header.page_number;
+            highest = highest.max(number);
             match slots.get(&number) {
                 Some(&slot) => data[slot * size..(slot + 1) * size].copy_from_slice(frame.page),
                 None => {
@@ -312,8 +315,11 @@ impl SegmentPages {
             }
             if let Some(record) = listed_commit(&name, &mut next_commit, &frame)? {
                 least_pages = least_pages.min(record.pages);
-                // A slot left behind is not reused: the limit counts it still.
-                slots.retain(|&n, _| n <= record.pages);
+                if record.pages < highest {
+                    // A slot left behind is not reused: the limit counts it still.
+                    slots.retain(|&n, _| n <= record.pages);
+                }
+                highest = highest.min(record.pages);
             }
         }
         let (Some(end), Some(last)) = (segment.end(), commits.last().cloned()) else {

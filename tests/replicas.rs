@@ -2755,6 +2755,26 @@ async fn a_drill_restores_the_stream_and_a_flipped_byte_in_a_segment_fails_it() 
         "{run}"
     );
 
+    // The newest event deleted: the commits after it record the highest id ever
+    // assigned (12), the restored points hold up to id 11; the drill still passes.
+    let res = app
+        .client
+        .delete(app.url("/api/corruptions/d2-3"))
+        .send()
+        .await
+        .expect("delete");
+    assert!(res.status().is_success(), "{}", res.status());
+    let fewer = events_of(&live);
+    assert_eq!(fewer.len(), 11);
+    let (caught_up, got) = wait_until_streamed(s3, &world.identity, &fewer, &out).await;
+    assert!(caught_up, "{got} of {}", fewer.len());
+    let run = app.run_job("drill-s3").await;
+    assert_eq!(run["outcome"], "ok", "{run}");
+    assert!(
+        run["message"].to_string().contains("11 events up to id 11"),
+        "{run}"
+    );
+
     let segments: Vec<String> = world
         .server
         .list("hosts/one/generations/")

@@ -543,7 +543,11 @@ pub struct Restored {
     pub generation: String,
     /// The last commit applied; `None` when the snapshot itself was the target.
     pub commit: Option<CommitRecord>,
+    /// The newest event id it holds (`max(id)`).
     pub last_event_id: i64,
+    /// The highest event id ever assigned in it ([`db::queries::event_id_counter`]):
+    /// what its commit recorded, above `last_event_id` when the newest were deleted.
+    pub highest_assigned: i64,
     pub event_count: i64,
 }
 
@@ -1060,11 +1064,12 @@ async fn rebuild(
     drop(fetched);
     applier.finish()?;
     let temp_owned = temp.to_path_buf();
-    let (last_event_id, event_count) = tokio::task::spawn_blocking(move || {
+    let (last_event_id, highest_assigned, event_count) = tokio::task::spawn_blocking(move || {
         integrity::verify_file(&temp_owned)?;
         let conn = db::open_file_read_only(&temp_owned)?;
         Ok::<_, db::DbError>((
             db::queries::max_event_id(&conn)?,
+            db::queries::event_id_counter(&conn)?,
             db::queries::event_count(&conn)?,
         ))
     })
@@ -1078,6 +1083,7 @@ async fn rebuild(
         generation: generation.name.clone(),
         commit: applier.applied.clone(),
         last_event_id,
+        highest_assigned,
         event_count,
     })
 }

@@ -18,6 +18,7 @@
 //! brings it back past an earlier end, so the file holds, page for page, what writing
 //! every frame in order and cutting the file at each commit would have left.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufRead;
@@ -65,9 +66,8 @@ impl Applier {
                 page_size: page_size as usize,
                 len,
                 file_len: len,
-                waiting: HashMap::new(),
+                waiting: NewestPages::new(page_size as usize),
                 waiting_limit: WAITING_BYTES,
-                pages: Vec::new(),
                 run: Vec::new(),
             },
             applied: None,
@@ -117,10 +117,8 @@ impl Applier {
         // Pages from before that one of its commits cut off stay gone, as they would
         // frame by frame; its own surviving pages are newer than any waiting.
         self.db.commit(pages.least_pages);
-        let size = self.db.page_size;
-        for (&number, &slot) in &pages.slots {
-            self.db
-                .put(number, &pages.data[slot * size..(slot + 1) * size])?;
+        for (&number, &slot) in &pages.pages.slots {
+            self.db.put(number, pages.pages.slot(slot))?;
         }
         self.db.commit(pages.last.pages);
         self.applied = Some(pages.last.clone());
@@ -163,12 +161,10 @@ pub struct Rebuilt {
     len: u64,
     /// The file's own length.
     file_len: u64,
-    /// Page number → its slot in `pages`.
-    waiting: HashMap<u32, usize>,
+    /// The pages applied since the file was last written.
+    waiting: NewestPages,
     /// [`WAITING_BYTES`], but smaller in tests.
     waiting_limit: usize,
-    /// Waiting pages, one slot of `page_size` bytes each.
-    pages: Vec<u8>,
     /// Reused to join neighbouring pages into one write.
     run: Vec<u8>,
 }
@@ -187,38 +183,26 @@ impl Rebuilt {
 
     /// A frame's page: kept as the newest version of page `number`.
     fn put(&mut self, number: u32, page: &[u8]) -> Result<(), SegmentError> {
-        let size = self.page_size;
-        match self.waiting.get(&number) {
-            Some(&slot) => self.pages[slot * size..(slot + 1) * size].copy_from_slice(page),
-            None => {
-                if self.pages.len() + size > self.waiting_limit {
-                    self.write_waiting()?;
-                }
-                self.waiting.insert(number, self.pages.len() / size);
-                self.pages.extend_from_slice(page);
-            }
+        if !self.waiting.put(number, page, self.waiting_limit) {
+            self.write_waiting()?;
+            // The first page always goes in, whatever the limit.
+            self.waiting.put(number, page, usize::MAX);
         }
-        self.len = self.len.max(u64::from(number) * size as u64);
+        self.len = self.len.max(u64::from(number) * self.page_size as u64);
         Ok(())
     }
 
     /// A commit's last frame was applied: the database is `pages` long now.
     fn commit(&mut self, pages: u32) {
-        let size = self.page_size as u64;
-        let len = u64::from(pages) * size;
-        if len < self.len {
-            // Pages past the end are gone (SQLite's checkpoint skips them too).
-            self.waiting
-                .retain(|&number, _| u64::from(number) * size <= len);
-        }
-        self.len = len;
+        // Pages past the end are gone (SQLite's checkpoint skips them too).
+        self.waiting.cut(pages);
+        self.len = u64::from(pages) * self.page_size as u64;
     }
 
     /// Writes the waiting pages in page order, runs of neighbours in one call.
     fn write_waiting(&mut self) -> Result<(), SegmentError> {
         let size = self.page_size;
-        let mut order: Vec<(u32, usize)> = self.waiting.drain().collect();
-        order.sort_unstable();
+        let order = self.waiting.in_page_order();
         let mut start = 0u32;
         for (i, &(number, slot)) in order.iter().enumerate() {
             let follows = i > 0 && order[i - 1].0 + 1 == number;
@@ -226,11 +210,10 @@ impl Rebuilt {
                 self.write_run(start)?;
                 start = number;
             }
-            self.run
-                .extend_from_slice(&self.pages[slot * size..(slot + 1) * size]);
+            self.run.extend_from_slice(self.waiting.slot(slot));
         }
         self.write_run(start)?;
-        self.pages.clear();
+        self.waiting.clear();
         Ok(())
     }
 
@@ -280,9 +263,7 @@ pub struct SegmentPages {
     last: CommitRecord,
     /// The smallest size in pages any of its commits left.
     least_pages: u32,
-    /// Page number → its slot in `data`.
-    slots: HashMap<u32, usize>,
-    data: Vec<u8>,
+    pages: NewestPages,
 }
 
 impl SegmentPages {
@@ -292,34 +273,18 @@ impl SegmentPages {
         mut segment: SegmentReader<R>,
         limit: usize,
     ) -> Result<Option<SegmentPages>, SegmentError> {
-        let size = segment.header.page_size as usize;
+        let mut pages = NewestPages::new(segment.header.page_size as usize);
         let (name, commits) = (segment.header.name(), segment.header.commits.clone());
         let mut next_commit = commits.iter();
-        let mut slots: HashMap<u32, usize> = HashMap::new();
-        let mut data: Vec<u8> = Vec::new();
         let mut least_pages = u32::MAX;
-        // No kept page is numbered above this.
-        let mut highest = 0u32;
         while let Some(frame) = segment.next_frame()? {
             let number = frame.header.page_number;
-            highest = highest.max(number);
-            match slots.get(&number) {
-                Some(&slot) => data[slot * size..(slot + 1) * size].copy_from_slice(frame.page),
-                None => {
-                    if data.len() + size > limit {
-                        return Ok(None);
-                    }
-                    slots.insert(number, data.len() / size);
-                    data.extend_from_slice(frame.page);
-                }
+            if !pages.put(number, frame.page, limit) {
+                return Ok(None);
             }
             if let Some(record) = listed_commit(&name, &mut next_commit, &frame)? {
                 least_pages = least_pages.min(record.pages);
-                if record.pages < highest {
-                    // A slot left behind is not reused: the limit counts it still.
-                    slots.retain(|&n, _| n <= record.pages);
-                }
-                highest = highest.min(record.pages);
+                pages.cut(record.pages);
             }
         }
         let (Some(end), Some(last)) = (segment.end(), commits.last().cloned()) else {
@@ -330,9 +295,77 @@ impl SegmentPages {
             end,
             last,
             least_pages,
-            slots,
-            data,
+            pages,
         }))
+    }
+}
+
+/// The newest version of each page put since it was last cleared, in slots of one
+/// buffer: what [`Rebuilt`] keeps before it writes, and [`SegmentPages`] keeps of a
+/// segment.
+struct NewestPages {
+    page_size: usize,
+    /// Page number → its slot in `data`.
+    slots: HashMap<u32, usize>,
+    data: Vec<u8>,
+    /// No kept page is numbered above this.
+    highest: u32,
+}
+
+impl NewestPages {
+    fn new(page_size: usize) -> NewestPages {
+        NewestPages {
+            page_size,
+            slots: HashMap::new(),
+            data: Vec::new(),
+            highest: 0,
+        }
+    }
+
+    /// Keeps `page` as the newest version of page `number`, unless a new slot for it
+    /// would take the buffer past `limit` bytes: then nothing changes and it answers
+    /// `false`.
+    fn put(&mut self, number: u32, page: &[u8], limit: usize) -> bool {
+        let size = self.page_size;
+        match self.slots.entry(number) {
+            Entry::Occupied(slot) => {
+                let slot = *slot.get();
+                self.data[slot * size..(slot + 1) * size].copy_from_slice(page);
+            }
+            Entry::Vacant(_) if self.data.len() + size > limit => return false,
+            Entry::Vacant(slot) => {
+                slot.insert(self.data.len() / size);
+                self.data.extend_from_slice(page);
+            }
+        }
+        self.highest = self.highest.max(number);
+        true
+    }
+
+    /// A commit left the database `pages` long: the pages past it are gone. (A slot
+    /// left behind is not reused until [`NewestPages::clear`]: `put` counts it still.)
+    fn cut(&mut self, pages: u32) {
+        if pages < self.highest {
+            self.slots.retain(|&number, _| number <= pages);
+            self.highest = pages;
+        }
+    }
+
+    fn slot(&self, slot: usize) -> &[u8] {
+        &self.data[slot * self.page_size..(slot + 1) * self.page_size]
+    }
+
+    /// The kept pages' numbers and slots, in page order.
+    fn in_page_order(&self) -> Vec<(u32, usize)> {
+        let mut order: Vec<(u32, usize)> = self.slots.iter().map(|(&n, &s)| (n, s)).collect();
+        order.sort_unstable();
+        order
+    }
+
+    fn clear(&mut self) {
+        self.slots.clear();
+        self.data.clear();
+        self.highest = 0;
     }
 }
 

@@ -1285,10 +1285,9 @@ mod tests {
         let (identity, replica, db, conn) = encrypted_replica_and_events_db(dir.path());
         let insert = |n: usize| insert_events(&conn, n);
         insert(5);
-        let open = || Connection::open(&db).expect("pin connection");
-        let pin = ReadPin::new(&db, [open(), open()]);
         let spool = dir.path().join("spool");
-        let (mut tailer, info) = Tailer::start(&db, pin, &spool, Utc::now()).expect("start");
+        let (mut tailer, info) =
+            Tailer::start(&db, pin_on(&db), &spool, Utc::now()).expect("start");
         let ledger = Ledger::of(dir.path(), replica.name());
         upload_snapshot(&replica, tailer.dir(), &info, &ledger)
             .await

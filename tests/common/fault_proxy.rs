@@ -197,7 +197,7 @@ impl RequestReader {
             }
             let before = self.head.len();
             self.head.extend_from_slice(bytes);
-            let Some(end) = self.head.windows(4).position(|w| w == b"\r\n\r\n") else {
+            let Some(end) = blank_line_at(&self.head) else {
                 break;
             };
             // The head ends in this read (it was not complete before it): what follows
@@ -205,8 +205,7 @@ impl RequestReader {
             bytes = &bytes[end + 4 - before..];
             let head = String::from_utf8_lossy(&self.head[..end]).into_owned();
             self.head.clear();
-            let mut head_lines = head.lines();
-            let request = head_lines.next().unwrap_or_default();
+            let request = head.lines().next().unwrap_or_default();
             // `PUT /bucket/key HTTP/1.1` without the version.
             lines.push(
                 request
@@ -214,24 +213,34 @@ impl RequestReader {
                     .map_or(request, |(r, _)| r)
                     .to_string(),
             );
-            let header = |name: &str| {
-                head_lines.clone().find_map(|l| {
-                    let (key, value) = l.split_once(':')?;
-                    key.trim()
-                        .eq_ignore_ascii_case(name)
-                        .then(|| value.trim().to_string())
-                })
-            };
-            if header("transfer-encoding").is_some() {
+            if header(&head, "transfer-encoding").is_some() {
                 lines.push("(a chunked body: the rest of this connection not followed)".into());
                 self.lost = true;
             }
-            self.body_left = header("content-length")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+            self.body_left = content_length(&head);
         }
         lines
     }
+}
+
+/// Where a request's head ends (its blank line), if it has arrived.
+fn blank_line_at(bytes: &[u8]) -> Option<usize> {
+    bytes.windows(4).position(|w| w == b"\r\n\r\n")
+}
+
+/// The value of header `name` in a request's `head`.
+fn header<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+    head.lines().skip(1).find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
+/// The length of the body that follows `head` (0 without `Content-Length`).
+fn content_length(head: &str) -> usize {
+    header(head, "content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Reads each request (head, then a `Content-Length` body) and answers `status`.
@@ -240,7 +249,7 @@ async fn answer_with(mut socket: TcpStream, status: u16, faulted: &AtomicUsize) 
     let mut chunk = [0u8; 64 * 1024];
     loop {
         let head_end = loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            if let Some(end) = blank_line_at(&buf) {
                 break end + 4;
             }
             match socket.read(&mut chunk).await {
@@ -248,12 +257,7 @@ async fn answer_with(mut socket: TcpStream, status: u16, faulted: &AtomicUsize) 
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
+        let length = content_length(&String::from_utf8_lossy(&buf[..head_end]));
         while buf.len() < head_end + length {
             match socket.read(&mut chunk).await {
                 Ok(0) | Err(_) => return,

@@ -1538,6 +1538,26 @@ async fn a_streamed_segment_opens_with_age_and_zstd_alone() {
     );
     let mut commits = 0;
     for stored in &segments {
+        // FORMAT.md: the decrypted stream's last 40 bytes are the digest trailer, whose
+        // last 32 are the SHA-256 of every byte before it.
+        let digests = format!(
+            "age -d -i '{}' '{}' > /tmp/dbwarden-seg.$$ && head -c -40 /tmp/dbwarden-seg.$$ | sha256sum | cut -c1-64 \
+             && tail -c 32 /tmp/dbwarden-seg.$$ | od -An -v -tx1 | tr -d ' \\n'; rm -f /tmp/dbwarden-seg.$$",
+            world.identity.display(),
+            stored.display()
+        );
+        let digests = Command::new("sh")
+            .arg("-c")
+            .arg(&digests)
+            .output()
+            .expect("sh");
+        let digests = String::from_utf8_lossy(&digests.stdout).to_string();
+        let (computed, stated) = digests.split_once('\n').expect("two digests");
+        assert!(
+            computed.len() == 64 && computed == stated,
+            "{}: {digests}",
+            stored.display()
+        );
         let script = format!(
             "age -d -i '{}' '{}' | zstd -d -q -c",
             world.identity.display(),
@@ -1564,6 +1584,56 @@ async fn a_streamed_segment_opens_with_age_and_zstd_alone() {
         "{commits} commits in {} segments: some must hold several",
         segments.len()
     );
+}
+
+/// A replica written by an older dbwarden stays restorable: `tests/fixtures/format1-replica`
+/// is a generation streamed by the release of 2026-12-07 (segment format 1, whose header
+/// holds the SHA-256 of the frames), five commits of ten events each, two seconds apart.
+#[test]
+fn a_generation_streamed_in_segment_format_1_restores_to_the_latest_and_to_an_event() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let nas = root.path().join("nas");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format1-replica");
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(&fixture)
+        .arg(&nas)
+        .status()
+        .expect("cp");
+    assert!(copied.success(), "copy {}", fixture.display());
+    let config = new_machine(
+        root.path(),
+        &format!(
+            "\n[[replicas]]\nname = \"old\"\nurl = \"file://{}\"\nencryption = \"none\"\nstream = true\n",
+            nas.display()
+        ),
+    );
+    let ids_of = |db: &Path| -> Vec<i64> {
+        events_of(db)
+            .iter()
+            .map(|row| {
+                row.split('|')
+                    .next()
+                    .and_then(|id| id.parse().ok())
+                    .expect("id")
+            })
+            .collect()
+    };
+    // Event 25 was written by the third commit, with events 21 to 30.
+    for (target, last) in [(["--latest", ""], 50), (["--event-id", "25"], 30)] {
+        let out_db = root.path().join(format!("restored-{last}.db"));
+        let mut args = vec!["restore", "--from", "old"];
+        args.extend(target.iter().filter(|a| !a.is_empty()));
+        let out_path = out_db.display().to_string();
+        args.extend(["--output", &out_path]);
+        let out = dbwarden(&config, &args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(ids_of(&out_db), (1..=last).collect::<Vec<_>>(), "{args:?}");
+    }
 }
 
 /// A copy is a standard file: Debian's `age`, `zstd` and `sqlite3` open it without

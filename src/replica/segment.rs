@@ -2,10 +2,10 @@
 //! them, and how a restore applies them.
 //!
 //! A segment is one file (before compression and encryption, which are the backups'
-//! [`super::codec`]):
+//! [`super::codec`], ending with its digest trailer):
 //!
 //! ```text
-//! dbwarden-segment 1\n      the magic line
+//! dbwarden-segment 2\n      the magic line
 //! {JSON header}\n           one line: see SegmentHeader
 //! frames                    the WAL frames exactly as SQLite wrote them (24-byte frame
 //!                           header, then the page), run after run, in order
@@ -16,16 +16,20 @@
 //! frames, and the checksum the first frame's checksum runs on from) and its *commits*
 //! (where each ends, the database's size in pages after it, when dbwarden saw it and,
 //! where known, the highest event id then). A reader checks every frame against the
-//! WAL's own checksum chain and the run's salts, and the SHA-256 of all frame bytes
-//! against `frames_sha256`; the chain also ties each segment to the one before it
-//! ([`SegmentHeader::follows`]), so a missing or doubled segment cannot go unseen.
+//! WAL's own checksum chain and the run's salts, and the SHA-256 of the segment: in
+//! format 2, of its compressed bytes, against the stream's digest trailer (checked by
+//! [`super::codec::decoder`] as they are read, required by whoever reads a download:
+//! [`SegmentReader::needs_trailer`]); in format 1 (written before 2026-12-08, still
+//! read), of all frame bytes, against the header's `frames_sha256`. The chain also ties
+//! each segment to the one before it ([`SegmentHeader::follows`]), so a missing or
+//! doubled segment cannot go unseen.
 //!
 //! The spool keeps the same thing with its frames compressed (a *piece*, written by the
 //! tailer and read back only on this machine): `dbwarden-piece 1\n`, the same header
 //! line, then the frames as one zstd frame with zstd's content checksum. The WAL the
 //! frames come from is already on disk, so the spool's copy is written small;
 //! [`SegmentReader`] reads either, and what is uploaded is always the plain form above,
-//! written by [`write_joined`].
+//! written by [`write_joined`]. A piece keeps its frames' SHA-256 in its header.
 //!
 //! How a restore applies them is [`super::applier`].
 
@@ -37,7 +41,9 @@ use sha2::{Digest, Sha256};
 
 use crate::db::walfile::{self, FrameHeader, WalCursor, WalHeader, FRAME_HEADER_BYTES};
 
-pub const MAGIC: &[u8] = b"dbwarden-segment 1\n";
+pub const MAGIC: &[u8] = b"dbwarden-segment 2\n";
+/// Segments written before 2026-12-08: the SHA-256 of the frames in the header.
+pub const MAGIC_FORMAT_1: &[u8] = b"dbwarden-segment 1\n";
 /// A spooled piece: the header as in a segment, the frames zstd-compressed.
 pub const PIECE_MAGIC: &[u8] = b"dbwarden-piece 1\n";
 /// zstd's fastest ordinary level: the frames of one piece repeat the same few pages,
@@ -168,6 +174,9 @@ pub struct SegmentHeader {
     pub page_size: u32,
     pub runs: Vec<Run>,
     pub commits: Vec<CommitRecord>,
+    /// The SHA-256 of all frame bytes, hex: a spooled piece's, and a format 1
+    /// segment's. Empty (and not written) in a format 2 segment.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub frames_sha256: String,
 }
 
@@ -453,18 +462,31 @@ impl<R: BufRead> Read for Body<R> {
     }
 }
 
+/// Which of the forms a [`SegmentReader`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// Format 2: its SHA-256 is in the stored stream's trailer, not here.
+    Segment,
+    /// Format 1: the frames' SHA-256 in the header.
+    SegmentFormat1,
+    /// A spooled piece: the frames' SHA-256 in the header, the frames compressed.
+    Piece,
+}
+
 /// Reads a segment from a stream (a decrypted, decompressed download, or a local
 /// file), frame by frame, checking each.
 pub struct SegmentReader<R: BufRead> {
     input: Body<R>,
     pub header: SegmentHeader,
+    form: Form,
     /// Off when the same bytes were checked already ([`SegmentReader::checked_already`]).
     check: bool,
     run: usize,
     in_run: u32,
     wal: WalHeader,
     chain: [u32; 2],
-    hasher: Sha256,
+    /// Of the frames, where the header holds their SHA-256 and they are checked.
+    hasher: Option<Sha256>,
     frame: Vec<u8>,
 }
 
@@ -490,10 +512,15 @@ impl<R: BufRead> SegmentReader<R> {
             .take(MAGIC.len().max(PIECE_MAGIC.len()) as u64)
             .read_until(b'\n', &mut magic)
             .map_err(io)?;
-        let compressed = match &magic[..] {
-            m if m == MAGIC => false,
-            m if m == PIECE_MAGIC => true,
-            _ => return Err(bad("it does not start with `dbwarden-segment 1`".into())),
+        let form = match &magic[..] {
+            m if m == MAGIC => Form::Segment,
+            m if m == MAGIC_FORMAT_1 => Form::SegmentFormat1,
+            m if m == PIECE_MAGIC => Form::Piece,
+            _ => {
+                return Err(bad(
+                    "it does not start with `dbwarden-segment 2` (or 1)".into()
+                ))
+            }
         };
         let mut line = Vec::new();
         (&mut input)
@@ -508,19 +535,20 @@ impl<R: BufRead> SegmentReader<R> {
         header.check().map_err(bad)?;
         let first = &header.runs[0];
         let wal = first.header().map_err(bad)?;
-        let input = if compressed {
+        let input = if form == Form::Piece {
             Body::Zstd(zstd::stream::read::Decoder::with_buffer(input).map_err(io)?)
         } else {
             Body::Plain(input)
         };
         Ok(SegmentReader {
             input,
+            form,
             check: true,
             run: 0,
             in_run: 0,
             chain: first.chain,
             wal,
-            hasher: Sha256::new(),
+            hasher: (form != Form::Segment).then(Sha256::new),
             frame: vec![0u8; FRAME_HEADER_BYTES + header.page_size as usize],
             header,
         })
@@ -532,7 +560,15 @@ impl<R: BufRead> SegmentReader<R> {
     /// frames) are still checked.
     pub fn checked_already(mut self) -> Self {
         self.check = false;
+        self.hasher = None;
         self
+    }
+
+    /// True for a format 2 segment: its SHA-256 is not in what this reads but in the
+    /// stored stream's digest trailer, so a reader of a download must also see that
+    /// the trailer matched ([`super::codec::TrailerSeen`]) once this read to the end.
+    pub fn needs_trailer(&self) -> bool {
+        self.form == Form::Segment
     }
 
     pub(crate) fn bad(&self, reason: String) -> SegmentError {
@@ -558,12 +594,14 @@ impl<R: BufRead> SegmentReader<R> {
                 if extra != 0 {
                     return Err(self.bad("bytes follow the last frame".into()));
                 }
-                let sum = hex::encode(std::mem::take(&mut self.hasher).finalize());
-                if self.check && sum != self.header.frames_sha256 {
-                    return Err(self.bad(format!(
-                        "the frames' SHA-256 is {sum}, the header says {}",
-                        self.header.frames_sha256
-                    )));
+                if let Some(hasher) = self.hasher.take() {
+                    let sum = hex::encode(hasher.finalize());
+                    if sum != self.header.frames_sha256 {
+                        return Err(self.bad(format!(
+                            "the frames' SHA-256 is {sum}, the header says {}",
+                            self.header.frames_sha256
+                        )));
+                    }
                 }
                 return Ok(None);
             }
@@ -593,8 +631,8 @@ impl<R: BufRead> SegmentReader<R> {
             walfile::frame_of(&self.wal, &self.frame)
         }
         .map_err(|reason| self.bad(format!("frame {at}: {reason}")))?;
-        if self.check {
-            self.hasher.update(&self.frame);
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(&self.frame);
         }
         self.chain = header.checksum;
         self.in_run += 1;
@@ -611,7 +649,8 @@ impl<R: BufRead> SegmentReader<R> {
         self.input
     }
 
-    /// Reads every frame, checking each, to the end (where the SHA-256 is checked).
+    /// Reads every frame, checking each, to the end (where a SHA-256 in the header is
+    /// checked).
     pub fn read_through(mut self) -> Result<(), SegmentError> {
         while self.next_frame()?.is_some() {}
         Ok(())
@@ -631,8 +670,9 @@ impl<R: BufRead> SegmentReader<R> {
 
 /// The header of the segment `segments` make joined end to end (one generation, each
 /// following the one before): their runs, a run continued where the next segment goes
-/// on in the same WAL, and their commits. `frames_sha256` is left empty.
-fn join_headers<'a>(
+/// on in the same WAL, and their commits; no `frames_sha256` (a format 2 segment's).
+/// Whether the segments do follow each other is checked when [`write_joined`] reads them.
+pub fn join_headers<'a>(
     segments: impl IntoIterator<Item = &'a SegmentHeader>,
 ) -> Result<SegmentHeader, SegmentError> {
     let mut joined: Option<SegmentHeader> = None;
@@ -698,27 +738,10 @@ fn each_frame<R: BufRead>(
     Ok(headers)
 }
 
-/// The header of `segments` joined ([`write_joined`]), with the SHA-256 of all their
-/// frames: every frame is read and checked (the first of the two reads a merge makes,
-/// one frame held at a time).
-pub fn joined_with_digest<R: BufRead>(
-    segments: impl IntoIterator<Item = Result<SegmentReader<R>, SegmentError>>,
-) -> Result<SegmentHeader, SegmentError> {
-    let mut hasher = Sha256::new();
-    let headers = each_frame(segments, |frame_header, page| {
-        hasher.update(frame_header);
-        hasher.update(page);
-        Ok(())
-    })?;
-    let mut header = join_headers(&headers)?;
-    header.frames_sha256 = hex::encode(hasher.finalize());
-    Ok(header)
-}
-
-/// Writes `segments` joined end to end as one plain segment (the form that is
-/// uploaded) under `header`: a single segment's own header, or the one
-/// [`joined_with_digest`] made of the same segments. Fails, once the frames are
-/// written, if `header` is not theirs.
+/// Writes `segments` joined end to end as one plain format 2 segment (the form that is
+/// uploaded, before its compression and digest trailer) under `header`, the one
+/// [`join_headers`] makes of theirs, every frame checked as it is read. Fails, once the
+/// frames are written, if `header` is not theirs.
 pub fn write_joined<R: BufRead>(
     segments: impl IntoIterator<Item = Result<SegmentReader<R>, SegmentError>>,
     header: &SegmentHeader,
@@ -734,9 +757,7 @@ pub fn write_joined<R: BufRead>(
         out.write_all(frame_header)?;
         out.write_all(page)
     })?;
-    let mut joined = join_headers(&headers)?;
-    joined.frames_sha256.clone_from(&header.frames_sha256);
-    if joined != *header {
+    if join_headers(&headers)? != *header {
         return Err(SegmentError::Bad {
             segment: header.name(),
             reason: "its header is not the one of the segments it is made of".into(),
@@ -1007,7 +1028,9 @@ mod tests {
             .chunks(group)
             .map(|chunk| {
                 let readers = || chunk.iter().map(|b| SegmentReader::new(&b[..], "part"));
-                let header = joined_with_digest(readers()).expect("first read");
+                let headers: Vec<SegmentHeader> =
+                    readers().map(|r| r.expect("header").header).collect();
+                let header = join_headers(&headers).expect("join");
                 let mut out = Vec::new();
                 write_joined(readers(), &header, &mut out).expect("merge");
                 out

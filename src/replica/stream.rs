@@ -231,8 +231,9 @@ pub async fn upload_snapshot(
 }
 
 /// Uploads the segment `header` describes, made of the segment files `parts` joined
-/// ([`segment::write_joined`]): one spooled piece under its own header, or several
-/// under the header [`joined_header`] made of them.
+/// ([`segment::write_joined`], every frame checked as it goes into the upload):
+/// `header` is one spooled piece's own, or the one [`segment::join_headers`] made of
+/// several. The stream ends with its digest trailer: no first read for a digest.
 pub async fn upload_segment(
     replica: &Replica,
     parts: Vec<PathBuf>,
@@ -244,39 +245,26 @@ pub async fn upload_segment(
         .layout
         .segment(&header.generation, &header.name(), settings.encryption);
     let what = PathBuf::from(format!("segment {}", header.name()));
+    // A piece's header holds its frames' digest; the segment's trailer holds its own.
+    let header = segment::join_headers([header])?;
     let length = header.plain_len()?;
-    let header = header.clone();
     let encryption = settings.encryption;
     let recipients = settings.recipients();
     let part_size = settings.part_size_bytes();
     upload_encoded(replica, &object, ledger, &what.clone(), move |sent| {
-        // Several were read and their digests checked by `joined_header` already.
-        let checked = parts.len() > 1;
-        let readers = segment_files(&parts)
-            .map(|reader| reader.map(|r| if checked { r.checked_already() } else { r }));
         let sealed = codec::Sealed {
             what: &what,
             length,
             encryption,
             recipients: &recipients,
             part_size,
+            digest_trailer: true,
         };
         sealed.encode(sent, |out| {
-            Ok(segment::write_joined(readers, &header, out)?)
+            Ok(segment::write_joined(segment_files(&parts), &header, out)?)
         })
     })
     .await
-}
-
-/// The header of the segment the segment files `parts` make joined, with the digest
-/// of all their frames (each read and checked), off the runtime's thread.
-pub async fn joined_header(parts: Vec<PathBuf>) -> Result<SegmentHeader, ReplicaError> {
-    tokio::task::spawn_blocking(move || Ok(segment::joined_with_digest(segment_files(&parts))?))
-        .await
-        .map_err(|e| ReplicaError::Io {
-            path: PathBuf::from("segment merge"),
-            source: std::io::Error::other(e),
-        })?
 }
 
 /// Segment files (spooled pieces, or plain segments), each opened for reading only when
@@ -443,6 +431,13 @@ pub async fn prune(
     Ok(deleted)
 }
 
+/// What a download is: a segment's stream ends with a digest trailer.
+#[derive(Debug, Clone, Copy)]
+enum Stored {
+    Snapshot,
+    Segment,
+}
+
 /// Downloads `location`, decrypts and decompresses it into `out` (0600); answers the
 /// stored object's size and SHA-256.
 async fn download(
@@ -479,9 +474,9 @@ async fn download_into<W: Write + Send + 'static, T: Send + 'static>(
     download_reading(
         replica,
         location,
-        encryption,
+        (encryption, Stored::Snapshot),
         identities,
-        move |mut plain| {
+        move |mut plain, _| {
             std::io::copy(&mut plain, &mut out)
                 .and_then(|_| out.flush())
                 .map_err(|e| ReplicaError::Decrypt(e.to_string()))?;
@@ -492,14 +487,17 @@ async fn download_into<W: Write + Send + 'static, T: Send + 'static>(
 }
 
 /// Downloads `location` and hands it, decrypted and decompressed as it is read, to
-/// `read` on a blocking thread. Answers the stored object's size and SHA-256 (every
-/// byte, even past where `read` stopped), and what `read` made.
+/// `read` on a blocking thread, with whether its digest trailer matched (known once it
+/// was read to the end; looked for only in a segment). Answers the stored object's
+/// size and SHA-256 (every byte, even past where `read` stopped), and what `read` made.
 async fn download_reading<T: Send + 'static>(
     replica: &Replica,
     location: &object_store::path::Path,
-    encryption: Encryption,
+    (encryption, kind): (Encryption, Stored),
     identities: &[age::x25519::Identity],
-    read: impl FnOnce(Box<dyn std::io::Read>) -> Result<T, ReplicaError> + Send + 'static,
+    read: impl FnOnce(Box<dyn std::io::Read>, codec::TrailerSeen) -> Result<T, ReplicaError>
+        + Send
+        + 'static,
 ) -> Result<(Written, T), ReplicaError> {
     let got = replica
         .store
@@ -509,11 +507,15 @@ async fn download_reading<T: Send + 'static>(
     let (parts_tx, parts_rx) = mpsc::channel(4);
     let identities = identities.to_vec();
     let decoder = tokio::task::spawn_blocking(move || {
-        read(codec::decoder(
-            codec::PartReader::new(parts_rx),
-            encryption,
-            &identities,
-        )?)
+        let stored = codec::PartReader::new(parts_rx);
+        let (plain, seen) = match kind {
+            Stored::Segment => codec::decoder_with_trailer(stored, encryption, &identities)?,
+            Stored::Snapshot => (
+                codec::decoder(stored, encryption, &identities)?,
+                codec::TrailerSeen::default(),
+            ),
+        };
+        read(plain, seen)
     });
     let stored = super::fetch::send_stored(replica, got, parts_tx).await;
     let decoded = decoder.await.map_err(|e| ReplicaError::Io {
@@ -725,7 +727,7 @@ const SEGMENT_IN_MEMORY_BYTES: usize = 16 << 20;
 const SEGMENT_PAGES_BYTES: usize = 16 << 20;
 
 /// A downloaded segment, checked whole (every frame against the WAL's checksum chain,
-/// the SHA-256 of its frames), waiting to be applied.
+/// its SHA-256), waiting to be applied.
 enum Fetched {
     /// One the restore goes past: only the newest version of each page it leaves.
     Pages(Box<SegmentPages>),
@@ -839,13 +841,22 @@ async fn fetch_segment(
     let (_, fetched) = download_reading(
         replica,
         &next.location,
-        next.encryption,
+        (next.encryption, Stored::Segment),
         identities,
-        move |plain| {
+        move |plain, trailer| {
             let reader = SegmentReader::new(BufReader::with_capacity(1 << 20, plain), &name)?;
+            // Read to its end, a format 2 segment must have shown its digest trailer.
+            let needs_trailer = reader.needs_trailer();
+            let proven = || match needs_trailer && !trailer.matched() {
+                true => Err(bad_segment(&name, "its stream has no digest trailer")),
+                false => Ok(()),
+            };
             if target.is_some_and(|target| passes_over(&reader.header, target)) {
-                return Ok(SegmentPages::read(reader, SEGMENT_PAGES_BYTES)?
-                    .map(|p| Fetched::Pages(Box::new(p))));
+                let Some(pages) = SegmentPages::read(reader, SEGMENT_PAGES_BYTES)? else {
+                    return Ok(None);
+                };
+                proven()?;
+                return Ok(Some(Fetched::Pages(Box::new(pages))));
             }
             let mut out = Spill {
                 // Reserved, not touched: no copy as it grows.
@@ -864,6 +875,7 @@ async fn fetch_segment(
                 None => Frames::Memory(out.memory),
                 Some(_) => Frames::File(out.path),
             };
+            proven()?;
             frames.check(&name)?;
             Ok(Some(Fetched::Frames(frames)))
         },
@@ -895,6 +907,13 @@ fn next_segment(segments: &[SegmentObject], end: Position) -> Option<&SegmentObj
             .iter()
             .filter(|s| s.first == first)
             .max_by_key(|s| s.last)
+    })
+}
+
+fn bad_segment(name: &str, reason: &str) -> ReplicaError {
+    ReplicaError::Segment(segment::SegmentError::Bad {
+        segment: name.to_string(),
+        reason: reason.to_string(),
     })
 }
 
@@ -1528,7 +1547,10 @@ mod tests {
             .expect_err("refused");
         assert!(err.to_string().contains("SHA-256"), "{err}");
         let both = vec![pieces[0].1.clone(), path];
-        let err = joined_header(both).await.expect_err("refused");
+        let joined = segment::join_headers([&pieces[0].0, &header]).expect("join");
+        let err = upload_segment(&replica, both, &joined, &ledger)
+            .await
+            .expect_err("refused");
         assert!(err.to_string().contains("SHA-256"), "{err}");
         assert!(
             list_segments(&replica, &info.generation)
@@ -1547,6 +1569,89 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    /// A segment's SHA-256 is its stream's digest trailer: one whose trailer does not
+    /// match, or that lost it, is refused by a restore (which never applies a commit
+    /// of it), while the segments before it still restore.
+    #[tokio::test]
+    async fn a_segment_whose_digest_trailer_is_wrong_or_gone_is_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (identity, replica, db, conn) = encrypted_replica_and_events_db(dir.path());
+        insert_events(&conn, 2);
+        let (mut tailer, info) =
+            Tailer::start(&db, pin_on(&db), &dir.path().join("spool"), Utc::now()).expect("start");
+        let ledger = Ledger::of(dir.path(), replica.name());
+        upload_snapshot(&replica, tailer.dir(), &info, &ledger)
+            .await
+            .expect("snapshot");
+        for round in 1..=2 {
+            insert_events(&conn, 3);
+            let at = info.taken_at + chrono::Duration::minutes(round);
+            ship_pass(&replica, &mut tailer, at, &ledger).await;
+        }
+        let generations = list(&replica).await.expect("list");
+        let generation = &generations[0];
+        let last = generation.segments.last().expect("a segment");
+        let stored = dir.path().join("nas").join(last.location.as_ref());
+        let intact = fs::read(&stored).expect("read segment");
+        // Decrypted, the stream ends with the trailer: 8 bytes of frame header, 32 of digest.
+        let mut plain = Vec::new();
+        let mut decrypted = age::Decryptor::new(&intact[..])
+            .expect("age")
+            .decrypt(std::iter::once(&identity as &dyn age::Identity))
+            .expect("decrypt");
+        std::io::Read::read_to_end(&mut decrypted, &mut plain).expect("read");
+        let (body, trailer) = plain.split_at(plain.len() - codec::TRAILER_BYTES);
+        assert_eq!(trailer[..4], codec::TRAILER_MAGIC.to_le_bytes());
+        assert_eq!(
+            trailer[8..],
+            <sha2::Sha256 as sha2::Digest>::digest(body)[..]
+        );
+        let reseal = |plain: &[u8]| {
+            let recipient = identity.to_public();
+            let mut out = Vec::new();
+            let mut writer =
+                age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+                    .expect("encryptor")
+                    .wrap_output(&mut out)
+                    .expect("wrap");
+            std::io::Write::write_all(&mut writer, plain).expect("write");
+            writer.finish().expect("finish");
+            out
+        };
+        let mut wrong = plain.clone();
+        *wrong.last_mut().expect("a byte") ^= 1;
+        for (damage, says) in [
+            (reseal(&wrong), "SHA-256"),
+            (reseal(body), "no digest trailer"),
+        ] {
+            fs::write(&stored, &damage).expect("damage");
+            let out = dir.path().join("refused.db");
+            let err = restore(
+                &replica,
+                generation,
+                &Target::Latest,
+                std::slice::from_ref(&identity),
+                &dir.path().join("staging"),
+                &out,
+            )
+            .await
+            .expect_err("refused");
+            assert!(err.to_string().contains(says), "{says}: {err}");
+            assert!(!out.exists(), "nothing left at the output");
+        }
+        fs::write(&stored, reseal(&plain)).expect("mend");
+        let (restored, _) = restore_into(
+            &replica,
+            generation,
+            Target::Latest,
+            &identity,
+            dir.path(),
+            "mended.db",
+        )
+        .await;
+        assert_eq!(restored.event_count, 8);
     }
 
     async fn ship_pass(replica: &Replica, tailer: &mut Tailer, at: DateTime<Utc>, ledger: &Ledger) {

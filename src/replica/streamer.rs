@@ -402,19 +402,15 @@ fn within_upload_limit(pieces: Vec<Piece>) -> Vec<Piece> {
     kept
 }
 
-/// Uploads consecutive pieces as one segment: a single piece under its own header, several
-/// under the header of their join (a first read of every frame makes its digest; the
-/// upload reads them again). Answers the header and what was stored.
+/// Uploads consecutive pieces as one segment, under the header of their join. Answers
+/// the header and what was stored.
 pub(super) async fn upload_pieces(
     replica: &super::Replica,
     pieces: &[Piece],
     ledger: &Ledger,
 ) -> Result<(segment::SegmentHeader, super::codec::Written), ReplicaError> {
     let paths: Vec<PathBuf> = pieces.iter().map(|p| p.path.clone()).collect();
-    let header = match pieces {
-        [one] => one.header.clone(),
-        _ => stream::joined_header(paths.clone()).await?,
-    };
+    let header = segment::join_headers(pieces.iter().map(|p| &p.header))?;
     let written = stream::upload_segment(replica, paths, &header, ledger).await?;
     Ok((header, written))
 }

@@ -226,6 +226,15 @@ async fn ship_to_all(settings: &Settings, local: &catalog::Manifest) {
     }
 }
 
+/// Runs `script` with `sh -c`, its output captured.
+fn sh(script: &str) -> std::process::Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("sh")
+}
+
 fn dbwarden(config: &Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_dbwarden"))
         .arg("--config")
@@ -1546,12 +1555,7 @@ async fn a_streamed_segment_opens_with_age_and_zstd_alone() {
             world.identity.display(),
             stored.display()
         );
-        let digests = Command::new("sh")
-            .arg("-c")
-            .arg(&digests)
-            .output()
-            .expect("sh");
-        let digests = String::from_utf8_lossy(&digests.stdout).to_string();
+        let digests = String::from_utf8_lossy(&sh(&digests).stdout).to_string();
         let (computed, stated) = digests.split_once('\n').expect("two digests");
         assert!(
             computed.len() == 64 && computed == stated,
@@ -1563,11 +1567,7 @@ async fn a_streamed_segment_opens_with_age_and_zstd_alone() {
             world.identity.display(),
             stored.display()
         );
-        let plain = Command::new("sh")
-            .arg("-c")
-            .arg(&script)
-            .output()
-            .expect("sh");
+        let plain = sh(&script);
         assert!(plain.status.success(), "{script}");
         assert!(plain.stdout.starts_with(MAGIC), "{}", stored.display());
         let mut reader = SegmentReader::new(&plain.stdout[..], &stored.display().to_string())
@@ -1674,12 +1674,12 @@ async fn a_copy_opens_with_age_zstd_and_sqlite3_alone() {
             stored.display(),
             out.display()
         );
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg(&script)
-            .status()
-            .expect("sh");
-        assert!(status.success(), "{script}");
+        let decoded = sh(&script);
+        assert!(
+            decoded.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&decoded.stderr)
+        );
         let count = Command::new("sqlite3")
             .arg(&out)
             .arg("PRAGMA integrity_check; SELECT count(*) FROM events;")

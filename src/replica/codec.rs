@@ -8,9 +8,9 @@
 //! A stream may end with a *digest trailer* (segments do, [`Sealed::digest_trailer`]):
 //! a zstd skippable frame holding the SHA-256 of the compressed bytes before it. zstd
 //! passes over it, so `zstd -d` still reads the stream; [`decoder_with_trailer`]
-//! checks it as the bytes go by. Hashing the compressed bytes rather than what they decode to makes the
-//! check of a segment cost a few percent of its decoding (the frames of a busy second
-//! compress fifty to one) instead of more than the decoding itself.
+//! checks it as the bytes go by. Hashing the compressed bytes rather than what they
+//! decode to makes the check of a segment cost a few percent of its decoding (the
+//! frames of a busy second compress fifty to one) instead of more than the decoding.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
@@ -40,11 +40,18 @@ pub const TRAILER_MAGIC: u32 = 0x184D_2A5D;
 /// SHA-256.
 pub const TRAILER_BYTES: usize = 8 + 32;
 
+/// What a digest trailer begins with: its magic and its length after these 8 bytes.
+fn trailer_head() -> [u8; 8] {
+    let mut head = [0u8; 8];
+    head[..4].copy_from_slice(&TRAILER_MAGIC.to_le_bytes());
+    head[4..].copy_from_slice(&32u32.to_le_bytes());
+    head
+}
+
 /// The digest trailer of compressed bytes whose SHA-256 is `digest`.
 fn trailer(digest: &[u8; 32]) -> [u8; TRAILER_BYTES] {
     let mut out = [0u8; TRAILER_BYTES];
-    out[..4].copy_from_slice(&TRAILER_MAGIC.to_le_bytes());
-    out[4..8].copy_from_slice(&32u32.to_le_bytes());
+    out[..8].copy_from_slice(&trailer_head());
     out[8..].copy_from_slice(digest);
     out
 }
@@ -375,9 +382,7 @@ struct TrailerCheck<R> {
 
 impl<R: Read> TrailerCheck<R> {
     fn at_end(&mut self) -> io::Result<()> {
-        let is_trailer = self.tail.len() == TRAILER_BYTES
-            && self.tail[..4] == TRAILER_MAGIC.to_le_bytes()
-            && self.tail[4..8] == 32u32.to_le_bytes();
+        let is_trailer = self.tail.len() == TRAILER_BYTES && self.tail[..8] == trailer_head();
         if !is_trailer {
             self.seen.0.store(NO_TRAILER, Ordering::Release);
             return Ok(());

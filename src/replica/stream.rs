@@ -1162,6 +1162,36 @@ mod tests {
         (identity, replica, db, conn)
     }
 
+    /// An encrypted replica holding the snapshot of a new generation of an events
+    /// database with `events` rows, and the tailer that streams it on from there.
+    struct Streaming {
+        identity: age::x25519::Identity,
+        replica: Replica,
+        conn: Connection,
+        tailer: Tailer,
+        info: SnapshotInfo,
+        ledger: Ledger,
+    }
+
+    async fn streaming_from_a_snapshot(dir: &Path, events: usize) -> Streaming {
+        let (identity, replica, db, conn) = encrypted_replica_and_events_db(dir);
+        insert_events(&conn, events);
+        let (tailer, info) =
+            Tailer::start(&db, pin_on(&db), &dir.join("spool"), Utc::now()).expect("start");
+        let ledger = Ledger::of(dir, replica.name());
+        upload_snapshot(&replica, tailer.dir(), &info, &ledger)
+            .await
+            .expect("snapshot uploaded");
+        Streaming {
+            identity,
+            replica,
+            conn,
+            tailer,
+            info,
+            ledger,
+        }
+    }
+
     fn insert_events(conn: &Connection, n: usize) {
         for _ in 0..n {
             conn.execute("INSERT INTO events(data) VALUES (randomblob(900))", [])
@@ -1301,16 +1331,15 @@ mod tests {
     #[tokio::test]
     async fn a_generation_on_a_replica_restores_to_the_latest_commit_and_to_an_event() {
         let dir = tempfile::tempdir().expect("dir");
-        let (identity, replica, db, conn) = encrypted_replica_and_events_db(dir.path());
+        let Streaming {
+            identity,
+            replica,
+            conn,
+            mut tailer,
+            info,
+            ledger,
+        } = streaming_from_a_snapshot(dir.path(), 5).await;
         let insert = |n: usize| insert_events(&conn, n);
-        insert(5);
-        let spool = dir.path().join("spool");
-        let (mut tailer, info) =
-            Tailer::start(&db, pin_on(&db), &spool, Utc::now()).expect("start");
-        let ledger = Ledger::of(dir.path(), replica.name());
-        upload_snapshot(&replica, tailer.dir(), &info, &ledger)
-            .await
-            .expect("snapshot uploaded");
         // Each pass is stamped one minute after the one before; `states[k]` is the
         // database as pass k read it.
         let start = info.taken_at;
@@ -1425,15 +1454,15 @@ mod tests {
     #[tokio::test]
     async fn a_restore_to_an_event_deleted_again_before_the_pass_stops_where_it_was_added() {
         let dir = tempfile::tempdir().expect("dir");
-        let (identity, replica, db, conn) = encrypted_replica_and_events_db(dir.path());
+        let Streaming {
+            identity,
+            replica,
+            conn,
+            mut tailer,
+            info,
+            ledger,
+        } = streaming_from_a_snapshot(dir.path(), 3).await;
         let insert = |n: usize| insert_events(&conn, n);
-        insert(3);
-        let (mut tailer, info) =
-            Tailer::start(&db, pin_on(&db), &dir.path().join("spool"), Utc::now()).expect("start");
-        let ledger = Ledger::of(dir.path(), replica.name());
-        upload_snapshot(&replica, tailer.dir(), &info, &ledger)
-            .await
-            .expect("snapshot uploaded");
         let at = |k: i64| info.taken_at + chrono::Duration::minutes(k);
         insert(2);
         ship_pass(&replica, &mut tailer, at(1), &ledger).await;
@@ -1571,20 +1600,20 @@ mod tests {
         );
     }
 
-    /// A segment's SHA-256 is its stream's digest trailer: one whose trailer does not
-    /// match, or that lost it, is refused by a restore (which never applies a commit
-    /// of it), while the segments before it still restore.
+    /// A segment's SHA-256 is its stream's digest trailer: a restore through one whose
+    /// trailer does not match, or that lost it, is refused and leaves nothing at its
+    /// output; mended, the same generation restores every event.
     #[tokio::test]
     async fn a_segment_whose_digest_trailer_is_wrong_or_gone_is_refused() {
         let dir = tempfile::tempdir().expect("dir");
-        let (identity, replica, db, conn) = encrypted_replica_and_events_db(dir.path());
-        insert_events(&conn, 2);
-        let (mut tailer, info) =
-            Tailer::start(&db, pin_on(&db), &dir.path().join("spool"), Utc::now()).expect("start");
-        let ledger = Ledger::of(dir.path(), replica.name());
-        upload_snapshot(&replica, tailer.dir(), &info, &ledger)
-            .await
-            .expect("snapshot");
+        let Streaming {
+            identity,
+            replica,
+            conn,
+            mut tailer,
+            info,
+            ledger,
+        } = streaming_from_a_snapshot(dir.path(), 2).await;
         for round in 1..=2 {
             insert_events(&conn, 3);
             let at = info.taken_at + chrono::Duration::minutes(round);

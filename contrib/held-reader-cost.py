@@ -9,7 +9,15 @@ seconds, while another connection holds
 
   none     no read transaction;
   advance  a read transaction, ended and begun again every 100 ms (as a tailer's pass);
-  hold     one read transaction the whole time.
+  hold     one read transaction the whole time;
+  restart  as advance, and when the WAL is past 1,000 frames, what dbwarden's WAL
+           restarter does (src/replica/wal_restart.rs): a PASSIVE checkpoint, then
+           with the write lock taken by a second connection (BEGIN IMMEDIATE, tried
+           every 100 us), another PASSIVE checkpoint and the read transaction moved on
+           the WAL now entirely in the database, so the writer's next commit restarts
+           the WAL;
+  zeros    as advance, with the WAL file made 600 MB long with zero bytes first: it
+           grows, but no commit extends the file.
 
     python3 contrib/held-reader-cost.py [seconds] [runs]
 
@@ -34,15 +42,56 @@ def run(mode: str, seconds: float, directory: str) -> tuple[float, float]:
     writer.execute("PRAGMA journal_mode=WAL")
     writer.execute("PRAGMA synchronous=FULL")
     writer.execute("CREATE TABLE events(id INTEGER PRIMARY KEY, body TEXT)")
+    if mode == "zeros":
+        writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with open(path + "-wal", "r+b") as wal:
+            wal.seek(0, os.SEEK_END)
+            for _ in range(600):
+                wal.write(bytes(1 << 20))
+            os.fsync(wal.fileno())
     stop = threading.Event()
 
     def reader() -> None:
-        conn = sqlite3.connect(path, isolation_level=None)
-        while not stop.is_set():
+        if mode == "hold":
+            conn = sqlite3.connect(path, isolation_level=None)
             conn.execute("BEGIN")
             conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
-            stop.wait(0.1 if mode == "advance" else None)
+            stop.wait()
             conn.execute("COMMIT")
+            return
+        pins = [sqlite3.connect(path, isolation_level=None) for _ in range(2)]
+        lock = sqlite3.connect(path, isolation_level=None, timeout=0)
+        checkpoints = sqlite3.connect(path, isolation_level=None)
+        held = [None]
+
+        def move_pin() -> None:
+            nxt = 0 if held[0] is None else 1 - held[0]
+            pins[nxt].execute("BEGIN")
+            pins[nxt].execute("SELECT count(*) FROM sqlite_master").fetchall()
+            if held[0] is not None:
+                pins[held[0]].execute("COMMIT")
+            held[0] = nxt
+
+        def wal_frames() -> int:
+            with open(path + "-shm", "rb") as shm:
+                return int.from_bytes(shm.read(20)[16:20], sys.byteorder)
+
+        while not stop.is_set():
+            move_pin()
+            if mode == "restart" and wal_frames() > 1000:
+                checkpoints.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                while True:
+                    try:
+                        lock.execute("BEGIN IMMEDIATE")
+                        break
+                    except sqlite3.OperationalError:
+                        time.sleep(0.0001)
+                move_pin()
+                checkpoints.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                move_pin()
+                lock.execute("ROLLBACK")
+            stop.wait(0.1)
+        pins[held[0]].execute("COMMIT")
 
     thread = None
     if mode != "none":
@@ -71,7 +120,7 @@ def main() -> None:
     print(f"SQLite {sqlite3.sqlite_version}, {seconds:g} s each")
     with tempfile.TemporaryDirectory() as directory:
         for _ in range(runs):
-            for mode in ("none", "advance", "hold"):
+            for mode in ("none", "advance", "hold", "restart", "zeros"):
                 rate, wal_mb = run(mode, seconds, directory)
                 print(f"{mode:8} {rate:8.0f} commits/s   WAL {wal_mb:7.1f} MB")
 

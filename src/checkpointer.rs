@@ -1,6 +1,8 @@
 //! The Checkpointer: scheduled PASSIVE checkpoints, run on the writer's connection (a
 //! message through the DbWriter, so checkpoints never race the writer from a second
-//! connection). The result row (busy, log, checkpointed) is always read.
+//! connection). The result row (busy, log, checkpointed) is always read. (While a
+//! replica streams, the [WAL restarter](crate::replica::wal_restart) checkpoints too,
+//! on a connection of its own: small PASSIVE ones that let the WAL restart.)
 //!
 //! The measure that matters is WAL content not yet copied back, not the `-wal` file's
 //! size (which keeps its high-water mark). When that exceeds `checkpoint.wal_alert_bytes`

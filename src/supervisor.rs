@@ -315,11 +315,15 @@ impl Service {
             arbiter.stop();
             let _ = tokio::task::spawn_blocking(move || arbiter.join()).await;
         }
+        let mut replicator = self.replicator;
+        if let Some(replicator) = replicator.as_mut() {
+            replicator.stop_wal_restarts().await;
+        }
         let final_checkpoint = self.writer.shutdown().await.map_err(|e| e.to_string());
         self.writer_arbiter.stop();
         let arbiter = self.writer_arbiter;
         let _ = tokio::task::spawn_blocking(move || arbiter.join()).await;
-        if let Some(replicator) = self.replicator {
+        if let Some(replicator) = replicator {
             replicator.shutdown().await;
         }
         if self.server.is_some() {

@@ -211,6 +211,76 @@ pub fn open_reader(settings: &DatabaseSettings) -> Result<Connection, DbError> {
     Ok(conn)
 }
 
+/// Opens a connection for the [WAL restarter](crate::replica::wal_restart): one to
+/// hold other writers off ([`hold_writers_promptly`]), or one to checkpoint. Read-write
+/// so that it can take SQLite's write lock or checkpoint, but it never writes (the
+/// DbWriter's connection stays the only one that does). Same VFS and settings as the
+/// others, so it shares their locks.
+pub fn open_writers_lock(settings: &DatabaseSettings) -> Result<Connection, DbError> {
+    check_sqlite_version()?;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = open_with(settings, flags)?;
+    apply_settings(&conn, settings, true)?;
+    conn.busy_handler(Some(retry_soon))?;
+    Ok(conn)
+}
+
+/// How long [`hold_writers_promptly`] tries for the write lock.
+pub const HOLD_WRITERS_WAIT: Duration = Duration::from_secs(1);
+const HOLD_WRITERS_POLL: Duration = Duration::from_micros(100);
+
+/// The lock connection's busy handler: tries again every 100 µs, for at most
+/// [`HOLD_WRITERS_WAIT`]. SQLite's own busy timeout sleeps 1, 2, 5, 10 … 100 ms between
+/// tries, and a writer committing in a tight loop (a direct writer such as Healarr)
+/// holds the lock nearly all the time and lets it go for microseconds between
+/// commits: at those sleeps the lock is won after hundreds of milliseconds, or seconds
+/// (measured: median 50–200 ms, up to 2 s), at 100 µs in about a millisecond.
+fn retry_soon(tries: i32) -> bool {
+    let waited = HOLD_WRITERS_POLL * tries.max(0) as u32;
+    if waited >= HOLD_WRITERS_WAIT {
+        return false;
+    }
+    std::thread::sleep(HOLD_WRITERS_POLL);
+    true
+}
+
+/// Takes SQLite's write lock on `lock` (a connection from [`open_writers_lock`]): a
+/// `BEGIN IMMEDIATE` that writes nothing, ended by [`let_writers_go`]. Answers whether
+/// it got the lock within [`HOLD_WRITERS_WAIT`].
+pub fn hold_writers_promptly(lock: &Connection) -> Result<bool, DbError> {
+    match lock.execute_batch("BEGIN IMMEDIATE") {
+        Ok(()) => Ok(true),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Ends what [`hold_writers_promptly`] began.
+pub fn let_writers_go(lock: &Connection) -> Result<(), DbError> {
+    Ok(lock.execute_batch("ROLLBACK")?)
+}
+
+/// A PASSIVE checkpoint, tried again for a moment while another connection's
+/// checkpoint (a direct writer's automatic one, run after its commits) holds SQLite's
+/// checkpoint lock: a PASSIVE checkpoint never waits for it, and answers busy with
+/// nothing done.
+pub fn passive_checkpoint_soon(conn: &Connection) -> Result<CheckpointResult, DbError> {
+    const TRIES: usize = 50;
+    let mut result = wal_checkpoint(conn, CheckpointMode::Passive)?;
+    for _ in 1..TRIES {
+        if !(result.busy && result.log_frames < 0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+        result = wal_checkpoint(conn, CheckpointMode::Passive)?;
+    }
+    Ok(result)
+}
+
 /// Opens through the configured VFS (the crash VFS in power-loss tests; a build
 /// without it refuses the setting).
 fn open_with(settings: &DatabaseSettings, flags: OpenFlags) -> Result<Connection, DbError> {

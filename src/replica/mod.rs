@@ -53,6 +53,7 @@ pub mod stream;
 pub mod streamer;
 pub mod tailer;
 pub mod uploads;
+pub mod wal_restart;
 
 use std::path::PathBuf;
 

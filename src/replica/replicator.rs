@@ -28,6 +28,11 @@
 //! of its pin until [`ReplicationLink::after_checkpoint`]. A PASSIVE checkpoint keeps
 //! the pin: it copies frames back only up to the pin's snapshot, all of them spooled.
 //!
+//! Between those, the tailer asks the [WAL restarter](super::wal_restart) for a
+//! PASSIVE checkpoint whenever the WAL is past [`RESTART_FRAMES`]: with the same pass
+//! first, and writers held off for its last step, so that the WAL restarts under a
+//! writer that never pauses instead of growing until the next scheduled checkpoint.
+//!
 //! A direct writer's own checkpoints (SQLite's automatic one on Healarr's connection)
 //! cannot reset the WAL over frames not yet read: the pin is a reader whose snapshot
 //! holds them. Between the pass before a RESTART/TRUNCATE checkpoint and the checkpoint
@@ -54,6 +59,7 @@ use super::shipper::ReplicaBoard;
 use super::spool::{self, Spool};
 use super::streamer::Streamer;
 use super::tailer::{Pass, Tailer};
+use super::wal_restart::{self, WalRestarter};
 use super::{Replica, ReplicaError};
 use crate::config::Settings;
 use crate::db::{self, pin::ReadPin, CheckpointMode};
@@ -61,6 +67,15 @@ use crate::notifier::{Notifier, Severity};
 
 /// Commits closer together than this share a pass (and a spooled piece).
 pub const MIN_PASS_GAP: Duration = Duration::from_millis(100);
+/// The WAL's length, in frames, past which the tailer asks the [`WalRestarter`] for a
+/// checkpoint that lets it restart: SQLite's default automatic checkpoint, which is what a direct writer's own
+/// connection would restart the WAL at if no pin held it. A WAL kept this short is
+/// overwritten in place, where one that grows makes every commit extend the file (the
+/// direct writer then loses half its commits, BENCHMARKS.md).
+pub const RESTART_FRAMES: u32 = 1000;
+/// The longest the tailer waits between two asks while the WAL does not restart (a
+/// reader of another program holds an old snapshot): the wait doubles from one pass.
+const LONGEST_RESTART_WAIT: Duration = Duration::from_secs(10);
 /// How long the tailer keeps its pin released for a checkpoint that never says it
 /// ended (the DbWriter stopped mid-way): then it pins again.
 const RELEASE_LIMIT: Duration = Duration::from_secs(30);
@@ -202,6 +217,7 @@ pub struct Replicator {
     pub gate: Arc<AckGate>,
     messages: SyncSender<Message>,
     tailer: std::thread::JoinHandle<()>,
+    restarter: Option<WalRestarter>,
     streamers: Vec<std::thread::JoinHandle<()>>,
     drain: CancellationToken,
     cancel: CancellationToken,
@@ -243,6 +259,15 @@ impl Replicator {
         board.watch_gate(gate.clone());
         let (spooled_tx, spooled) = watch::channel(0u64);
         let (messages, inbox) = mpsc::sync_channel(64);
+        let restarter = WalRestarter::start(
+            &settings.database,
+            ReplicationLink {
+                messages: messages.clone(),
+                gate: gate.clone(),
+            },
+        )
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot start the WAL restarter; under a direct writer that never pauses the WAL then restarts only at scheduled checkpoints"))
+        .ok();
         let drain = CancellationToken::new();
         let cancel = CancellationToken::new();
         let mut streamers = Vec::new();
@@ -306,6 +331,8 @@ impl Replicator {
             tailer: None,
             snapshot_every,
             began: Instant::now(),
+            restart: restarter.as_ref().map(WalRestarter::asker),
+            restarts: Restarts::default(),
         };
         let tailer = std::thread::Builder::new()
             .name("replication-tailer".into())
@@ -321,15 +348,25 @@ impl Replicator {
             gate,
             messages,
             tailer,
+            restarter,
             streamers,
             drain,
             cancel,
         }))
     }
 
+    /// Stops the [`WalRestarter`] (after a checkpoint it is in, if any): call it
+    /// before the DbWriter's final checkpoint, which it would otherwise hold up.
+    pub async fn stop_wal_restarts(&mut self) {
+        if let Some(restarter) = self.restarter.take() {
+            let _ = tokio::task::spawn_blocking(move || restarter.stop()).await;
+        }
+    }
+
     /// Call after the DbWriter stopped: a last pass spools its final commits, the
     /// streamers upload what they can within [`DRAIN_LIMIT`], and everything stops.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
+        self.stop_wal_restarts().await;
         let _ = self.messages.send(Message::Stop);
         let tailer = self.tailer;
         let _ = tokio::task::spawn_blocking(move || tailer.join()).await;
@@ -368,6 +405,17 @@ struct Tailing {
     snapshot_every: Duration,
     /// When the current generation began.
     began: Instant,
+    /// Asks the [`WalRestarter`] for a checkpoint; `None` when it could not start.
+    restart: Option<SyncSender<wal_restart::Ask>>,
+    restarts: Restarts,
+}
+
+/// When the tailer last asked for a WAL restart, and how long it waits to ask again.
+#[derive(Default)]
+struct Restarts {
+    /// The stream's end and the time at the last ask.
+    asked: Option<(super::segment::Position, Instant)>,
+    wait: Duration,
 }
 
 impl Tailing {
@@ -414,6 +462,9 @@ impl Tailing {
                         self.pass();
                     }
                     let _ = done.send(());
+                    if released_until.is_none() {
+                        self.ask_for_a_restart();
+                    }
                 }
                 Ok(Message::AfterCheckpoint { done }) => {
                     released_until = None;
@@ -423,6 +474,7 @@ impl Tailing {
                 Err(RecvTimeoutError::Timeout) => {
                     released_until = None;
                     self.pass();
+                    self.ask_for_a_restart();
                 }
                 Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => {
                     self.pass();
@@ -437,6 +489,34 @@ impl Tailing {
             }
         }
         tracing::debug!("replication tailer stopped");
+    }
+
+    /// Asks the [`WalRestarter`] for a checkpoint that lets the WAL restart, when the WAL is
+    /// past [`RESTART_FRAMES`] and grew since the last ask. While asks do not restart
+    /// it, they come further apart (doubling to [`LONGEST_RESTART_WAIT`]); a restart
+    /// brings them back to every pass.
+    fn ask_for_a_restart(&mut self) {
+        let Some(end) = self.tailer.as_ref().map(Tailer::end) else {
+            return;
+        };
+        if end.frame < RESTART_FRAMES {
+            return;
+        }
+        if let Some((at, when)) = self.restarts.asked {
+            if at == end || when.elapsed() < self.restarts.wait {
+                return;
+            }
+            self.restarts.wait = if at.wal == end.wal {
+                (self.restarts.wait * 2).clamp(MIN_PASS_GAP, LONGEST_RESTART_WAIT)
+            } else {
+                Duration::ZERO
+            };
+        }
+        if let Some(restarter) = &self.restart {
+            // A full queue already holds an ask.
+            let _ = restarter.try_send(wal_restart::Ask::Restart);
+            self.restarts.asked = Some((end, Instant::now()));
+        }
     }
 
     fn sample_lag(&self) {

@@ -212,11 +212,12 @@ pub fn open_reader(settings: &DatabaseSettings) -> Result<Connection, DbError> {
 }
 
 /// Opens a connection for the [WAL restarter](crate::replica::wal_restart): one to
-/// hold other writers off ([`hold_writers_promptly`]), or one to checkpoint. Read-write
+/// hold other writers off ([`with_writers_held`], which then tries for the write lock
+/// every 100 µs, at most [`HOLD_WRITERS_WAIT`]), or one to checkpoint. Read-write
 /// so that it can take SQLite's write lock or checkpoint, but it never writes (the
 /// DbWriter's connection stays the only one that does). Same VFS and settings as the
 /// others, so it shares their locks.
-pub fn open_writers_lock(settings: &DatabaseSettings) -> Result<Connection, DbError> {
+pub fn open_for_wal_restarts(settings: &DatabaseSettings) -> Result<Connection, DbError> {
     check_sqlite_version()?;
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut conn = open_with(settings, flags)?;
@@ -225,7 +226,7 @@ pub fn open_writers_lock(settings: &DatabaseSettings) -> Result<Connection, DbEr
     Ok(conn)
 }
 
-/// How long [`hold_writers_promptly`] tries for the write lock.
+/// How long a connection from [`open_for_wal_restarts`] tries for the write lock.
 pub const HOLD_WRITERS_WAIT: Duration = Duration::from_secs(1);
 const HOLD_WRITERS_POLL: Duration = Duration::from_micros(100);
 
@@ -242,26 +243,6 @@ fn retry_soon(tries: i32) -> bool {
     }
     std::thread::sleep(HOLD_WRITERS_POLL);
     true
-}
-
-/// Takes SQLite's write lock on `lock` (a connection from [`open_writers_lock`]): a
-/// `BEGIN IMMEDIATE` that writes nothing, ended by [`let_writers_go`]. Answers whether
-/// it got the lock within [`HOLD_WRITERS_WAIT`].
-pub fn hold_writers_promptly(lock: &Connection) -> Result<bool, DbError> {
-    match lock.execute_batch("BEGIN IMMEDIATE") {
-        Ok(()) => Ok(true),
-        Err(rusqlite::Error::SqliteFailure(e, _))
-            if e.code == rusqlite::ErrorCode::DatabaseBusy =>
-        {
-            Ok(false)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Ends what [`hold_writers_promptly`] began.
-pub fn let_writers_go(lock: &Connection) -> Result<(), DbError> {
-    Ok(lock.execute_batch("ROLLBACK")?)
 }
 
 /// A PASSIVE checkpoint, tried again for a moment while another connection's
@@ -423,12 +404,16 @@ pub fn wal_checkpoint(
 }
 
 /// Runs `during` with every other connection's writes held off: inside a
-/// `BEGIN IMMEDIATE` that writes nothing (SQLite's write lock, waited for up to the
-/// connection's busy timeout), ended by a ROLLBACK. When another writer keeps the lock
-/// past the busy timeout, `during` runs anyway, without it. Answers what `during` did.
-pub fn with_writers_held<T>(conn: &Connection, during: impl FnOnce() -> T) -> Result<T, DbError> {
+/// `BEGIN IMMEDIATE` that writes nothing (SQLite's write lock, waited for as the
+/// connection's busy timeout or handler says), ended by a ROLLBACK. When another writer
+/// keeps the lock past that, `during` runs anyway, without it: it is told whether
+/// writers are held. Answers what `during` did.
+pub fn with_writers_held<T>(
+    conn: &Connection,
+    during: impl FnOnce(bool) -> T,
+) -> Result<T, DbError> {
     let held = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
-    let done = during();
+    let done = during(held);
     if held {
         conn.execute_batch("ROLLBACK")?;
     }

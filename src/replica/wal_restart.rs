@@ -18,7 +18,7 @@
 //! 1. the tailer makes a pass (everything so far is spooled, the pin at the end) and a
 //!    PASSIVE checkpoint copies the WAL back up to there, while writers go on;
 //! 2. with every other writer held off (its own connection's `BEGIN IMMEDIATE`, which
-//!    writes nothing, [`db::hold_writers_promptly`]): the tailer passes again (the
+//!    writes nothing, [`db::with_writers_held`]): the tailer passes again (the
 //!    commits made during step 1), a PASSIVE checkpoint copies the rest back, and the
 //!    tailer moves its pin on a WAL that is now entirely in the database, which SQLite
 //!    lets a reader do without holding any of it; then writers go on.
@@ -71,8 +71,8 @@ impl WalRestarter {
         settings: &DatabaseSettings,
         tailer: ReplicationLink,
     ) -> Result<WalRestarter, ReplicaError> {
-        let lock = db::open_writers_lock(settings)?;
-        let checkpoints = db::open_writers_lock(settings)?;
+        let lock = db::open_for_wal_restarts(settings)?;
+        let checkpoints = db::open_for_wal_restarts(settings)?;
         let (asks, inbox) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("wal-restarter".into())
@@ -113,27 +113,29 @@ fn restart(lock: &Connection, checkpoints: &Connection, tailer: &ReplicationLink
         return;
     }
     let unheld = began.elapsed();
-    let held = match db::hold_writers_promptly(lock) {
-        Ok(held) => held,
+    let step = db::with_writers_held(lock, |held| {
+        if !held {
+            return None;
+        }
+        let holding = Instant::now();
+        let passed = tailer.before_checkpoint(CheckpointMode::Passive, HELD_PASS_WAIT);
+        let result = db::passive_checkpoint_soon(checkpoints);
+        let moved = passed && tailer.after_checkpoint(HELD_PASS_WAIT);
+        Some((passed, moved, result, holding, holding.elapsed()))
+    });
+    let (passed, moved, result, holding, held_for) = match step {
+        Ok(Some(step)) => step,
+        Ok(None) => {
+            tracing::debug!(
+                "writers kept the write lock; the WAL restarts at a later ask or checkpoint"
+            );
+            return;
+        }
         Err(e) => {
-            tracing::warn!(error = %e, "could not hold writers off for a WAL restart");
+            tracing::error!(error = %e, "could not let writers go after a WAL restart's checkpoint");
             return;
         }
     };
-    if !held {
-        tracing::debug!(
-            "writers kept the write lock; the WAL restarts at a later ask or checkpoint"
-        );
-        return;
-    }
-    let holding = Instant::now();
-    let passed = tailer.before_checkpoint(CheckpointMode::Passive, HELD_PASS_WAIT);
-    let result = db::passive_checkpoint_soon(checkpoints);
-    let moved = passed && tailer.after_checkpoint(HELD_PASS_WAIT);
-    let held_for = holding.elapsed();
-    if let Err(e) = db::let_writers_go(lock) {
-        tracing::error!(error = %e, "could not let writers go after a WAL restart's checkpoint");
-    }
     match result {
         Ok(r) => tracing::debug!(
             passed,

@@ -206,13 +206,13 @@ impl DbWriter {
         let Some(link) = &self.replication else {
             return db::wal_checkpoint(conn, mode).map_err(WriteError::storage);
         };
-        let passed = db::with_writers_held(conn, || link.before_checkpoint(mode, PASS_WHILE_HELD))
+        let passed = db::with_writers_held(conn, |_| link.before_checkpoint(mode, PASS_WHILE_HELD))
             .map_err(WriteError::storage)?;
         if !passed && !link.before_checkpoint(mode, PASS_BEFORE_CHECKPOINT) {
             tracing::warn!("the replication tailer did not answer before a checkpoint; a gap it would find starts a new generation");
         }
         let result = db::wal_checkpoint(conn, mode).map_err(WriteError::storage);
-        db::with_writers_held(conn, || link.after_checkpoint(PASS_WHILE_HELD))
+        db::with_writers_held(conn, |_| link.after_checkpoint(PASS_WHILE_HELD))
             .map_err(WriteError::storage)?;
         result
     }
